@@ -1,0 +1,91 @@
+"""Composition root: builds the room manager and the HTTP application, runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from importlib import metadata
+
+from aiohttp import web
+
+from config import Config
+from protocol.ids import node_id_for_host
+from sfu.room import RoomSettings
+from sfu.rooms import RoomManager
+from sfu.rtc_adapter import configure_host_addresses
+from signaling.http import SignalingContext, add_routes
+
+logger = logging.getLogger(__name__)
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("livekit-py-server")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def build_app(config: Config) -> web.Application:
+    """The aiohttp application with every route; rooms start and stop with it."""
+    rooms = RoomManager(
+        RoomSettings(
+            empty_timeout=config.room.empty_timeout,
+            departure_timeout=config.room.departure_timeout,
+            max_participants=config.room.max_participants,
+        ),
+        auto_create=config.room.auto_create,
+    )
+    app = web.Application(client_max_size=config.limit.max_api_request_body_size)
+    ctx = SignalingContext(
+        config=config,
+        rooms=rooms,
+        node_id=node_id_for_host(socket.gethostname()),
+        version=server_version(),
+    )
+    add_routes(app, ctx)
+
+    async def room_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        rooms.start()
+        yield
+        await rooms.stop()
+
+    app.cleanup_ctx.append(room_lifecycle)
+    return app
+
+
+async def run_server(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM; a second signal exits at once."""
+    configure_host_addresses([config.rtc.node_ip] if config.rtc.node_ip else [])
+    runner = web.AppRunner(build_app(config), handle_signals=False, access_log=None)
+    await runner.setup()
+    hosts = list(config.bind_addresses) or ["0.0.0.0"]
+    try:
+        for host in hosts:
+            await web.TCPSite(runner, host, config.port).start()
+        logger.info(
+            "livekit-py-server %s listening on %s port %d",
+            server_version(), ", ".join(hosts), config.port,
+        )
+        await _wait_for_signal()
+        logger.info("shutting down: closing rooms")
+    finally:
+        await runner.cleanup()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logger.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()

@@ -1,0 +1,103 @@
+"""``livekit-py-server``: parse flags, load the configuration, run the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from config import CliOverrides, ConfigError, LoadedConfig, load_config
+from server.app import run_server
+from server.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livekit-py-server",
+        description="A LiveKit-compatible WebRTC SFU. Flags win over env, env over the config.",
+    )
+    parser.add_argument("--config", help="path to a YAML config file")
+    parser.add_argument(
+        "--config-body", help="YAML config as a string (env LIVEKIT_CONFIG); wins over --config"
+    )
+    parser.add_argument("--dev", action="store_true", help="development mode: devkey/secret, "
+                        "bound to 127.0.0.1, debug logging")
+    parser.add_argument("--bind", action="append", default=[],
+                        help="IP address to listen on (repeatable; default all)")
+    parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880)")
+    parser.add_argument("--keys", help='API keys as "key: secret" lines (env LIVEKIT_KEYS)')
+    parser.add_argument("--key-file", help="YAML file of key: secret (must not be world-readable)")
+    parser.add_argument("--node-ip", help="IP address advertised to clients (env NODE_IP)")
+    parser.add_argument("--udp-port", type=int, help="UDP port for WebRTC media (env UDP_PORT)")
+    parser.add_argument("--region", help="region of this node (env LIVEKIT_REGION)")
+    parser.add_argument("--redis-host", help="Redis host:port (env REDIS_HOST)")
+    parser.add_argument("--redis-password", help="Redis password (env REDIS_PASSWORD)")
+    parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> CliOverrides:
+    return CliOverrides(
+        config_path=args.config,
+        config_body=args.config_body,
+        dev=args.dev,
+        bind=tuple(args.bind),
+        port=args.port,
+        keys=args.keys,
+        key_file=args.key_file,
+        node_ip=args.node_ip,
+        udp_port=args.udp_port,
+        region=args.region,
+        redis_host=args.redis_host,
+        redis_password=args.redis_password,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        loaded = load_config(overrides_from(args), os.environ)
+    except ConfigError as exc:
+        print(f"livekit-py-server: config error: {exc}", file=sys.stderr)
+        return 2
+    config = loaded.config
+    setup_logging(
+        level=config.logging.level,
+        json_format=config.logging.json,
+        library_level=config.logging.pion_level,
+    )
+    _announce(loaded)
+    if args.no_uvloop:
+        runner = asyncio.run
+    else:
+        import uvloop
+
+        runner = uvloop.run
+    try:
+        runner(run_server(config))
+    except OSError as exc:
+        # Typically a port already in use: one line, not a traceback.
+        print(f"livekit-py-server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _announce(loaded: LoadedConfig) -> None:
+    for warning in loaded.warnings:
+        logger.warning("%s", warning)
+    if loaded.dev_placeholder_keys:
+        # LiveKit prints the placeholder pair so developers can mint tokens at once.
+        for key, secret in loaded.config.keys.items():
+            logger.info("no keys provided, using placeholder keys: API key %s, secret %s",
+                        key, secret)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

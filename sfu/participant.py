@@ -1,0 +1,286 @@
+"""A participant: its identity and grants, its two peer connections and its signal sink."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+
+from protocol.token import VideoGrant
+from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
+from sfu.tasks import TaskSet
+from sfu.transport import PublisherTransport, SubscriberTransport
+
+logger = logging.getLogger(__name__)
+
+_RELIABLE_LABEL = "_reliable"
+_LOSSY_LABEL = "_lossy"
+
+
+class ParticipantState(enum.Enum):
+    """LiveKit's participant states (``ParticipantInfo.State``)."""
+
+    JOINING = models.ParticipantInfo.State.JOINING
+    JOINED = models.ParticipantInfo.State.JOINED
+    ACTIVE = models.ParticipantInfo.State.ACTIVE
+    DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
+
+
+class SignalSink(Protocol):
+    """Where a participant's signal responses go (the WebSocket session, or a relay)."""
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        """Queue ``response``; never blocks."""
+
+    def close(self) -> None:
+        """Close the signal connection once queued responses are written."""
+
+
+class ParticipantListener(Protocol):
+    """What a participant tells its room."""
+
+    def on_participant_active(self, participant: Participant) -> None: ...
+
+    def on_participant_data(
+        self, participant: Participant, packet: models.DataPacket, *, reliable: bool
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class JoinParams:
+    """Who is joining and how, from the token and the ``/rtc`` query."""
+
+    identity: str
+    grant: VideoGrant
+    name: str = ""
+    metadata: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    kind: models.ParticipantInfo.Kind.ValueType = models.ParticipantInfo.Kind.STANDARD
+    protocol: int = 0
+    auto_subscribe: bool = True
+    client_info: models.ClientInfo = field(default_factory=models.ClientInfo)
+
+
+class Participant:
+    """One connected participant (LiveKit ``ParticipantImpl``).
+
+    :param listener: the room, told about activation and received data.
+    :param ice_servers: STUN/TURN URLs our own peer connections gather with.
+    """
+
+    def __init__(
+        self,
+        *,
+        sid: str,
+        params: JoinParams,
+        room_name: str,
+        sink: SignalSink,
+        listener: ParticipantListener,
+        ice_servers: tuple[str, ...] = (),
+    ) -> None:
+        self.sid = sid
+        self.identity = params.identity
+        self.params = params
+        self.grant = params.grant
+        self.name = params.name
+        self.metadata = params.metadata
+        self.attributes: dict[str, str] = dict(params.attributes)
+        self.joined_at_ms = int(time.time() * 1000)
+        self.version = 0
+        self.state = ParticipantState.JOINING
+        self.disconnect_reason: models.DisconnectReason.ValueType = (
+            models.DisconnectReason.UNKNOWN_REASON
+        )
+        self.sink = sink
+        self._listener = listener
+        self.log = logging.LoggerAdapter(
+            logger, {"room": room_name, "participant": self.identity, "pID": sid}
+        )
+        self.tasks = TaskSet(self.log)
+        # Protocol >= 3 with subscribe permission makes the subscriber PC primary (LiveKit
+        # `room.go createJoinResponseLocked`); the client then waits for it to connect.
+        self.subscriber_primary = params.protocol > 2 and self.grant.can_subscribe
+        self.subscriber = SubscriberTransport(
+            PeerConnection("subscriber", ice_servers), self._send_offer, self.tasks, self.log
+        )
+        self.publisher = PublisherTransport(PeerConnection("publisher", ice_servers))
+        self._publisher_channels: dict[str, DataChannel] = {}
+        self._last_reliable_seq = 0
+        self.subscriber.pc.on_state_change = self._on_subscriber_state
+        self.publisher.pc.on_state_change = self._on_publisher_state
+        self.publisher.pc.on_data_channel = self._on_publisher_channel
+
+    @property
+    def hidden(self) -> bool:
+        return self.grant.hidden
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is ParticipantState.DISCONNECTED
+
+    def set_state(self, state: ParticipantState) -> None:
+        """The one place a participant changes state; every change bumps the info version."""
+        if state is self.state or self.is_closed:
+            return
+        self.log.debug("participant state: %s -> %s", self.state.name, state.name)
+        self.state = state
+        self.version += 1
+
+    def to_info(self) -> models.ParticipantInfo:
+        grant = self.grant
+        info = models.ParticipantInfo(
+            sid=self.sid,
+            identity=self.identity,
+            state=self.state.value,
+            metadata=self.metadata,
+            joined_at=self.joined_at_ms // 1000,
+            joined_at_ms=self.joined_at_ms,
+            name=self.name,
+            version=self.version,
+            kind=self.params.kind,
+            attributes=self.attributes,
+            disconnect_reason=self.disconnect_reason,
+            client_protocol=self.params.protocol,
+            permission=models.ParticipantPermission(
+                can_subscribe=grant.can_subscribe,
+                can_publish=grant.can_publish,
+                can_publish_data=grant.can_publish_data,
+                can_publish_sources=[_source_enum(s) for s in grant.can_publish_sources],
+                hidden=grant.hidden,
+                recorder=grant.recorder,
+                can_update_metadata=grant.can_update_own_metadata,
+                agent=grant.agent,
+                can_subscribe_metrics=grant.can_subscribe_metrics,
+                can_manage_agent_session=grant.can_manage_agent_session,
+            ),
+        )
+        return info
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        if not self.is_closed:
+            self.sink.send(response)
+
+    # --- signal requests -------------------------------------------------------------------
+
+    async def handle_offer(self, offer: rtc.SessionDescription) -> None:
+        sdp = await self.publisher.handle_offer(offer.sdp)
+        answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
+        self.send(rtc.SignalResponse(answer=answer))
+
+    async def handle_answer(self, answer: rtc.SessionDescription) -> None:
+        await self.subscriber.handle_answer(answer.sdp)
+
+    async def handle_trickle(self, trickle: rtc.TrickleRequest, init: dict[str, object]) -> None:
+        if trickle.target == rtc.SignalTarget.SUBSCRIBER:
+            await self.subscriber.pc.add_candidate(init)
+        else:
+            await self.publisher.pc.add_candidate(init)
+
+    def start_negotiation(self) -> None:
+        """Send the first subscriber offer (with LiveKit's data channels) right after join."""
+        self.subscriber.negotiate()
+
+    # --- data ------------------------------------------------------------------------------
+
+    def send_data(self, payload: bytes, *, reliable: bool) -> None:
+        """Deliver a serialized DataPacket on the primary PC's channel of the same kind."""
+        if self.is_closed:
+            return
+        if self.subscriber_primary:
+            sent = self.subscriber.send_data(payload, reliable=reliable)
+        else:
+            channel = self._publisher_channels.get(_RELIABLE_LABEL if reliable else _LOSSY_LABEL)
+            sent = channel.send(payload) if channel is not None else False
+        if not sent and reliable:
+            self.log.warning("reliable data to %s dropped: channel unavailable", self.identity)
+
+    def _on_publisher_channel(self, channel: DataChannel) -> None:
+        self._publisher_channels[channel.label] = channel
+        if channel.label == _RELIABLE_LABEL:
+            channel.on_message = lambda payload: self._on_data(payload, reliable=True)
+        elif channel.label == _LOSSY_LABEL:
+            channel.on_message = lambda payload: self._on_data(payload, reliable=False)
+        else:
+            self.log.debug("ignoring data channel %r", channel.label)
+
+    def _on_data(self, payload: bytes, *, reliable: bool) -> None:
+        if not self.grant.can_publish_data:
+            self.log.info("data packet dropped: participant lacks canPublishData")
+            return
+        packet = models.DataPacket()
+        try:
+            packet.ParseFromString(payload)
+        except DecodeError:
+            self.log.debug("x undecodable data packet (%d bytes) dropped", len(payload))
+            return
+        if reliable and packet.sequence > 0:
+            # Reliable packets carry a per-sender sequence; a stale one is a replay (LiveKit
+            # `participant.go handleReceivedDataMessage`).
+            if packet.sequence <= self._last_reliable_seq:
+                return
+            self._last_reliable_seq = packet.sequence
+        self._listener.on_participant_data(self, packet, reliable=reliable)
+
+    # --- transport state -------------------------------------------------------------------
+
+    def _on_subscriber_state(self, state: ConnectionState) -> None:
+        if self.subscriber_primary:
+            self._on_primary_state(state)
+
+    def _on_publisher_state(self, state: ConnectionState) -> None:
+        if not self.subscriber_primary:
+            self._on_primary_state(state)
+
+    def _on_primary_state(self, state: ConnectionState) -> None:
+        # The participant is ACTIVE once its primary PC connects (LiveKit
+        # `participant.go onPrimaryTransportInitialConnected`).
+        if state is ConnectionState.CONNECTED and self.state is ParticipantState.JOINED:
+            self.set_state(ParticipantState.ACTIVE)
+            self._listener.on_participant_active(self)
+        elif state is ConnectionState.FAILED:
+            self.log.info("primary peer connection failed")
+
+    def _send_offer(self, sdp: str, offer_id: int) -> None:
+        self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id)))
+
+    # --- leaving ---------------------------------------------------------------------------
+
+    def send_leave(self, reason: models.DisconnectReason.ValueType) -> None:
+        """Tell the client to go away for good (protocol >= 13 reads `action`)."""
+        leave = rtc.LeaveRequest(
+            can_reconnect=False, reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT
+        )
+        self.send(rtc.SignalResponse(leave=leave))
+
+    async def close(self, reason: models.DisconnectReason.ValueType, *, send_leave: bool) -> None:
+        if self.is_closed:
+            return
+        if send_leave:
+            self.send_leave(reason)
+        self.disconnect_reason = reason
+        self.set_state(ParticipantState.DISCONNECTED)
+        self.sink.close()
+        await self.tasks.close()
+        await self.subscriber.close()
+        await self.publisher.close()
+        self.log.info(
+            "participant closed: %s", models.DisconnectReason.Name(reason).lower()
+        )
+
+
+_SOURCES = {
+    "camera": models.TrackSource.CAMERA,
+    "microphone": models.TrackSource.MICROPHONE,
+    "screen_share": models.TrackSource.SCREEN_SHARE,
+    "screen_share_audio": models.TrackSource.SCREEN_SHARE_AUDIO,
+}
+
+
+def _source_enum(name: str) -> models.TrackSource.ValueType:
+    return _SOURCES.get(name.lower(), models.TrackSource.UNKNOWN)

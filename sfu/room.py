@@ -1,0 +1,204 @@
+"""A room: its participants, the updates they see of each other, and data between them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from livekit.protocol import models, rtc
+
+from sfu.participant import Participant, ParticipantState
+
+logger = logging.getLogger(__name__)
+
+
+class RoomFullError(Exception):
+    """The room already holds ``max_participants``."""
+
+
+@dataclass(frozen=True)
+class RoomSettings:
+    """Per-room limits (``room.*`` config, or a CreateRoom request later)."""
+
+    empty_timeout: int = 300
+    departure_timeout: int = 20
+    max_participants: int = 0
+
+
+class Room:
+    """One room hosted on this node (LiveKit ``rtc.Room``).
+
+    :param now: monotonic seconds at creation, for ``empty_timeout``.
+    """
+
+    def __init__(self, *, name: str, sid: str, settings: RoomSettings, now: float) -> None:
+        self.name = name
+        self.sid = sid
+        self.settings = settings
+        self.metadata = ""
+        self.created_at = time.time()
+        self.participants: dict[str, Participant] = {}
+        self.closed = False
+        self._version = 0
+        self._created_monotonic = now
+        self._last_left_monotonic: float | None = None
+        self.log = logging.LoggerAdapter(logger, {"room": name, "roomID": sid})
+
+    # --- info ------------------------------------------------------------------------------
+
+    def to_proto(self) -> models.Room:
+        visible = [p for p in self.participants.values() if not p.hidden]
+        return models.Room(
+            sid=self.sid,
+            name=self.name,
+            empty_timeout=self.settings.empty_timeout,
+            departure_timeout=self.settings.departure_timeout,
+            max_participants=self.settings.max_participants,
+            creation_time=int(self.created_at),
+            creation_time_ms=int(self.created_at * 1000),
+            metadata=self.metadata,
+            num_participants=len(visible),
+            version=models.TimedVersion(unix_micro=int(time.time() * 1e6), ticks=self._version),
+        )
+
+    def is_full(self, identity: str) -> bool:
+        """Whether a new participant may not join (a duplicate identity replaces, so fits)."""
+        limit = self.settings.max_participants
+        return limit > 0 and identity not in self.participants and len(self.participants) >= limit
+
+    # --- joining and leaving ---------------------------------------------------------------
+
+    async def join(self, participant: Participant, join: rtc.JoinResponse) -> None:
+        """Admit ``participant``: fill and send its JoinResponse, then tell the others.
+
+        A participant with the identity of one already here replaces it; the old session gets
+        a leave with DUPLICATE_IDENTITY (LiveKit ``roommanager.go StartSession``).
+        """
+        previous = self.participants.get(participant.identity)
+        if previous is not None:
+            await self.remove(previous, models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True)
+        if self.is_full(participant.identity):
+            raise RoomFullError(f"room {self.name} is full")
+        self.participants[participant.identity] = participant
+        self._last_left_monotonic = None
+        join.room.CopyFrom(self.to_proto())
+        join.participant.CopyFrom(participant.to_info())
+        join.other_participants.extend(
+            p.to_info() for p in self.participants.values() if p is not participant and not p.hidden
+        )
+        participant.send(rtc.SignalResponse(join=join))
+        participant.set_state(ParticipantState.JOINED)
+        participant.start_negotiation()
+        self.broadcast_participant(participant)
+        self._broadcast_room_update()
+        self.log.info("participant joined: %s (%s)", participant.identity, participant.sid)
+
+    async def remove(
+        self,
+        participant: Participant,
+        reason: models.DisconnectReason.ValueType,
+        *,
+        send_leave: bool = False,
+    ) -> None:
+        """Take ``participant`` out of the room and tell the others it left."""
+        if self.participants.get(participant.identity) is participant:
+            del self.participants[participant.identity]
+            if not self.participants:
+                self._last_left_monotonic = time.monotonic()
+        if participant.is_closed:
+            return
+        await participant.close(reason, send_leave=send_leave)
+        self.broadcast_participant(participant)
+        self._broadcast_room_update()
+
+    async def close(self, reason: models.DisconnectReason.ValueType) -> None:
+        self.closed = True
+        for participant in list(self.participants.values()):
+            await self.remove(participant, reason, send_leave=True)
+        self.log.info("room closed")
+
+    def idle_expired(self, now: float) -> bool:
+        """Whether the room should close: nobody came within ``empty_timeout``, or everyone left
+        more than ``departure_timeout`` ago (LiveKit ``room.go CloseIfEmpty``)."""
+        if self.participants:
+            return False
+        if self._last_left_monotonic is None:
+            return now - self._created_monotonic >= self.settings.empty_timeout
+        return now - self._last_left_monotonic >= self.settings.departure_timeout
+
+    # --- updates ---------------------------------------------------------------------------
+
+    def broadcast_participant(self, changed: Participant) -> None:
+        """Send ``changed``'s current info to everyone who may see it.
+
+        Hidden participants are visible only to themselves (LiveKit never sends them to others).
+        """
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[changed.to_info()]))
+        for participant in self._recipients(changed):
+            participant.send(update)
+
+    def _recipients(self, about: Participant) -> Iterable[Participant]:
+        for participant in list(self.participants.values()):
+            if participant is about or not about.hidden:
+                yield participant
+
+    def _broadcast_room_update(self) -> None:
+        self._version += 1
+        update = rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.to_proto()))
+        for participant in list(self.participants.values()):
+            if participant.state is not ParticipantState.JOINING:
+                participant.send(update)
+
+    def update_participant_metadata(
+        self, participant: Participant, request: rtc.UpdateParticipantMetadata
+    ) -> None:
+        """Apply an UpdateParticipantMetadata; empty attribute values delete keys (LiveKit)."""
+        if request.name:
+            participant.name = request.name
+        if request.metadata:
+            participant.metadata = request.metadata
+        for key, value in request.attributes.items():
+            if value:
+                participant.attributes[key] = value
+            else:
+                participant.attributes.pop(key, None)
+        participant.version += 1
+        self.broadcast_participant(participant)
+
+    # --- ParticipantListener ---------------------------------------------------------------
+
+    def on_participant_active(self, participant: Participant) -> None:
+        self.broadcast_participant(participant)
+
+    def on_participant_data(
+        self, participant: Participant, packet: models.DataPacket, *, reliable: bool
+    ) -> None:
+        """Forward a DataPacket to the other participants (LiveKit
+        ``room.go BroadcastDataPacketForRoom``): sender stamped by us, never echoed, only to
+        ``destination_identities`` when given, on the same kind of channel it came in on."""
+        if packet.WhichOneof("value") == "metrics":
+            return  # metrics feed the server's own pipeline in LiveKit; never relayed as data
+        identity = "" if participant.hidden else participant.identity
+        sid = "" if participant.hidden else participant.sid
+        packet.participant_identity = identity
+        packet.participant_sid = sid
+        destinations = set(packet.destination_identities)
+        if packet.HasField("user"):
+            # Old clients read the sender from UserPacket and may address by sid there.
+            packet.user.participant_identity = identity
+            packet.user.participant_sid = sid
+            destinations.update(packet.user.destination_identities)
+            destination_sids = set(packet.user.destination_sids)
+        else:
+            destination_sids = set()
+        payload = packet.SerializeToString()
+        for other in list(self.participants.values()):
+            if other is participant or other.state is ParticipantState.JOINING:
+                continue
+            if (destinations or destination_sids) and not (
+                other.identity in destinations or other.sid in destination_sids
+            ):
+                continue
+            other.send_data(payload, reliable=reliable)

@@ -1,0 +1,79 @@
+"""The rooms hosted on this node (LiveKit ``service/roommanager.go``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from livekit.protocol import models
+
+from protocol.ids import ROOM_PREFIX, new_id
+from sfu.room import Room, RoomSettings
+
+logger = logging.getLogger(__name__)
+
+#: How often idle rooms are looked for (LiveKit runs CloseIdleRooms every second).
+IDLE_CHECK_INTERVAL_S = 1.0
+
+
+class RoomNotFoundError(Exception):
+    """The room does not exist and may not be created by this request."""
+
+
+class RoomManager:
+    """Creates rooms on demand, closes idle ones, and closes them all at shutdown.
+
+    :param settings: defaults for rooms created by a join (``room.*`` config).
+    :param auto_create: whether a join may create a room (``room.auto_create``).
+    """
+
+    def __init__(self, settings: RoomSettings, *, auto_create: bool) -> None:
+        self.settings = settings
+        self.auto_create = auto_create
+        self.rooms: dict[str, Room] = {}
+        self._idle_task: asyncio.Task[None] | None = None
+
+    def get(self, name: str) -> Room | None:
+        return self.rooms.get(name)
+
+    def get_or_create(self, name: str, *, may_create: bool) -> Room:
+        """The room called ``name``; created when ``room.auto_create`` or ``may_create`` allow.
+
+        :param may_create: the joiner's token has ``roomCreate`` (LiveKit lets it create the
+            room even with auto_create off).
+        """
+        room = self.rooms.get(name)
+        if room is not None:
+            return room
+        if not (self.auto_create or may_create):
+            raise RoomNotFoundError(f"room {name} does not exist")
+        room = Room(name=name, sid=new_id(ROOM_PREFIX), settings=self.settings, now=time.monotonic())
+        self.rooms[name] = room
+        room.log.info("room created")
+        return room
+
+    async def close_room(self, room: Room, reason: models.DisconnectReason.ValueType) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        await room.close(reason)
+
+    def start(self) -> None:
+        self._idle_task = asyncio.get_running_loop().create_task(
+            self._close_idle_rooms(), name="close-idle-rooms"
+        )
+
+    async def stop(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            await asyncio.gather(self._idle_task, return_exceptions=True)
+        for room in list(self.rooms.values()):
+            await self.close_room(room, models.DisconnectReason.SERVER_SHUTDOWN)
+
+    async def _close_idle_rooms(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
+            now = time.monotonic()
+            for room in [r for r in self.rooms.values() if r.idle_expired(now)]:
+                room.log.info("closing idle room")
+                await self.close_room(room, models.DisconnectReason.ROOM_CLOSED)

@@ -1,0 +1,103 @@
+"""Negotiation on top of the adapter's PeerConnection: who offers, and one offer at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+
+from sfu.rtc_adapter import DataChannel, PeerConnection
+from sfu.tasks import TaskSet
+
+logger = logging.getLogger(__name__)
+
+
+class NegotiationState(enum.Enum):
+    """Offer/answer state of a server-offering (subscriber) transport."""
+
+    IDLE = "idle"
+    OFFER_SENT = "offer_sent"
+    CLOSED = "closed"
+
+
+class SubscriberTransport:
+    """The PeerConnection the server offers (LiveKit's subscriber PC).
+
+    Negotiations are serialized: while an offer is outstanding, further requests are coalesced
+    into one follow-up offer sent when the answer arrives (LiveKit ``transport.go``; libwebrtc
+    rejects an offer in the have-local-offer state).
+
+    :param send_offer: called with the SDP and the offer id to put on the wire.
+    """
+
+    def __init__(
+        self,
+        pc: PeerConnection,
+        send_offer: Callable[[str, int], None],
+        tasks: TaskSet,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.pc = pc
+        self._send_offer = send_offer
+        self._tasks = tasks
+        self._log = log
+        self.state = NegotiationState.IDLE
+        self._renegotiate = False
+        self._offer_id = 0
+        self.reliable: DataChannel = pc.create_data_channel("_reliable", reliable=True)
+        self.lossy: DataChannel = pc.create_data_channel("_lossy", reliable=False)
+
+    def _set_state(self, state: NegotiationState) -> None:
+        self._log.debug("subscriber negotiation: %s -> %s", self.state.value, state.value)
+        self.state = state
+
+    def negotiate(self) -> None:
+        """Ask for an offer now, or right after the outstanding one is answered."""
+        match self.state:
+            case NegotiationState.IDLE:
+                self._set_state(NegotiationState.OFFER_SENT)
+                self._tasks.spawn(self._offer(), name="subscriber-offer")
+            case NegotiationState.OFFER_SENT:
+                self._renegotiate = True
+            case NegotiationState.CLOSED:
+                pass
+
+    async def _offer(self) -> None:
+        sdp = await self.pc.create_offer()
+        if self.state is NegotiationState.CLOSED:
+            return
+        self._offer_id += 1
+        self._send_offer(sdp, self._offer_id)
+
+    async def handle_answer(self, sdp: str) -> None:
+        if self.state is not NegotiationState.OFFER_SENT:
+            raise ValueError(f"answer received in negotiation state {self.state.value}")
+        await self.pc.set_answer(sdp)
+        self._set_state(NegotiationState.IDLE)
+        if self._renegotiate:
+            self._renegotiate = False
+            self.negotiate()
+
+    def send_data(self, payload: bytes, *, reliable: bool) -> bool:
+        return (self.reliable if reliable else self.lossy).send(payload)
+
+    async def close(self) -> None:
+        self._set_state(NegotiationState.CLOSED)
+        await self.pc.close()
+
+
+class PublisherTransport:
+    """The PeerConnection the client offers (LiveKit's publisher PC); the server answers."""
+
+    def __init__(self, pc: PeerConnection) -> None:
+        self.pc = pc
+        self._lock = asyncio.Lock()
+
+    async def handle_offer(self, sdp: str) -> str:
+        async with self._lock:
+            return await self.pc.answer(sdp)
+
+    async def close(self) -> None:
+        await self.pc.close()
+

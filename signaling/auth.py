@@ -1,0 +1,138 @@
+"""Who is connecting: the token and ``/rtc`` query checked before any WebSocket upgrade.
+
+Every failure is an :class:`HttpError` with the status and plain-text reason LiveKit gives
+(``service/rtcservice.go validateInternal``, ``service/auth.go``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from livekit.protocol import models
+
+from config import Config
+from protocol.token import Claims, TokenError, verify_token
+
+
+class HttpError(Exception):
+    """A request refused before the upgrade, answered as ``status`` with ``reason`` as body."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """A validated ``/rtc`` request."""
+
+    claims: Claims
+    room_name: str
+    protocol: int
+    auto_subscribe: bool
+    reconnect: bool
+    attributes: Mapping[str, str]
+    client_info: models.ClientInfo
+
+
+_SDKS = {name.lower(): value for name, value in models.ClientInfo.SDK.items()}
+_SDKS.update({"ios": models.ClientInfo.SWIFT, "reactnative": models.ClientInfo.REACT_NATIVE})
+
+
+def extract_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    """The JWT from ``Authorization: Bearer`` (preferred) or ``access_token``."""
+    header = headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HttpError(401, "invalid authorization header: must start with Bearer")
+        return token.strip()
+    token = query.get("access_token", "")
+    if not token:
+        raise HttpError(401, "no authorization token provided")
+    return token
+
+
+def authenticate(
+    headers: Mapping[str, str], query: Mapping[str, str], config: Config
+) -> Claims:
+    try:
+        return verify_token(extract_token(headers, query), config.keys)
+    except TokenError as exc:
+        raise HttpError(401, str(exc)) from exc
+
+
+def validate_connect(
+    headers: Mapping[str, str], query: Mapping[str, str], config: Config
+) -> ConnectRequest:
+    """Check the token and the query of an ``/rtc`` or ``/rtc/validate`` request."""
+    claims = authenticate(headers, query, config)
+    grant = claims.video
+    if not grant.room_join:
+        raise HttpError(401, "permissions denied: token lacks roomJoin")
+    if not grant.room:
+        raise HttpError(400, "room name cannot be empty: token grant has no room")
+    if not claims.identity:
+        raise HttpError(400, "participant identity cannot be empty")
+    limits = config.limit
+    if len(grant.room) > limits.max_room_name_length:
+        raise HttpError(400, f"room name exceeds {limits.max_room_name_length} characters")
+    if len(claims.identity) > limits.max_participant_identity_length:
+        limit = limits.max_participant_identity_length
+        raise HttpError(400, f"participant identity exceeds {limit} characters")
+    attributes = _query_attributes(query.get("attributes", ""))
+    if attributes and not grant.can_update_own_metadata:
+        raise HttpError(401, "permissions denied: attributes need canUpdateOwnMetadata")
+    protocol = _int(query.get("protocol", "0"), "protocol")
+    return ConnectRequest(
+        claims=claims,
+        room_name=grant.room,
+        protocol=protocol,
+        # LiveKit's /rtc defaults auto_subscribe to true when absent.
+        auto_subscribe=query.get("auto_subscribe", "1").lower() not in ("0", "false"),
+        reconnect=query.get("reconnect", "").lower() in ("1", "true"),
+        attributes=attributes,
+        client_info=_client_info(query, protocol),
+    )
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise HttpError(400, f"{name} must be an integer") from None
+
+
+def _query_attributes(encoded: str) -> dict[str, str]:
+    """``attributes`` is base64url(JSON object of strings) (LiveKit ``ParseClientInfo``)."""
+    if not encoded:
+        return {}
+    try:
+        padded = encoded + "=" * (-len(encoded) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded))
+    except (binascii.Error, ValueError):
+        raise HttpError(400, "attributes must be base64url-encoded JSON") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise HttpError(400, "attributes must be a JSON object of strings")
+    return value
+
+
+def _client_info(query: Mapping[str, str], protocol: int) -> models.ClientInfo:
+    return models.ClientInfo(
+        protocol=protocol,
+        sdk=_SDKS.get(query.get("sdk", "").lower(), models.ClientInfo.UNKNOWN),
+        version=query.get("version", ""),
+        os=query.get("os", ""),
+        os_version=query.get("os_version", ""),
+        device_model=query.get("device_model", ""),
+        browser=query.get("browser", ""),
+        browser_version=query.get("browser_version", ""),
+        network=query.get("network", ""),
+    )

@@ -1,0 +1,219 @@
+"""The HTTP surface: health check, ``/rtc`` WebSocket, validation endpoints and CORS."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from livekit.protocol import models, rtc
+
+from config import Config
+from protocol.ids import PARTICIPANT_PREFIX, new_id
+from protocol.token import Claims, refresh_token
+from sfu.participant import JoinParams, Participant
+from sfu.room import Room, RoomFullError
+from sfu.rooms import RoomManager, RoomNotFoundError
+from signaling.auth import ConnectRequest, HttpError, validate_connect
+from signaling.session import SignalSession, WebSocketSink
+
+logger = logging.getLogger(__name__)
+
+#: The protocol version we implement, stated honestly: room moves (16) and the packet trailer
+#: (17) are not implemented, and clients gate those features on this number.
+SERVER_PROTOCOL = 15
+PING_INTERVAL_S = 5
+PING_TIMEOUT_S = 15
+#: LiveKit pings the WebSocket every 10 s (`wsprotocol.go`).
+WS_HEARTBEAT_S = 10.0
+_KINDS = {name.lower(): value for name, value in models.ParticipantInfo.Kind.items()}
+
+
+@dataclass(frozen=True)
+class SignalingContext:
+    """What the HTTP handlers need from the composition root."""
+
+    config: Config
+    rooms: RoomManager
+    node_id: str
+    version: str
+
+
+CONTEXT = web.AppKey("signaling_context", SignalingContext)
+
+
+@web.middleware
+async def cors_and_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """CORS as LiveKit does (any origin, method and header; preflight cached a day), and
+    :class:`HttpError` answered as plain text. Browsers read the status of a failed connect
+    from ``/rtc/validate`` cross-origin, so every status, 404 included, needs the header."""
+    if request.method == "OPTIONS":
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+        requested = request.headers.get("Access-Control-Request-Headers", "*")
+        response.headers["Access-Control-Allow-Headers"] = requested
+        response.headers["Access-Control-Max-Age"] = "86400"
+    else:
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            response = web.Response(status=exc.status, text=exc.reason)
+        except web.HTTPException as exc:
+            response = web.Response(status=exc.status, text=exc.text or exc.reason)
+    if not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+async def single_pc_not_supported(request: web.Request) -> web.Response:
+    # Both official SDKs try /rtc/v1 first and fall back to /rtc on a 404 (the JS client from
+    # /rtc/v1/validate, the Python SDK from the WebSocket itself).
+    raise HttpError(404, "single peer connection mode (/rtc/v1) is not supported; use /rtc")
+
+
+async def validate(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    connect = validate_connect(request.headers, request.query, ctx.config)
+    _find_room(ctx, connect, create=False)
+    return web.Response(text="success")
+
+
+def _find_room(ctx: SignalingContext, connect: ConnectRequest, *, create: bool) -> Room | None:
+    """The room to join; refused before the upgrade when it may not be created or is full."""
+    rooms = ctx.rooms
+    room = rooms.get(connect.room_name)
+    may_create = rooms.auto_create or connect.claims.video.room_create
+    if room is None and not may_create:
+        raise HttpError(404, "requested room does not exist")
+    if room is None and create:
+        try:
+            room = rooms.get_or_create(connect.room_name, may_create=may_create)
+        except RoomNotFoundError as exc:
+            raise HttpError(404, str(exc)) from exc
+    if room is not None and room.is_full(connect.claims.identity):
+        raise HttpError(500, "room has exceeded its max participants")
+    return room
+
+
+async def rtc_websocket(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    ws = web.WebSocketResponse(
+        max_msg_size=ctx.config.limit.signal_message_size_limit,
+        heartbeat=WS_HEARTBEAT_S,
+        compress=True,
+    )
+    if not ws.can_prepare(request).ok:
+        raise HttpError(404, "expected a WebSocket upgrade")
+    connect = validate_connect(request.headers, request.query, ctx.config)
+    room = _find_room(ctx, connect, create=not connect.reconnect)
+    await ws.prepare(request)
+    if room is None or connect.reconnect:
+        await _refuse_resume(ws)
+        return ws
+    participant_sid = new_id(PARTICIPANT_PREFIX)
+    log = logging.LoggerAdapter(
+        logger, {"room": room.name, "participant": connect.claims.identity, "pID": participant_sid}
+    )
+    sink = WebSocketSink(ws, log)
+    writer = request.app.loop.create_task(sink.run_writer(), name="signal-writer")
+    participant = Participant(
+        sid=participant_sid,
+        params=_join_params(connect),
+        room_name=room.name,
+        sink=sink,
+        listener=room,
+        ice_servers=tuple(ctx.config.rtc.stun_servers),
+    )
+    session = SignalSession(ws, sink, room, participant, lambda: _refresh(ctx, connect.claims))
+    try:
+        await room.join(participant, _join_response(ctx, participant))
+        await session.run()
+    except RoomFullError:
+        participant.send_leave(models.DisconnectReason.JOIN_FAILURE)
+    finally:
+        sink.close()
+        await writer
+    return ws
+
+
+async def _refuse_resume(ws: web.WebSocketResponse) -> None:
+    """Session resumption is not implemented: tell the client to rejoin from scratch, as
+    LiveKit does for a participant it no longer knows (STATE_MISMATCH + RECONNECT)."""
+    leave = rtc.LeaveRequest(
+        can_reconnect=True,
+        reason=models.DisconnectReason.STATE_MISMATCH,
+        action=rtc.LeaveRequest.Action.RECONNECT,
+    )
+    await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
+    await ws.close()
+
+
+def _join_params(connect: ConnectRequest) -> JoinParams:
+    claims = connect.claims
+    attributes = dict(claims.attributes)
+    attributes.update(connect.attributes)
+    return JoinParams(
+        identity=claims.identity,
+        grant=claims.video,
+        name=claims.name,
+        metadata=claims.metadata,
+        attributes=attributes,
+        kind=_KINDS.get(claims.kind.lower(), models.ParticipantInfo.Kind.STANDARD),
+        protocol=connect.protocol,
+        auto_subscribe=connect.auto_subscribe,
+        client_info=connect.client_info,
+    )
+
+
+def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinResponse:
+    """Everything of the JoinResponse but the room and participants (LiveKit
+    ``room.go createJoinResponseLocked``)."""
+    config = ctx.config
+    server_info = models.ServerInfo(
+        edition=models.ServerInfo.Standard,
+        version=ctx.version,
+        protocol=SERVER_PROTOCOL,
+        region=config.region,
+        node_id=ctx.node_id,
+    )
+    ice_servers = [rtc.ICEServer(urls=[_stun_url(s)]) for s in config.rtc.stun_servers]
+    return rtc.JoinResponse(
+        server_version=ctx.version,
+        server_region=config.region,
+        ice_servers=ice_servers,
+        subscriber_primary=participant.subscriber_primary,
+        # Resume is not implemented yet, so clients must rejoin rather than resume.
+        client_configuration=models.ClientConfiguration(
+            resume_connection=models.ClientConfigSetting.DISABLED
+        ),
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
+        server_info=server_info,
+    )
+
+
+def _stun_url(server: str) -> str:
+    return server if server.startswith(("stun:", "stuns:")) else f"stun:{server}"
+
+
+def _refresh(ctx: SignalingContext, claims: Claims) -> str:
+    # LiveKit re-issues with the first configured key pair (`roommanager.go refreshToken`).
+    api_key, secret = next(iter(ctx.config.keys.items()))
+    return refresh_token(claims, api_key=api_key, secret=secret)
+
+
+def add_routes(app: web.Application, ctx: SignalingContext) -> None:
+    app[CONTEXT] = ctx
+    app.middlewares.append(cors_and_errors)
+    app.router.add_get("/", health)
+    app.router.add_get("/rtc", rtc_websocket)
+    app.router.add_get("/rtc/validate", validate)
+    app.router.add_get("/rtc/v1", single_pc_not_supported)
+    app.router.add_get("/rtc/v1/validate", single_pc_not_supported)

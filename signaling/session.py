@@ -1,0 +1,197 @@
+"""One ``/rtc`` WebSocket: reads SignalRequests, dispatches them, writes SignalResponses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from aiohttp import WSMsgType, web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+
+from sfu.participant import Participant
+from sfu.room import Room
+
+logger = logging.getLogger(__name__)
+
+#: Responses queued for a client that does not read; past this it is disconnected.
+MAX_QUEUED_RESPONSES = 4096
+#: LiveKit refreshes the client's token every 5 minutes (`roommanager.go rtcSessionWorker`).
+TOKEN_REFRESH_INTERVAL_S = 300.0
+_CLOSE = None
+
+
+class WebSocketSink:
+    """The signal sink of one WebSocket: a bounded queue drained by one writer task.
+
+    Responses go out as binary protobuf, or as protojson once the client has sent a text frame
+    (LiveKit ``wsprotocol.go``).
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, log: logging.LoggerAdapter[logging.Logger]):
+        self._ws = ws
+        self._log = log
+        self._queue: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue()
+        self.encoding: Literal["binary", "json"] = "binary"
+        self._closing = False
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        if self._closing:
+            return
+        if self._queue.qsize() >= MAX_QUEUED_RESPONSES:
+            self._log.warning("signal client is not reading; closing its connection")
+            self.close()
+            return
+        self._queue.put_nowait(response)
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._queue.put_nowait(_CLOSE)
+
+    async def run_writer(self) -> None:
+        """Write queued responses until closed, then close the WebSocket."""
+        try:
+            while (response := await self._queue.get()) is not None:
+                if self.encoding == "json":
+                    await self._ws.send_str(json_format.MessageToJson(response, indent=None))
+                else:
+                    await self._ws.send_bytes(response.SerializeToString())
+        except ConnectionError:
+            self._log.debug("signal connection lost while writing")
+        finally:
+            self._closing = True
+            await self._ws.close()
+
+
+def parse_request(message_type: WSMsgType, data: bytes | str) -> rtc.SignalRequest:
+    """Decode one frame; raises ValueError for anything that is not a SignalRequest."""
+    request = rtc.SignalRequest()
+    try:
+        if message_type is WSMsgType.BINARY and isinstance(data, bytes):
+            request.ParseFromString(data)
+        elif message_type is WSMsgType.TEXT and isinstance(data, str):
+            json_format.Parse(data, request, ignore_unknown_fields=True)
+        else:
+            raise ValueError(f"unexpected frame type {message_type.name}")
+    except (DecodeError, json_format.ParseError, RecursionError) as exc:
+        raise ValueError(f"undecodable signal request: {exc}") from exc
+    return request
+
+
+class SignalSession:
+    """Dispatches the requests of one participant to it and its room.
+
+    :param refresh_token: makes a fresh token for the client (LiveKit sends one at start and
+        every 5 minutes).
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        sink: WebSocketSink,
+        room: Room,
+        participant: Participant,
+        refresh_token: Callable[[], str],
+    ) -> None:
+        self._ws = ws
+        self._sink = sink
+        self._room = room
+        self.participant = participant
+        self._refresh_token = refresh_token
+        self.log = participant.log
+        self._leave_reason: models.DisconnectReason.ValueType = models.DisconnectReason.SIGNAL_CLOSE
+
+    async def run(self) -> None:
+        """Read until the client leaves or the connection ends, then remove the participant."""
+        self.participant.tasks.spawn(self._refresh_tokens(), name="refresh-token")
+        try:
+            await self._read_loop()
+        finally:
+            await self._room.remove(self.participant, self._leave_reason)
+
+    async def _read_loop(self) -> None:
+        async for message in self._ws:
+            if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE, WSMsgType.CLOSING):
+                self.log.info("signal connection error: %s", self._ws.exception())
+                return
+            try:
+                request = parse_request(message.type, message.data)
+            except ValueError as exc:
+                # Garbage from one client ends that client's connection, nothing else.
+                self.log.warning("closing signal connection: %s", exc)
+                self._leave_reason = models.DisconnectReason.STATE_MISMATCH
+                await self._ws.close(code=1007, message=b"invalid signal request")
+                return
+            self._sink.encoding = "json" if message.type is WSMsgType.TEXT else "binary"
+            if not await self.dispatch(request):
+                return
+
+    async def dispatch(self, request: rtc.SignalRequest) -> bool:
+        """Handle one request (LiveKit ``signalhandler.go``); False ends the session."""
+        participant = self.participant
+        try:
+            match request.WhichOneof("message"):
+                case "offer":
+                    await participant.handle_offer(request.offer)
+                case "answer":
+                    await participant.handle_answer(request.answer)
+                case "trickle":
+                    await participant.handle_trickle(request.trickle, _candidate(request.trickle))
+                case "leave":
+                    self._leave_reason = models.DisconnectReason.CLIENT_INITIATED
+                    return False
+                case "update_metadata":
+                    self._update_metadata(request.update_metadata)
+                case "ping":
+                    participant.send(rtc.SignalResponse(pong=_now_ms()))
+                case "ping_req":
+                    pong = rtc.Pong(last_ping_timestamp=request.ping_req.timestamp, timestamp=_now_ms())
+                    participant.send(rtc.SignalResponse(pong_resp=pong))
+                case None:
+                    self.log.debug("x empty signal request ignored")
+                case other:
+                    self.log.info("signal request %r is not supported yet; ignored", other)
+        except ValueError as exc:
+            self.log.warning("signal request refused: %s", exc)
+        return True
+
+    def _update_metadata(self, update: rtc.UpdateParticipantMetadata) -> None:
+        participant = self.participant
+        if not participant.grant.can_update_own_metadata:
+            self._respond(update.request_id, rtc.RequestResponse.NOT_ALLOWED, "permission denied")
+            return
+        self._room.update_participant_metadata(participant, update)
+        # Success responses go only to protocol >= 15 clients (LiveKit PR #2926).
+        if participant.params.protocol >= 15:
+            self._respond(update.request_id, rtc.RequestResponse.OK, "")
+
+    def _respond(
+        self, request_id: int, reason: rtc.RequestResponse.Reason.ValueType, message: str
+    ) -> None:
+        response = rtc.RequestResponse(request_id=request_id, reason=reason, message=message)
+        self.participant.send(rtc.SignalResponse(request_response=response))
+
+    async def _refresh_tokens(self) -> None:
+        while True:
+            self.participant.send(rtc.SignalResponse(refresh_token=self._refresh_token()))
+            await asyncio.sleep(TOKEN_REFRESH_INTERVAL_S)
+
+
+def _candidate(trickle: rtc.TrickleRequest) -> dict[str, object]:
+    try:
+        init = json.loads(trickle.candidateInit)
+    except ValueError as exc:
+        raise ValueError(f"candidateInit is not JSON: {exc}") from exc
+    if not isinstance(init, dict):
+        raise ValueError("candidateInit is not a JSON object")
+    return init
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,122 @@
+"""Starts the real server process and mints tokens with the official ``livekit-api``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from livekit import api
+
+API_KEY = "testkey"
+API_SECRET = "testsecret-that-is-at-least-32-characters"
+IN_NETNS = os.environ.get("LKPY_TEST_NETNS") == "1"
+SERVER_SCRIPT = str(Path(sys.executable).parent / "livekit-py-server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A running ``livekit-py-server`` and where it writes its log."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start_server(
+    log_dir: Path,
+    config_yaml: str = "",
+    *,
+    args: tuple[str, ...] = (),
+    port: int | None = None,
+    with_keys: bool = True,
+) -> ServerProcess:
+    """Start the server with ``config_yaml`` plus our test key, and wait until it serves."""
+    port = port or free_port()
+    body = config_yaml
+    if with_keys:
+        body = f"keys:\n  {API_KEY}: {API_SECRET}\n" + body
+    cmd = [SERVER_SCRIPT, "--port", str(port), *args]
+    if body:
+        cmd += ["--config-body", body]
+    env = dict(os.environ)
+    if IN_NETNS:
+        env["NODE_IP"] = "127.0.0.1"
+    log_path = log_dir / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(proc, port, log_path)
+    wait_until_serving(server)
+    return server
+
+
+def wait_until_serving(server: ServerProcess, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited {server.proc.returncode}:\n{server.logs()}")
+        try:
+            with urllib.request.urlopen(server.http_url + "/", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not start within {timeout} s:\n{server.logs()}")
+
+
+def make_token(
+    identity: str,
+    room: str,
+    *,
+    name: str = "",
+    metadata: str = "",
+    ttl_s: int = 600,
+    key: str = API_KEY,
+    secret: str = API_SECRET,
+    **grants: object,
+) -> str:
+    video = api.VideoGrants(room_join=True, room=room, **grants)  # type: ignore[arg-type]
+    token = api.AccessToken(key, secret).with_identity(identity).with_grants(video)
+    if name:
+        token = token.with_name(name)
+    if metadata:
+        token = token.with_metadata(metadata)
+    from datetime import timedelta
+
+    return str(token.with_ttl(timedelta(seconds=ttl_s)).to_jwt())

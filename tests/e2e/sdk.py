@@ -1,0 +1,75 @@
+"""Helpers around the official ``livekit`` SDK: connect participants, wait for events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from livekit import rtc
+
+from tests.e2e.harness import ServerProcess, make_token
+
+EVENT_TIMEOUT_S = 15.0
+
+
+class EventLog:
+    """Records every payload of one room event so tests can wait for a matching one."""
+
+    def __init__(self, room: rtc.Room, event: str) -> None:
+        self.items: list[Any] = []
+        self._changed = asyncio.Event()
+        room.on(event, self._record)
+
+    def _record(self, *args: Any) -> None:
+        self.items.append(args[0] if len(args) == 1 else args)
+        self._changed.set()
+
+    async def wait_for(
+        self, predicate: Callable[[Any], bool] = lambda _: True, timeout: float = EVENT_TIMEOUT_S
+    ) -> Any:
+        async def scan() -> Any:
+            while True:
+                for item in self.items:
+                    if predicate(item):
+                        return item
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(scan(), timeout)
+
+
+async def connect(
+    server: ServerProcess,
+    identity: str,
+    room: str,
+    *,
+    options: rtc.RoomOptions | None = None,
+    **grants: object,
+) -> rtc.Room:
+    participant = rtc.Room()
+    token = make_token(identity, room, **grants)
+    await asyncio.wait_for(
+        participant.connect(server.ws_url, token, options or rtc.RoomOptions()), EVENT_TIMEOUT_S
+    )
+    return participant
+
+
+@asynccontextmanager
+async def joined(
+    server: ServerProcess, identity: str, room: str, **grants: object
+) -> AsyncIterator[rtc.Room]:
+    participant = await connect(server, identity, room, **grants)
+    try:
+        yield participant
+    finally:
+        await participant.disconnect()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs everything the tests need on a fresh Debian machine, then lints and tests.
+# Extra arguments go to pytest (e.g. `sh tests/run.sh -k data`).
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if ! command -v ip >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux >/dev/null
+    fi
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+
+# SDK tests need a non-loopback adapter carrying the advertised address; a private network
+# namespace gives one without touching the machine's own network (needs root).
+if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then
+    exec unshare -n sh tests/netns.sh .venv/bin/pytest "$@"
+fi
+echo "note: not root or no unshare; SDK tests run against this machine's own interfaces" >&2
+exec .venv/bin/pytest "$@"
