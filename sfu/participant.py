@@ -61,7 +61,7 @@ class JoinParams:
     name: str = ""
     metadata: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict)
-    kind: models.ParticipantInfo.Kind.ValueType = models.ParticipantInfo.Kind.STANDARD
+    kind: models.ParticipantInfo.Kind = models.ParticipantInfo.Kind.STANDARD
     protocol: int = 0
     auto_subscribe: bool = True
     client_info: models.ClientInfo = field(default_factory=models.ClientInfo)
@@ -94,7 +94,7 @@ class Participant:
         self.joined_at_ms = int(time.time() * 1000)
         self.version = 0
         self.state = ParticipantState.JOINING
-        self.disconnect_reason: models.DisconnectReason.ValueType = (
+        self.disconnect_reason: models.DisconnectReason = (
             models.DisconnectReason.UNKNOWN_REASON
         )
         self.sink = sink
@@ -251,14 +251,14 @@ class Participant:
 
     # --- leaving ---------------------------------------------------------------------------
 
-    def send_leave(self, reason: models.DisconnectReason.ValueType) -> None:
+    def send_leave(self, reason: models.DisconnectReason) -> None:
         """Tell the client to go away for good (protocol >= 13 reads `action`)."""
         leave = rtc.LeaveRequest(
             can_reconnect=False, reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT
         )
         self.send(rtc.SignalResponse(leave=leave))
 
-    async def close(self, reason: models.DisconnectReason.ValueType, *, send_leave: bool) -> None:
+    async def close(self, reason: models.DisconnectReason, *, send_leave: bool) -> None:
         if self.is_closed:
             return
         if send_leave:
@@ -282,5 +282,5 @@ _SOURCES = {
 }
 
 
-def _source_enum(name: str) -> models.TrackSource.ValueType:
+def _source_enum(name: str) -> models.TrackSource:
     return _SOURCES.get(name.lower(), models.TrackSource.UNKNOWN)

@@ -98,7 +98,7 @@ class Room:
     async def remove(
         self,
         participant: Participant,
-        reason: models.DisconnectReason.ValueType,
+        reason: models.DisconnectReason,
         *,
         send_leave: bool = False,
     ) -> None:
@@ -113,7 +113,7 @@ class Room:
         self.broadcast_participant(participant)
         self._broadcast_room_update()
 
-    async def close(self, reason: models.DisconnectReason.ValueType) -> None:
+    async def close(self, reason: models.DisconnectReason) -> None:
         self.closed = True
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, send_leave=True)

@@ -53,7 +53,7 @@ class RoomManager:
         room.log.info("room created")
         return room
 
-    async def close_room(self, room: Room, reason: models.DisconnectReason.ValueType) -> None:
+    async def close_room(self, room: Room, reason: models.DisconnectReason) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
         await room.close(reason)

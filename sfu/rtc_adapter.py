@@ -29,12 +29,16 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import candidate_from_sdp
 
 logger = logging.getLogger(__name__)
 
 #: Reliable messages kept for a channel that is not open yet; beyond this the peer is too slow.
 MAX_PENDING_MESSAGES = 1024
+
+# What aiortc raises for descriptions it cannot apply; the layers above see ValueError.
+_AIORTC_ERRORS = (ValueError, IndexError, KeyError, InvalidAccessError, InvalidStateError)
 
 _default_host_addresses = aioice.ice.get_host_addresses
 
@@ -154,15 +158,25 @@ class PeerConnection:
         return str(self._pc.localDescription.sdp)
 
     async def set_answer(self, sdp: str) -> None:
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-        await self._remote_description_applied()
+        """Apply the remote answer; ValueError when it does not fit our offer."""
+        await self._set_remote(RTCSessionDescription(sdp=sdp, type="answer"))
 
     async def answer(self, offer_sdp: str) -> str:
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        await self._remote_description_applied()
-        answer = await self._pc.createAnswer()
-        await self._pc.setLocalDescription(answer)
+        """Answer a remote offer; ValueError when it cannot be applied."""
+        await self._set_remote(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        try:
+            answer = await self._pc.createAnswer()
+            await self._pc.setLocalDescription(answer)
+        except _AIORTC_ERRORS as exc:
+            raise ValueError(f"cannot answer offer: {exc}") from exc
         return str(self._pc.localDescription.sdp)
+
+    async def _set_remote(self, description: RTCSessionDescription) -> None:
+        try:
+            await self._pc.setRemoteDescription(description)
+        except _AIORTC_ERRORS as exc:
+            raise ValueError(f"invalid remote {description.type}: {exc}") from exc
+        await self._remote_description_applied()
 
     async def add_candidate(self, init: dict[str, Any]) -> None:
         """Apply a trickled RTCIceCandidateInit; an empty candidate means end of candidates.
@@ -184,7 +198,7 @@ class PeerConnection:
             text = text[len("candidate:") :]
         try:
             candidate = candidate_from_sdp(text)
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, AssertionError) as exc:
             raise ValueError(f"unparseable candidate {text!r}") from exc
         if candidate.protocol.lower() != "udp":
             return  # aioice only speaks UDP; TCP candidates arrive with the ICE-TCP issue.

@@ -11,6 +11,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from livekit.protocol import models
 
@@ -40,7 +41,9 @@ class ConnectRequest:
     client_info: models.ClientInfo
 
 
-_SDKS = {name.lower(): value for name, value in models.ClientInfo.SDK.items()}
+_SDKS: dict[str, models.ClientInfo.SDK] = {
+    name.lower(): cast(models.ClientInfo.SDK, value) for name, value in models.ClientInfo.SDK.items()
+}
 _SDKS.update({"ios": models.ClientInfo.SWIFT, "reactnative": models.ClientInfo.REACT_NATIVE})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 from livekit.protocol import models, rtc
@@ -23,11 +24,18 @@ logger = logging.getLogger(__name__)
 #: The protocol version we implement, stated honestly: room moves (16) and the packet trailer
 #: (17) are not implemented, and clients gate those features on this number.
 SERVER_PROTOCOL = 15
+#: Clients gate features on `server_info.version` as a LiveKit server version (RPC needs
+#: >= 1.8.0, the release that introduced protocol 15), so we state the LiveKit release whose
+#: protocol we implement there, and our own version in `debug_info`.
+LIVEKIT_COMPATIBLE_VERSION = "1.8.0"
 PING_INTERVAL_S = 5
 PING_TIMEOUT_S = 15
 #: LiveKit pings the WebSocket every 10 s (`wsprotocol.go`).
 WS_HEARTBEAT_S = 10.0
-_KINDS = {name.lower(): value for name, value in models.ParticipantInfo.Kind.items()}
+_KINDS = {
+    name.lower(): cast(models.ParticipantInfo.Kind, value)
+    for name, value in models.ParticipantInfo.Kind.items()
+}
 
 
 @dataclass(frozen=True)
@@ -178,14 +186,15 @@ def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinR
     config = ctx.config
     server_info = models.ServerInfo(
         edition=models.ServerInfo.Standard,
-        version=ctx.version,
+        version=LIVEKIT_COMPATIBLE_VERSION,
         protocol=SERVER_PROTOCOL,
+        debug_info=f"livekit-py-server {ctx.version}",
         region=config.region,
         node_id=ctx.node_id,
     )
     ice_servers = [rtc.ICEServer(urls=[_stun_url(s)]) for s in config.rtc.stun_servers]
     return rtc.JoinResponse(
-        server_version=ctx.version,
+        server_version=LIVEKIT_COMPATIBLE_VERSION,
         server_region=config.region,
         ice_servers=ice_servers,
         subscriber_primary=participant.subscriber_primary,

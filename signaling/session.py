@@ -105,7 +105,7 @@ class SignalSession:
         self.participant = participant
         self._refresh_token = refresh_token
         self.log = participant.log
-        self._leave_reason: models.DisconnectReason.ValueType = models.DisconnectReason.SIGNAL_CLOSE
+        self._leave_reason: models.DisconnectReason = models.DisconnectReason.SIGNAL_CLOSE
 
     async def run(self) -> None:
         """Read until the client leaves or the connection ends, then remove the participant."""
@@ -172,7 +172,7 @@ class SignalSession:
             self._respond(update.request_id, rtc.RequestResponse.OK, "")
 
     def _respond(
-        self, request_id: int, reason: rtc.RequestResponse.Reason.ValueType, message: str
+        self, request_id: int, reason: rtc.RequestResponse.Reason, message: str
     ) -> None:
         response = rtc.RequestResponse(request_id=request_id, reason=reason, message=message)
         self.participant.send(rtc.SignalResponse(request_response=response))

@@ -19,13 +19,13 @@ async def test_two_participants_see_each_other_arrive_and_leave(server: ServerPr
     departures = EventLog(alice, "participant_disconnected")
     try:
         assert alice.connection_state == rtc.ConnectionState.CONN_CONNECTED
-        sid = await alice.sid()
+        sid = await alice.sid
         assert sid.startswith("RM_")
         assert alice.local_participant.sid.startswith("PA_")
         async with joined(server, "bob", "two") as bob:
             await arrivals.wait_for(lambda p: p.identity == "bob")
             assert set(bob.remote_participants) == {"alice"}
-            assert await bob.sid() == sid
+            assert await bob.sid == sid
             assert bob.remote_participants["alice"].sid == alice.local_participant.sid
         gone = await departures.wait_for(lambda p: p.identity == "bob")
         assert gone.identity == "bob"
@@ -54,7 +54,7 @@ async def test_rooms_are_separate(server: ServerProcess) -> None:
         await asyncio.sleep(0.5)
         assert not a.remote_participants
         assert not b.remote_participants
-        assert await a.sid() != await b.sid()
+        assert await a.sid != await b.sid
 
 
 async def test_duplicate_identity_kicks_the_older_session(server: ServerProcess) -> None:
@@ -103,7 +103,8 @@ async def test_metadata_name_and_attributes_reach_others(server: ServerProcess) 
 async def test_metadata_update_without_permission_is_refused(server: ServerProcess) -> None:
     async with joined(server, "mallory", "meta2") as mallory, joined(server, "v", "meta2") as v:
         await wait_until(lambda: "mallory" in v.remote_participants)
-        with pytest.raises(Exception, match=r"(?i)not.?allowed|permission|denied"):
-            await asyncio.wait_for(mallory.local_participant.set_metadata("evil"), 10)
-        await asyncio.sleep(0.3)
+        # The Rust SDK does not surface the server's NOT_ALLOWED response (the raw-protocol test
+        # in test_bad_input.py checks it); what matters here is that nobody sees the change.
+        await asyncio.wait_for(mallory.local_participant.set_metadata("evil"), 10)
+        await asyncio.sleep(0.5)
         assert v.remote_participants["mallory"].metadata == ""

@@ -1,0 +1,19 @@
+# livekit-py-server on slim Debian; the install step is the README's own `pip install .`.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --create-home --uid 1000 livekit
+WORKDIR /opt/livekit-py-server
+COPY pyproject.toml README.md ./
+COPY protocol ./protocol
+COPY config ./config
+COPY sfu ./sfu
+COPY signaling ./signaling
+COPY server ./server
+RUN python3 -m venv .venv && .venv/bin/pip install . && ln -s /opt/livekit-py-server/.venv/bin/livekit-py-server /usr/local/bin/livekit-py-server
+
+USER livekit
+EXPOSE 7880/tcp 7881/tcp 7882/udp
+ENTRYPOINT ["livekit-py-server"]
+CMD ["--config", "/etc/livekit.yaml"]
