@@ -59,7 +59,10 @@ def build_app(config: Config) -> web.Application:
 
 async def run_server(config: Config) -> None:
     """Serve until SIGINT or SIGTERM; a second signal exits at once."""
-    configure_host_addresses([config.rtc.node_ip] if config.rtc.node_ip else [])
+    configure_host_addresses(
+        [config.rtc.node_ip] if config.rtc.node_ip else [],
+        add_loopback=config.rtc.enable_loopback_candidate or config.development,
+    )
     runner = web.AppRunner(build_app(config), handle_signals=False, access_log=None)
     await runner.setup()
     hosts = list(config.bind_addresses) or ["0.0.0.0"]

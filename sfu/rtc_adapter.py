@@ -43,17 +43,22 @@ _AIORTC_ERRORS = (ValueError, IndexError, KeyError, InvalidAccessError, InvalidS
 _default_host_addresses = aioice.ice.get_host_addresses
 
 
-def configure_host_addresses(addresses: Sequence[str]) -> None:
+def configure_host_addresses(addresses: Sequence[str], *, add_loopback: bool = False) -> None:
     """Make every later ICE gathering advertise exactly ``addresses`` (``rtc.node_ip``).
 
-    An empty sequence restores aioice's own interface discovery.
+    An empty sequence restores aioice's own interface discovery, which never offers 127.0.0.1;
+    ``add_loopback`` adds it (LiveKit's ``rtc.enable_loopback_candidate``, on in dev mode).
     """
     chosen = list(addresses)
 
     def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        if not chosen:
-            return _default_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+        if chosen:
+            found = chosen
+        else:
+            found = _default_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+            if add_loopback and "127.0.0.1" not in found:
+                found = [*found, "127.0.0.1"]
+        return [a for a in found if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    """For tests that need their own configuration; every started server is checked at the end."""
+def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts servers with their own configuration; each is checked for a clean exit."""
     started: list[ServerProcess] = []
-    yield started
+
+    def start_with(config_yaml: str = "", **kwargs: object) -> ServerProcess:
+        proc = start_server(tmp_path, config_yaml, **kwargs)  # type: ignore[arg-type]
+        started.append(proc)
+        return proc
+
+    yield start_with
     for proc in started:
         _assert_clean_exit(proc)

@@ -65,6 +65,7 @@ def start_server(
     args: tuple[str, ...] = (),
     port: int | None = None,
     with_keys: bool = True,
+    node_ip: bool = True,
 ) -> ServerProcess:
     """Start the server with ``config_yaml`` plus our test key, and wait until it serves."""
     port = port or free_port()
@@ -75,7 +76,7 @@ def start_server(
     if body:
         cmd += ["--config-body", body]
     env = dict(os.environ)
-    if IN_NETNS:
+    if IN_NETNS and node_ip:
         env["NODE_IP"] = "127.0.0.1"
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:

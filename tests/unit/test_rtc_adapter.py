@@ -35,6 +35,14 @@ def test_host_addresses_follow_node_ip(loopback_only: None) -> None:
     assert aioice.ice.get_host_addresses(use_ipv4=False, use_ipv6=True) == []
 
 
+def test_loopback_added_in_dev() -> None:
+    configure_host_addresses([], add_loopback=True)
+    try:
+        assert "127.0.0.1" in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+    finally:
+        configure_host_addresses([])
+
+
 def test_default_host_addresses_restored() -> None:
     configure_host_addresses([])
     addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)

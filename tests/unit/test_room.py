@@ -1,0 +1,173 @@
+"""Room rules without a network: join responses, visibility, data routing, idle timeouts."""
+
+from __future__ import annotations
+
+from livekit.protocol import metrics, models, rtc
+
+from protocol.token import VideoGrant
+from sfu.participant import JoinParams, Participant, ParticipantState
+from sfu.room import Room, RoomSettings
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.responses: list[rtc.SignalResponse] = []
+        self.closed = False
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        self.responses.append(response)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def of(self, kind: str) -> list[rtc.SignalResponse]:
+        return [r for r in self.responses if r.WhichOneof("message") == kind]
+
+
+def _participant(
+    room: Room, identity: str, *, hidden: bool = False, can_publish_data: bool = True
+) -> tuple[Participant, RecordingSink]:
+    sink = RecordingSink()
+    grant = VideoGrant(
+        room_join=True, room=room.name, hidden=hidden, can_publish_data=can_publish_data
+    )
+    participant = Participant(
+        sid=f"PA_{identity}",
+        params=JoinParams(identity=identity, grant=grant, protocol=15),
+        room_name=room.name,
+        sink=sink,
+        listener=room,
+    )
+    return participant, sink
+
+
+async def _join(room: Room, identity: str, **kwargs: bool) -> tuple[Participant, RecordingSink]:
+    participant, sink = _participant(room, identity, **kwargs)
+    await room.join(participant, rtc.JoinResponse())
+    return participant, sink
+
+
+def _room(**settings: int) -> Room:
+    return Room(name="r", sid="RM_test", settings=RoomSettings(**settings), now=0.0)
+
+
+async def test_join_response_first_then_others_told() -> None:
+    room = _room()
+    alice, alice_sink = await _join(room, "alice")
+    bob, bob_sink = await _join(room, "bob")
+    first = bob_sink.responses[0]
+    assert first.WhichOneof("message") == "join"
+    assert first.join.room.sid == "RM_test"
+    assert first.join.participant.identity == "bob"
+    assert [p.identity for p in first.join.other_participants] == ["alice"]
+    updates = [p for r in alice_sink.of("update") for p in r.update.participants]
+    assert any(p.identity == "bob" for p in updates)
+    assert bob.state is ParticipantState.JOINED
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+    assert alice_sink.of("leave")[0].leave.reason == models.DisconnectReason.ROOM_DELETED
+
+
+async def test_hidden_participants_are_not_shown() -> None:
+    room = _room()
+    _, watcher_sink = await _join(room, "watcher")
+    _, ghost_sink = await _join(room, "ghost", hidden=True)
+    seen = [p.identity for r in watcher_sink.of("update") for p in r.update.participants]
+    assert "ghost" not in seen
+    assert [p.identity for p in ghost_sink.responses[0].join.other_participants] == ["watcher"]
+    assert room.to_proto().num_participants == 1
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_duplicate_identity_replaces_the_old_session() -> None:
+    room = _room()
+    old, old_sink = await _join(room, "dup")
+    new, _ = await _join(room, "dup")
+    assert room.participants["dup"] is new
+    assert old.is_closed
+    assert old_sink.of("leave")[0].leave.reason == models.DisconnectReason.DUPLICATE_IDENTITY
+    assert old_sink.closed
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_max_participants() -> None:
+    room = _room(max_participants=1)
+    await _join(room, "one")
+    assert room.is_full("two")
+    assert not room.is_full("one")
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_data_routing_rules() -> None:
+    room = _room()
+    sender, _ = await _join(room, "sender")
+    others = {name: await _join(room, name) for name in ("a", "b")}
+    sent: dict[str, list[tuple[bytes, bool]]] = {"sender": [], "a": [], "b": []}
+    for participant in [sender, *(p for p, _ in others.values())]:
+        participant.send_data = (  # type: ignore[method-assign]
+            lambda payload, *, reliable, who=participant.identity: sent[who].append(
+                (payload, reliable)
+            )
+        )
+    packet = models.DataPacket(
+        participant_identity="spoofed",
+        user=models.UserPacket(payload=b"x", topic="t"),
+        destination_identities=["b"],
+    )
+    room.on_participant_data(sender, packet, reliable=False)
+    assert sent["a"] == [] and sent["sender"] == []
+    delivered = models.DataPacket()
+    delivered.ParseFromString(sent["b"][0][0])
+    assert sent["b"][0][1] is False
+    assert delivered.participant_identity == "sender"
+    assert delivered.participant_sid == "PA_sender"
+    assert delivered.user.participant_identity == "sender"
+    room.on_participant_data(sender, models.DataPacket(metrics=metrics.MetricsBatch()), reliable=True)
+    assert len(sent["a"]) == 0, "metrics are never relayed"
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_data_without_permission_or_stale_sequence_is_dropped() -> None:
+    room = _room()
+    muted, _ = await _join(room, "muted", can_publish_data=False)
+    talker, _ = await _join(room, "talker")
+    received: list[models.DataPacket] = []
+    room.on_participant_data = (  # type: ignore[method-assign]
+        lambda participant, packet, *, reliable: received.append(packet)
+    )
+    muted._on_data(models.DataPacket(user=models.UserPacket(payload=b"x")).SerializeToString(),
+                   reliable=True)
+    assert received == []
+    for sequence in (1, 2, 2, 1, 3):
+        talker._on_data(models.DataPacket(sequence=sequence).SerializeToString(), reliable=True)
+    assert [p.sequence for p in received] == [1, 2, 3]
+    talker._on_data(b"\xff\xff garbage", reliable=True)
+    assert len(received) == 3
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_metadata_update_and_attribute_deletion() -> None:
+    room = _room()
+    editor, editor_sink = await _join(room, "editor")
+    version = editor.version
+    update = rtc.UpdateParticipantMetadata(metadata="m", name="N", attributes={"a": "1", "b": "2"})
+    room.update_participant_metadata(editor, update)
+    room.update_participant_metadata(editor, rtc.UpdateParticipantMetadata(attributes={"a": ""}))
+    info = editor.to_info()
+    assert (info.metadata, info.name, dict(info.attributes)) == ("m", "N", {"b": "2"})
+    assert editor.version == version + 2
+    versions = [p.version for r in editor_sink.of("update") for p in r.update.participants]
+    assert versions == sorted(versions)
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_idle_timeouts() -> None:
+    room = _room(empty_timeout=10, departure_timeout=2)
+    assert not room.idle_expired(9.0)
+    assert room.idle_expired(10.0)
+    participant, _ = await _join(room, "p")
+    assert not room.idle_expired(100.0)
+    await room.remove(participant, models.DisconnectReason.CLIENT_INITIATED)
+    left_at = room._last_left_monotonic
+    assert left_at is not None
+    assert not room.idle_expired(left_at + 1.9)
+    assert room.idle_expired(left_at + 2.0)
