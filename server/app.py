@@ -71,7 +71,9 @@ async def run_server(config: Config) -> None:
             await web.TCPSite(runner, host, config.port).start()
         logger.info(
             "livekit-py-server %s listening on %s port %d",
-            server_version(), ", ".join(hosts), config.port,
+            server_version(),
+            ", ".join(hosts),
+            config.port,
         )
         await _wait_for_signal()
         logger.info("shutting down: closing rooms")

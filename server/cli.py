@@ -25,10 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config-body", help="YAML config as a string (env LIVEKIT_CONFIG); wins over --config"
     )
-    parser.add_argument("--dev", action="store_true", help="development mode: devkey/secret, "
-                        "bound to 127.0.0.1, debug logging")
-    parser.add_argument("--bind", action="append", default=[],
-                        help="IP address to listen on (repeatable; default all)")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: devkey/secret, bound to 127.0.0.1, debug logging",
+    )
+    parser.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        help="IP address to listen on (repeatable; default all)",
+    )
     parser.add_argument("--port", type=int, help="HTTP/WebSocket port (default 7880)")
     parser.add_argument("--keys", help='API keys as "key: secret" lines (env LIVEKIT_KEYS)')
     parser.add_argument("--key-file", help="YAML file of key: secret (must not be world-readable)")
@@ -95,8 +102,9 @@ def _announce(loaded: LoadedConfig) -> None:
     if loaded.dev_placeholder_keys:
         # LiveKit prints the placeholder pair so developers can mint tokens at once.
         for key, secret in loaded.config.keys.items():
-            logger.info("no keys provided, using placeholder keys: API key %s, secret %s",
-                        key, secret)
+            logger.info(
+                "no keys provided, using placeholder keys: API key %s, secret %s", key, secret
+            )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ import time
 CONTEXT_FIELDS = ("room", "roomID", "participant", "pID", "trackID", "transport")
 #: Loggers of the WebRTC libraries follow ``logging.pion_level`` (LiveKit's name for the same).
 LIBRARY_LOGGERS = ("aiortc", "aioice", "pylibsrtp")
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _context(record: logging.LogRecord) -> dict[str, str]:

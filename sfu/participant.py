@@ -94,9 +94,7 @@ class Participant:
         self.joined_at_ms = int(time.time() * 1000)
         self.version = 0
         self.state = ParticipantState.JOINING
-        self.disconnect_reason: models.DisconnectReason = (
-            models.DisconnectReason.UNKNOWN_REASON
-        )
+        self.disconnect_reason: models.DisconnectReason = models.DisconnectReason.UNKNOWN_REASON
         self.sink = sink
         self._listener = listener
         self.log = logging.LoggerAdapter(
@@ -247,7 +245,9 @@ class Participant:
             self.log.info("primary peer connection failed")
 
     def _send_offer(self, sdp: str, offer_id: int) -> None:
-        self.send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id)))
+        self.send(
+            rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id))
+        )
 
     # --- leaving ---------------------------------------------------------------------------
 
@@ -269,9 +269,7 @@ class Participant:
         await self.tasks.close()
         await self.subscriber.close()
         await self.publisher.close()
-        self.log.info(
-            "participant closed: %s", models.DisconnectReason.Name(reason).lower()
-        )
+        self.log.info("participant closed: %s", models.DisconnectReason.Name(reason).lower())
 
 
 _SOURCES = {

@@ -48,7 +48,9 @@ class RoomManager:
             return room
         if not (self.auto_create or may_create):
             raise RoomNotFoundError(f"room {name} does not exist")
-        room = Room(name=name, sid=new_id(ROOM_PREFIX), settings=self.settings, now=time.monotonic())
+        room = Room(
+            name=name, sid=new_id(ROOM_PREFIX), settings=self.settings, now=time.monotonic()
+        )
         self.rooms[name] = room
         room.log.info("room created")
         return room

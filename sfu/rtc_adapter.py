@@ -242,4 +242,3 @@ class PeerConnection:
         wrapped = DataChannel(channel, reliable=bool(channel.ordered))
         if self.on_data_channel is not None:
             self.on_data_channel(wrapped)
-

@@ -100,4 +100,3 @@ class PublisherTransport:
 
     async def close(self) -> None:
         await self.pc.close()
-

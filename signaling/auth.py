@@ -42,7 +42,8 @@ class ConnectRequest:
 
 
 _SDKS: dict[str, models.ClientInfo.SDK] = {
-    name.lower(): cast(models.ClientInfo.SDK, value) for name, value in models.ClientInfo.SDK.items()
+    name.lower(): cast(models.ClientInfo.SDK, value)
+    for name, value in models.ClientInfo.SDK.items()
 }
 _SDKS.update({"ios": models.ClientInfo.SWIFT, "reactnative": models.ClientInfo.REACT_NATIVE})
 
@@ -61,9 +62,7 @@ def extract_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
     return token
 
 
-def authenticate(
-    headers: Mapping[str, str], query: Mapping[str, str], config: Config
-) -> Claims:
+def authenticate(headers: Mapping[str, str], query: Mapping[str, str], config: Config) -> Claims:
     try:
         return verify_token(extract_token(headers, query), config.keys)
     except TokenError as exc:

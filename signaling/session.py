@@ -151,7 +151,9 @@ class SignalSession:
                 case "ping":
                     participant.send(rtc.SignalResponse(pong=_now_ms()))
                 case "ping_req":
-                    pong = rtc.Pong(last_ping_timestamp=request.ping_req.timestamp, timestamp=_now_ms())
+                    pong = rtc.Pong(
+                        last_ping_timestamp=request.ping_req.timestamp, timestamp=_now_ms()
+                    )
                     participant.send(rtc.SignalResponse(pong_resp=pong))
                 case None:
                     self.log.debug("x empty signal request ignored")
@@ -171,9 +173,7 @@ class SignalSession:
         if participant.params.protocol >= 15:
             self._respond(update.request_id, rtc.RequestResponse.OK, "")
 
-    def _respond(
-        self, request_id: int, reason: rtc.RequestResponse.Reason, message: str
-    ) -> None:
+    def _respond(self, request_id: int, reason: rtc.RequestResponse.Reason, message: str) -> None:
         response = rtc.RequestResponse(request_id=request_id, reason=reason, message=message)
         self.participant.send(rtc.SignalResponse(request_response=response))
 

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from livekit import api
 
@@ -110,9 +111,9 @@ def make_token(
     ttl_s: int = 600,
     key: str = API_KEY,
     secret: str = API_SECRET,
-    **grants: object,
+    **grants: Any,
 ) -> str:
-    video = api.VideoGrants(room_join=True, room=room, **grants)  # type: ignore[arg-type]
+    video = api.VideoGrants(room_join=True, room=room, **grants)
     token = api.AccessToken(key, secret).with_identity(identity).with_grants(video)
     if name:
         token = token.with_name(name)

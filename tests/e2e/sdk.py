@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from livekit import rtc
 
@@ -20,14 +20,14 @@ class EventLog:
     def __init__(self, room: rtc.Room, event: str) -> None:
         self.items: list[Any] = []
         self._changed = asyncio.Event()
-        room.on(event, self._record)
+        room.on(cast(Any, event), self._record)
 
     def _record(self, *args: Any) -> None:
         self.items.append(args[0] if len(args) == 1 else args)
         self._changed.set()
 
     async def wait_for(
-        self, predicate: Callable[[Any], bool] = lambda _: True, timeout: float = EVENT_TIMEOUT_S
+        self, predicate: Callable[[Any], bool] = lambda _: True, within_s: float = EVENT_TIMEOUT_S
     ) -> Any:
         async def scan() -> Any:
             while True:
@@ -37,7 +37,7 @@ class EventLog:
                 self._changed.clear()
                 await self._changed.wait()
 
-        return await asyncio.wait_for(scan(), timeout)
+        return await asyncio.wait_for(scan(), within_s)
 
 
 async def connect(
@@ -46,7 +46,7 @@ async def connect(
     room: str,
     *,
     options: rtc.RoomOptions | None = None,
-    **grants: object,
+    **grants: Any,
 ) -> rtc.Room:
     participant = rtc.Room()
     token = make_token(identity, room, **grants)
@@ -58,7 +58,7 @@ async def connect(
 
 @asynccontextmanager
 async def joined(
-    server: ServerProcess, identity: str, room: str, **grants: object
+    server: ServerProcess, identity: str, room: str, **grants: Any
 ) -> AsyncIterator[rtc.Room]:
     participant = await connect(server, identity, room, **grants)
     try:
@@ -67,9 +67,9 @@ async def joined(
         await participant.disconnect()
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = EVENT_TIMEOUT_S) -> None:
+async def wait_until(condition: Callable[[], bool], within_s: float = EVENT_TIMEOUT_S) -> None:
     async def poll() -> None:
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - SDK state has no event to await
             await asyncio.sleep(0.05)
 
-    await asyncio.wait_for(poll(), timeout)
+    await asyncio.wait_for(poll(), within_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 
 import aiohttp
 import jwt
@@ -13,7 +14,7 @@ from livekit import rtc
 from livekit.protocol import rtc as proto
 
 from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, make_token
-from tests.e2e.sdk import EventLog, connect, joined, wait_until
+from tests.e2e.sdk import EventLog, joined, wait_until
 
 
 def _b64(data: bytes) -> str:
@@ -38,7 +39,7 @@ def _unsigned_token() -> str:
     return f"{header}.{_b64(json.dumps(_claims()).encode())}."
 
 
-BAD_TOKENS = {
+BAD_TOKENS: dict[str, Callable[[], str]] = {
     "expired": lambda: jwt.encode(_claims(exp=int(time.time()) - 120), API_SECRET, "HS256"),
     "unsigned": _unsigned_token,
     "wrong_secret": lambda: jwt.encode(_claims(), "not-the-secret-not-the-secret-xx", "HS256"),
@@ -109,9 +110,9 @@ async def test_cors_preflight(server: ServerProcess) -> None:
             assert response.headers["Access-Control-Max-Age"] == "86400"
 
 
-async def _open_signal(http: aiohttp.ClientSession, server: ServerProcess, identity: str) -> (
-    aiohttp.ClientWebSocketResponse
-):
+async def _open_signal(
+    http: aiohttp.ClientSession, server: ServerProcess, identity: str
+) -> aiohttp.ClientWebSocketResponse:
     token = make_token(identity, "frames")
     ws = await http.ws_connect(f"{server.ws_url}/rtc?access_token={token}&protocol=15")
     first = await ws.receive_bytes(timeout=10)

@@ -84,10 +84,11 @@ async def test_rpc_between_participants(server: ServerProcess) -> None:
     async with joined(server, "caller", "rpc") as caller, joined(server, "callee", "rpc") as callee:
         calls: list[rtc.RpcInvocationData] = []
 
-        @callee.local_participant.register_rpc_method("square")
         async def square(data: rtc.RpcInvocationData) -> str:
             calls.append(data)
             return str(int(data.payload) ** 2)
+
+        callee.local_participant.register_rpc_method("square", square)
 
         await wait_until(lambda: "callee" in caller.remote_participants)
         result = await caller.local_participant.perform_rpc(
@@ -102,7 +103,10 @@ async def test_rpc_between_participants(server: ServerProcess) -> None:
 
 
 async def test_text_stream_between_participants(server: ServerProcess) -> None:
-    async with joined(server, "writer", "text") as writer, joined(server, "reader", "text") as reader:
+    async with (
+        joined(server, "writer", "text") as writer,
+        joined(server, "reader", "text") as reader,
+    ):
         texts: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
 
         async def consume(stream: rtc.TextStreamReader, identity: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import pytest
 from livekit import rtc
@@ -34,16 +35,19 @@ async def test_two_participants_see_each_other_arrive_and_leave(server: ServerPr
         await alice.disconnect()
 
 
+def _sees_others_of(room: rtc.Room, everyone: set[str]) -> bool:
+    return set(room.remote_participants) == everyone - {room.local_participant.identity}
+
+
 async def test_three_participants_in_one_room(server: ServerProcess) -> None:
     rooms = [await connect(server, name, "three") for name in ("p1", "p2", "p3")]
     try:
         for room in rooms:
-            others = {"p1", "p2", "p3"} - {room.local_participant.identity}
-            await wait_until(lambda room=room, others=others: set(room.remote_participants) == others)
+            await wait_until(partial(_sees_others_of, room, {"p1", "p2", "p3"}))
         first = rooms.pop(0)
         await first.disconnect()
         for room in rooms:
-            await wait_until(lambda room=room: "p1" not in room.remote_participants)
+            await wait_until(partial(_sees_others_of, room, {"p2", "p3"}))
     finally:
         for room in rooms:
             await room.disconnect()
@@ -69,8 +73,10 @@ async def test_duplicate_identity_kicks_the_older_session(server: ServerProcess)
             new_sid = second.local_participant.sid
             assert new_sid != old_sid
             await wait_until(
-                lambda: "dup" in watcher.remote_participants
-                and watcher.remote_participants["dup"].sid == new_sid
+                lambda: (
+                    "dup" in watcher.remote_participants
+                    and watcher.remote_participants["dup"].sid == new_sid
+                )
             )
             assert second.connection_state == rtc.ConnectionState.CONN_CONNECTED
     await first.disconnect()

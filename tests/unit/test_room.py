@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from livekit.protocol import metrics, models, rtc
 
 from protocol.token import VideoGrant
@@ -53,7 +55,7 @@ def _room(**settings: int) -> Room:
 
 async def test_join_response_first_then_others_told() -> None:
     room = _room()
-    alice, alice_sink = await _join(room, "alice")
+    _, alice_sink = await _join(room, "alice")
     bob, bob_sink = await _join(room, "bob")
     first = bob_sink.responses[0]
     assert first.WhichOneof("message") == "join"
@@ -97,17 +99,17 @@ async def test_max_participants() -> None:
     await room.close(models.DisconnectReason.ROOM_DELETED)
 
 
+def _record(into: list[tuple[bytes, bool]], payload: bytes, *, reliable: bool) -> None:
+    into.append((payload, reliable))
+
+
 async def test_data_routing_rules() -> None:
     room = _room()
     sender, _ = await _join(room, "sender")
     others = {name: await _join(room, name) for name in ("a", "b")}
     sent: dict[str, list[tuple[bytes, bool]]] = {"sender": [], "a": [], "b": []}
     for participant in [sender, *(p for p, _ in others.values())]:
-        participant.send_data = (  # type: ignore[method-assign]
-            lambda payload, *, reliable, who=participant.identity: sent[who].append(
-                (payload, reliable)
-            )
-        )
+        participant.send_data = partial(_record, sent[participant.identity])  # type: ignore[method-assign]
     packet = models.DataPacket(
         participant_identity="spoofed",
         user=models.UserPacket(payload=b"x", topic="t"),
@@ -121,7 +123,9 @@ async def test_data_routing_rules() -> None:
     assert delivered.participant_identity == "sender"
     assert delivered.participant_sid == "PA_sender"
     assert delivered.user.participant_identity == "sender"
-    room.on_participant_data(sender, models.DataPacket(metrics=metrics.MetricsBatch()), reliable=True)
+    room.on_participant_data(
+        sender, models.DataPacket(metrics=metrics.MetricsBatch()), reliable=True
+    )
     assert len(sent["a"]) == 0, "metrics are never relayed"
     await room.close(models.DisconnectReason.ROOM_DELETED)
 
@@ -134,8 +138,9 @@ async def test_data_without_permission_or_stale_sequence_is_dropped() -> None:
     room.on_participant_data = (  # type: ignore[method-assign]
         lambda participant, packet, *, reliable: received.append(packet)
     )
-    muted._on_data(models.DataPacket(user=models.UserPacket(payload=b"x")).SerializeToString(),
-                   reliable=True)
+    muted._on_data(
+        models.DataPacket(user=models.UserPacket(payload=b"x")).SerializeToString(), reliable=True
+    )
     assert received == []
     for sequence in (1, 2, 2, 1, 3):
         talker._on_data(models.DataPacket(sequence=sequence).SerializeToString(), reliable=True)
