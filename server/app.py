@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
 from importlib import metadata
 
 from aiohttp import web
@@ -48,12 +47,16 @@ def build_app(config: Config) -> web.Application:
     )
     add_routes(app, ctx)
 
-    async def room_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async def start_rooms(app: web.Application) -> None:
         rooms.start()
-        yield
+
+    async def stop_rooms(app: web.Application) -> None:
+        # On shutdown, before aiohttp waits for open WebSockets: every participant gets a
+        # leave with SERVER_SHUTDOWN, which ends its session.
         await rooms.stop()
 
-    app.cleanup_ctx.append(room_lifecycle)
+    app.on_startup.append(start_rooms)
+    app.on_shutdown.append(stop_rooms)
     return app
 
 

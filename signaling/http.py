@@ -144,7 +144,7 @@ async def rtc_websocket(request: web.Request) -> web.StreamResponse:
         await room.join(participant, _join_response(ctx, participant))
         await session.run()
     except RoomFullError:
-        participant.send_leave(models.DisconnectReason.JOIN_FAILURE)
+        await participant.close(models.DisconnectReason.JOIN_FAILURE, send_leave=True)
     finally:
         sink.close()
         await writer

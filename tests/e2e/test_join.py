@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 from livekit import rtc
 
-from tests.e2e.harness import ServerProcess
+from tests.e2e.harness import ServerProcess, make_token
 from tests.e2e.sdk import EventLog, connect, joined, wait_until
 
 pytestmark = pytest.mark.sdk
@@ -114,3 +114,18 @@ async def test_metadata_update_without_permission_is_refused(server: ServerProce
         await asyncio.wait_for(mallory.local_participant.set_metadata("evil"), 10)
         await asyncio.sleep(0.5)
         assert v.remote_participants["mallory"].metadata == ""
+
+
+async def test_newcomer_becomes_active_and_gets_a_fresh_token(server: ServerProcess) -> None:
+    async with joined(server, "host", "active") as host:
+        active = EventLog(host, "participant_active")
+        newcomer = rtc.Room()
+        refreshed = EventLog(newcomer, "token_refreshed")
+        try:
+            token = make_token("newcomer", "active")
+            await asyncio.wait_for(newcomer.connect(server.ws_url, token), 15)
+            became_active = await active.wait_for(lambda p: p.identity == "newcomer")
+            assert became_active.state == rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
+            await refreshed.wait_for()
+        finally:
+            await newcomer.disconnect()

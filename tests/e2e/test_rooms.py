@@ -10,7 +10,7 @@ import pytest
 from livekit import rtc
 
 from tests.e2e.harness import ServerProcess, make_token
-from tests.e2e.sdk import connect, joined, wait_until
+from tests.e2e.sdk import EventLog, connect, joined, wait_until
 
 pytestmark = pytest.mark.sdk
 Start = Callable[..., ServerProcess]
@@ -80,3 +80,16 @@ async def test_dev_mode_from_the_readme(start: Start) -> None:
     finally:
         await participant.disconnect()
     assert "devkey" in server.logs() and "secret" in server.logs()
+
+
+async def test_shutdown_tells_participants(start: Start) -> None:
+    server = start()
+    participant = await connect(server, "stayer", "shutdown")
+    disconnected = EventLog(participant, "disconnected")
+    try:
+        server.proc.terminate()
+        reason = await disconnected.wait_for()
+        assert reason == rtc.DisconnectReason.SERVER_SHUTDOWN
+        assert await asyncio.to_thread(server.proc.wait, 15) == 0
+    finally:
+        await participant.disconnect()
