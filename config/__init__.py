@@ -1,0 +1,34 @@
+"""Typed configuration with LiveKit's keys and a strict loader."""
+
+from config.loader import CliOverrides, ConfigError, LoadedConfig, load_config
+from config.schema import (
+    CodecSpec,
+    Config,
+    LimitConfig,
+    LoggingConfig,
+    NodeSelectorConfig,
+    PrometheusConfig,
+    RedisConfig,
+    RoomConfig,
+    RTCConfig,
+    TurnConfig,
+    WebhookConfig,
+)
+
+__all__ = [
+    "CliOverrides",
+    "CodecSpec",
+    "Config",
+    "ConfigError",
+    "LimitConfig",
+    "LoadedConfig",
+    "LoggingConfig",
+    "NodeSelectorConfig",
+    "PrometheusConfig",
+    "RTCConfig",
+    "RedisConfig",
+    "RoomConfig",
+    "TurnConfig",
+    "WebhookConfig",
+    "load_config",
+]

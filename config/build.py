@@ -1,0 +1,131 @@
+"""Strict conversion of a parsed YAML tree into the frozen dataclasses of ``config.schema``.
+
+Unknown keys and wrong types are errors naming the dotted key (LiveKit decodes its YAML
+strictly too, ``pkg/config/config.go``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class SchemaError(ValueError):
+    """A value that does not fit the schema; the message names the dotted key."""
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build(cls: type[T], raw: object, path: str = "") -> T:
+    """Build ``cls`` from ``raw`` (a mapping), refusing unknown keys and wrong types."""
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise SchemaError(f"{path or 'config'}: expected a mapping, got {_shown(raw)}")
+    hints = field_types(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            raise SchemaError(f'unknown config key "{dotted}"')
+        values[key] = convert(hints[key], value, dotted)
+    return cls(**values)
+
+
+def convert(hint: Any, value: object, path: str) -> Any:
+    """Convert ``value`` to the type ``hint``; strings are parsed (they come from env vars)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return build(hint, value, path)
+    if origin is tuple:
+        return _convert_tuple(hint, value, path)
+    if origin is Mapping or hint is Mapping:
+        return _convert_mapping(value, path)
+    if hint is bool:
+        return _convert_bool(value, path)
+    if hint is int:
+        return _convert_number(int, value, path)
+    if hint is float:
+        return float(_convert_number(float, value, path))
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise SchemaError(f"{path}: expected a string, got {_shown(value)}")
+        return str(value)
+    raise SchemaError(f"{path}: unsupported type {hint}")  # a schema bug, not user input
+
+
+def _convert_tuple(hint: Any, value: object, path: str) -> tuple[Any, ...]:
+    (item_hint, _ellipsis) = typing.get_args(hint)
+    if isinstance(value, str) and item_hint is str:
+        # Env vars carry lists as comma-separated strings.
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if not isinstance(value, list | tuple):
+        raise SchemaError(f"{path}: expected a list, got {_shown(value)}")
+    return tuple(convert(item_hint, item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _convert_mapping(value: object, path: str) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise SchemaError(f"{path}: expected a mapping, got {_shown(value)}")
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if item is None or isinstance(item, list | dict):
+            raise SchemaError(f"{path}.{key}: expected a string, got {_shown(item)}")
+        result[str(key)] = str(item)
+    return types.MappingProxyType(result)
+
+
+def _convert_bool(value: object, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise SchemaError(f"{path}: expected true or false, got {_shown(value)}")
+
+
+def _convert_number(kind: type[int] | type[float], value: object, path: str) -> int | float:
+    if isinstance(value, bool):
+        raise SchemaError(f"{path}: expected a number, got {_shown(value)}")
+    if isinstance(value, int) or (kind is float and isinstance(value, float)):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return kind(value.strip())
+    name = "an integer" if kind is int else "a number"
+    raise SchemaError(f"{path}: expected {name}, got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    text = repr(value) if isinstance(value, str) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def scalar_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every scalar key of the schema as (dotted path, type): LiveKit generates an env var
+    (``LIVEKIT_<PATH>``) for each."""
+    for name, hint in field_types(cls).items():
+        dotted = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+            yield from scalar_paths(hint, dotted + ".")
+        elif typing.get_origin(hint) is None and hint in (bool, int, float, str):
+            yield dotted, hint
+
+
+def leaf_paths(raw: object, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of every value set in a raw tree (lists count as one leaf)."""
+    if isinstance(raw, Mapping):
+        for key, value in raw.items():
+            yield from leaf_paths(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip(".")
