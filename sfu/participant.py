@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -170,6 +171,7 @@ class Participant:
         sdp = await self.publisher.handle_offer(offer.sdp)
         answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         self.send(rtc.SignalResponse(answer=answer))
+        self._trickle(self.publisher.pc, rtc.SignalTarget.PUBLISHER)
 
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
         await self.subscriber.handle_answer(answer.sdp)
@@ -248,6 +250,17 @@ class Participant:
         self.send(
             rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id))
         )
+        self._trickle(self.subscriber.pc, rtc.SignalTarget.SUBSCRIBER)
+
+    def _trickle(self, pc: PeerConnection, target: rtc.SignalTarget) -> None:
+        """Trickle our candidates too (they are also in the SDP), the last marked final as
+        LiveKit does when gathering completes."""
+        candidates = pc.local_candidates()
+        for index, init in enumerate(candidates):
+            trickle = rtc.TrickleRequest(
+                candidateInit=json.dumps(init), target=target, final=index == len(candidates) - 1
+            )
+            self.send(rtc.SignalResponse(trickle=trickle))
 
     # --- leaving ---------------------------------------------------------------------------
 

@@ -214,6 +214,29 @@ class PeerConnection:
             candidate.sdpMLineIndex = 0
         await self._pc.addIceCandidate(candidate)
 
+    def local_candidates(self) -> list[dict[str, Any]]:
+        """Our candidates as RTCIceCandidateInit dictionaries, to trickle to the client.
+
+        Only the first m-section's: every section is BUNDLEd onto its transport. All three keys
+        are always present; the Rust SDK unwraps them.
+        """
+        description = self._pc.localDescription
+        if description is None:
+            return []
+        mid: str | None = None
+        sections = -1
+        found: list[dict[str, Any]] = []
+        for line in str(description.sdp).splitlines():
+            if line.startswith("m="):
+                sections += 1
+            elif line.startswith("a=mid:") and sections == 0:
+                mid = line[len("a=mid:") :]
+            elif line.startswith("a=candidate:") and sections == 0:
+                found.append({"candidate": line[2:], "sdpMid": mid, "sdpMLineIndex": 0})
+        for candidate in found:
+            candidate["sdpMid"] = mid
+        return found
+
     async def close(self) -> None:
         await self._pc.close()
 

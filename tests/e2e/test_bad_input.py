@@ -14,6 +14,7 @@ from livekit import rtc
 from livekit.protocol import rtc as proto
 
 from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, make_token
+from tests.e2e.raw import open_signal, wait_closed, wait_for_pong
 from tests.e2e.sdk import EventLog, joined, wait_until
 
 
@@ -110,18 +111,6 @@ async def test_cors_preflight(server: ServerProcess) -> None:
             assert response.headers["Access-Control-Max-Age"] == "86400"
 
 
-async def _open_signal(
-    http: aiohttp.ClientSession, server: ServerProcess, identity: str
-) -> aiohttp.ClientWebSocketResponse:
-    token = make_token(identity, "frames")
-    ws = await http.ws_connect(f"{server.ws_url}/rtc?access_token={token}&protocol=15")
-    first = await ws.receive_bytes(timeout=10)
-    response = proto.SignalResponse()
-    response.ParseFromString(first)
-    assert response.WhichOneof("message") == "join"
-    return ws
-
-
 BAD_FRAMES: dict[str, bytes | str] = {
     "garbage_bytes": b"\xff\xfe\x00garbage\x13\x37" * 10,
     "truncated_protobuf": proto.SignalRequest(
@@ -137,13 +126,13 @@ async def test_bad_frame_closes_only_that_connection(server: ServerProcess, kind
     async with joined(server, "bystander", f"other-{kind}") as bystander:
         disconnected = EventLog(bystander, "disconnected")
         async with aiohttp.ClientSession() as http:
-            ws = await _open_signal(http, server, f"sender-{kind}")
+            ws = await open_signal(http, server, f"sender-{kind}")
             frame = BAD_FRAMES[kind]
             if isinstance(frame, bytes):
                 await ws.send_bytes(frame)
             else:
                 await ws.send_str(frame)
-            await _wait_closed(ws)
+            await wait_closed(ws)
         # The server still serves: the bystander stays, a new participant joins.
         async with joined(server, "newcomer", f"other-{kind}") as newcomer:
             await wait_until(lambda: "bystander" in newcomer.remote_participants)
@@ -155,20 +144,20 @@ async def test_oversized_frame_closes_only_that_connection(
     server: ServerProcess,
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        ws = await _open_signal(http, server, "big-sender")
-        other = await _open_signal(http, server, "big-bystander")
+        ws = await open_signal(http, server, "big-sender")
+        other = await open_signal(http, server, "big-bystander")
         # Over limit.signal_message_size_limit (2 MiB).
         await ws.send_bytes(b"\x0a" + b"\x00" * (3 * 1024 * 1024))
-        await _wait_closed(ws)
+        await wait_closed(ws)
         ping = proto.SignalRequest(ping_req=proto.Ping(timestamp=123))
         await other.send_bytes(ping.SerializeToString())
-        assert await _wait_for_pong(other) == 123
+        assert await wait_for_pong(other) == 123
         await other.close()
 
 
 async def test_json_frames_get_json_answers(server: ServerProcess) -> None:
     async with aiohttp.ClientSession() as http:
-        ws = await _open_signal(http, server, "json-client")
+        ws = await open_signal(http, server, "json-client")
         await ws.send_str(json.dumps({"pingReq": {"timestamp": "42"}}))
         while True:
             message = await ws.receive(timeout=10)
@@ -182,25 +171,9 @@ async def test_json_frames_get_json_answers(server: ServerProcess) -> None:
         await ws.close()
 
 
-async def _wait_closed(ws: aiohttp.ClientWebSocketResponse) -> None:
-    while True:
-        message = await ws.receive(timeout=10)
-        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
-            return
-        assert message.type is aiohttp.WSMsgType.BINARY
-
-
-async def _wait_for_pong(ws: aiohttp.ClientWebSocketResponse) -> int:
-    while True:
-        response = proto.SignalResponse()
-        response.ParseFromString(await ws.receive_bytes(timeout=10))
-        if response.WhichOneof("message") == "pong_resp":
-            return int(response.pong_resp.last_ping_timestamp)
-
-
 async def test_metadata_update_needs_permission(server: ServerProcess) -> None:
     async with aiohttp.ClientSession() as http:
-        ws = await _open_signal(http, server, "no-meta")
+        ws = await open_signal(http, server, "no-meta")
         update = proto.UpdateParticipantMetadata(metadata="x", request_id=7)
         await ws.send_bytes(proto.SignalRequest(update_metadata=update).SerializeToString())
         while True:

@@ -1,0 +1,50 @@
+"""Signaling details checked on the wire, where the SDK hides them."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from livekit.protocol import rtc as proto
+
+from tests.e2e.harness import ServerProcess, make_token
+from tests.e2e.raw import open_signal
+
+
+async def test_join_then_offer_with_trickled_candidates(server: ServerProcess) -> None:
+    async with aiohttp.ClientSession() as http:
+        ws = await open_signal(http, server, "wire", room="wire")
+        seen: dict[str, list[proto.SignalResponse]] = {}
+        while not seen.get("trickle") or not seen["trickle"][-1].trickle.final:
+            response = proto.SignalResponse()
+            response.ParseFromString(await ws.receive_bytes(timeout=10))
+            seen.setdefault(str(response.WhichOneof("message")), []).append(response)
+        offer = seen["offer"][0].offer
+        assert "m=application" in offer.sdp
+        assert offer.type == "offer"
+        for response in seen["trickle"]:
+            init = json.loads(response.trickle.candidateInit)
+            assert set(init) >= {"candidate", "sdpMid", "sdpMLineIndex"}
+            assert init["candidate"].startswith("candidate:")
+            assert response.trickle.target == proto.SignalTarget.SUBSCRIBER
+        assert seen["refresh_token"][0].refresh_token.count(".") == 2
+        await ws.close()
+
+
+async def test_join_response_fields(server: ServerProcess) -> None:
+    async with aiohttp.ClientSession() as http:
+        token = make_token("fields", "fields-room", name="Fido", metadata="m")
+        ws = await http.ws_connect(f"{server.ws_url}/rtc?access_token={token}&protocol=15")
+        response = proto.SignalResponse()
+        response.ParseFromString(await ws.receive_bytes(timeout=10))
+        join = response.join
+        assert join.room.name == "fields-room" and join.room.sid.startswith("RM_")
+        assert join.participant.identity == "fields"
+        assert (join.participant.name, join.participant.metadata) == ("Fido", "m")
+        assert join.participant.sid.startswith("PA_")
+        assert (join.ping_interval, join.ping_timeout) == (5, 15)
+        assert join.subscriber_primary
+        assert join.server_info.protocol == 15
+        assert "livekit-py-server" in join.server_info.debug_info
+        assert not join.ice_servers
+        await ws.close()
