@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"livekit-py-server: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        pass
+        return 130  # interrupted before the signal handlers were installed
     return 0
 
 

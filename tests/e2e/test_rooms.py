@@ -68,6 +68,7 @@ async def test_hidden_participant_is_invisible(server: ServerProcess) -> None:
             assert received[0].participant is None
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # dev's "secret"
 async def test_dev_mode_from_the_readme(start: Start) -> None:
     # `livekit-py-server --dev` as the README runs it: placeholder keys devkey/secret, bound to
     # 127.0.0.1, advertising a loopback candidate without any node_ip.
