@@ -94,3 +94,15 @@ async def test_shutdown_tells_participants(start: Start) -> None:
         assert await asyncio.to_thread(server.proc.wait, 15) == 0
     finally:
         await participant.disconnect()
+
+
+async def test_asyncio_event_loop_too(start: Start) -> None:
+    # uvloop is the default; the plain asyncio loop must work the same (--no-uvloop).
+    server = start(args=("--no-uvloop",))
+    async with joined(server, "a", "plain") as a, joined(server, "b", "plain") as b:
+        received: list[rtc.DataPacket] = []
+        b.on("data_received", received.append)
+        await wait_until(lambda: "b" in a.remote_participants)
+        await a.local_participant.publish_data(b"over asyncio")
+        await wait_until(lambda: bool(received))
+        assert received[0].data == b"over asyncio"
