@@ -13,9 +13,10 @@ from aiohttp import web
 
 from config import Config
 from protocol.ids import node_id_for_host
+from sfu.ice import UdpMux
 from sfu.room import RoomSettings
 from sfu.rooms import RoomManager
-from sfu.rtc_adapter import configure_host_addresses
+from sfu.rtc_adapter import Endpoint, host_addresses
 from signaling.http import SignalingContext, add_routes
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def server_version() -> str:
         return "0.0.0"
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, endpoint: Endpoint) -> web.Application:
     """The aiohttp application with every route; rooms start and stop with it."""
     rooms = RoomManager(
         RoomSettings(
@@ -44,6 +45,7 @@ def build_app(config: Config) -> web.Application:
         rooms=rooms,
         node_id=node_id_for_host(socket.gethostname()),
         version=server_version(),
+        endpoint=endpoint,
     )
     add_routes(app, ctx)
 
@@ -62,11 +64,8 @@ def build_app(config: Config) -> web.Application:
 
 async def run_server(config: Config) -> None:
     """Serve until SIGINT or SIGTERM; a second signal exits at once."""
-    configure_host_addresses(
-        [config.rtc.node_ip] if config.rtc.node_ip else [],
-        add_loopback=config.rtc.enable_loopback_candidate or config.development,
-    )
-    runner = web.AppRunner(build_app(config), handle_signals=False, access_log=None)
+    endpoint = await open_endpoint(config)
+    runner = web.AppRunner(build_app(config, endpoint), handle_signals=False, access_log=None)
     await runner.setup()
     hosts = list(config.bind_addresses) or ["0.0.0.0"]
     try:
@@ -82,6 +81,32 @@ async def run_server(config: Config) -> None:
         logger.info("shutting down: closing rooms")
     finally:
         await runner.cleanup()
+        endpoint.mux.close()
+
+
+async def open_endpoint(config: Config) -> Endpoint:
+    """Bind the node's WebRTC UDP socket: ``rtc.udp_port``, or else the first free port of
+    ``rtc.port_range_start..end`` (shared by all participants; one socket per participant in
+    the range is not implemented yet)."""
+    rtc = config.rtc
+    ports = [rtc.udp_port] if rtc.udp_port else range(rtc.port_range_start, rtc.port_range_end + 1)
+    loop = asyncio.get_running_loop()
+    last_error: OSError | None = None
+    for port in ports:
+        try:
+            transport, mux = await loop.create_datagram_endpoint(
+                UdpMux, local_addr=("0.0.0.0", port)
+            )
+        except OSError as exc:
+            last_error = exc
+            continue
+        bound = int(transport.get_extra_info("sockname")[1])
+        addresses = host_addresses(
+            rtc.node_ip, add_loopback=rtc.enable_loopback_candidate or config.development
+        )
+        logger.info("WebRTC UDP on port %d, advertising %s", bound, ", ".join(addresses))
+        return Endpoint(mux=mux, port=bound, addresses=tuple(addresses))
+    raise OSError(f"cannot bind a WebRTC UDP port ({ports[0]}-{ports[-1]}): {last_error}")
 
 
 async def _wait_for_signal() -> None:

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from protocol.token import VideoGrant
-from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
+from sfu.rtc_adapter import ConnectionState, DataChannel, Endpoint, PeerConnection
 from sfu.tasks import TaskSet
 from sfu.transport import PublisherTransport, SubscriberTransport
 
@@ -72,7 +72,7 @@ class Participant:
     """One connected participant (LiveKit ``ParticipantImpl``).
 
     :param listener: the room, told about activation and received data.
-    :param ice_servers: STUN/TURN URLs our own peer connections gather with.
+    :param endpoint: the node's WebRTC socket both peer connections use.
     """
 
     def __init__(
@@ -83,7 +83,7 @@ class Participant:
         room_name: str,
         sink: SignalSink,
         listener: ParticipantListener,
-        ice_servers: tuple[str, ...] = (),
+        endpoint: Endpoint,
     ) -> None:
         self.sid = sid
         self.identity = params.identity
@@ -106,9 +106,9 @@ class Participant:
         # `room.go createJoinResponseLocked`); the client then waits for it to connect.
         self.subscriber_primary = params.protocol > 2 and self.grant.can_subscribe
         self.subscriber = SubscriberTransport(
-            PeerConnection("subscriber", ice_servers), self._send_offer, self.tasks, self.log
+            PeerConnection("subscriber", endpoint), self._send_offer, self.tasks, self.log
         )
-        self.publisher = PublisherTransport(PeerConnection("publisher", ice_servers))
+        self.publisher = PublisherTransport(PeerConnection("publisher", endpoint))
         self._publisher_channels: dict[str, DataChannel] = {}
         self._last_reliable_seq = 0
         self.subscriber.pc.on_state_change = self._on_subscriber_state
@@ -168,12 +168,14 @@ class Participant:
     # --- signal requests -------------------------------------------------------------------
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
+        self.log.debug("publisher offer:\n%s", offer.sdp)
         sdp = await self.publisher.handle_offer(offer.sdp)
         answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         self.send(rtc.SignalResponse(answer=answer))
         self._trickle(self.publisher.pc, rtc.SignalTarget.PUBLISHER)
 
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
+        self.log.debug("subscriber answer:\n%s", answer.sdp)
         await self.subscriber.handle_answer(answer.sdp)
 
     async def handle_trickle(self, trickle: rtc.TrickleRequest, init: dict[str, object]) -> None:

@@ -1,66 +1,79 @@
-"""The only module that touches aiortc and aioice.
+"""The only module that touches aiortc and aioice internals.
 
-Everything above this module sees :class:`PeerConnection` and :class:`DataChannel`, which speak
-SDP strings, candidate dictionaries and bytes. The media issue replaces what sits under these two
-classes with our own ICE-lite transport (see ``shared/reference/transport.md``); the rest of the
-server must not notice.
+Everything above it sees :class:`PeerConnection` and :class:`DataChannel`, which speak SDP
+strings, candidate dictionaries and bytes. Underneath: our own ICE-lite sessions on the node's
+UDP socket (``sfu/ice.py``), and aiortc's DTLS and SCTP driven through the ICE-transport
+interface ``RTCDtlsTransport`` expects. The media path will take SRTP from the same sessions.
 
-Private or module-level aiortc/aioice details used here (pinned in pyproject, checked by
-``tests/unit/test_rtc_adapter.py``):
+aiortc internals used here (pinned in pyproject, checked by ``tests/unit/test_rtc_adapter.py``):
 
-- ``aioice.ice.get_host_addresses``: replaced so host candidates advertise ``rtc.node_ip``.
-  aioice skips 127.0.0.1, which is exactly the address the SDK tests advertise inside their
-  network namespace.
+- ``RTCDtlsTransport`` reads its ICE transport's ``role``, ``_recv()`` and ``_send()``;
+- ``RTCDtlsTransport._set_role`` chooses the DTLS role from the SDP ``a=setup``;
+- ``aioice.ice.get_host_addresses`` lists this host's addresses for our host candidates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice
 from aiortc import (
-    RTCConfiguration,
+    RTCCertificate,
     RTCDataChannel,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCSessionDescription,
+    RTCDataChannelParameters,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+    RTCSctpCapabilities,
+    RTCSctpTransport,
 )
-from aiortc.exceptions import InvalidAccessError, InvalidStateError
-from aiortc.sdp import candidate_from_sdp
+
+from protocol import sdp
+from sfu.ice import IceSession, IceState, UdpMux
 
 logger = logging.getLogger(__name__)
 
 #: Reliable messages kept for a channel that is not open yet; beyond this the peer is too slow.
 MAX_PENDING_MESSAGES = 1024
-
-# What aiortc raises for descriptions it cannot apply; the layers above see ValueError.
-_AIORTC_ERRORS = (ValueError, IndexError, KeyError, InvalidAccessError, InvalidStateError)
-
-_default_host_addresses = aioice.ice.get_host_addresses
+#: The SCTP message size we accept (aiortc's own limit).
+SCTP_MAX_MESSAGE_SIZE = 65536
 
 
-def configure_host_addresses(addresses: Sequence[str], *, add_loopback: bool = False) -> None:
-    """Make every later ICE gathering advertise exactly ``addresses`` (``rtc.node_ip``).
+def host_addresses(node_ip: str, *, add_loopback: bool) -> list[str]:
+    """The addresses our host candidates advertise: ``rtc.node_ip``, else this host's
+    interfaces (aioice's discovery, which skips 127.0.0.1) plus 127.0.0.1 when ``add_loopback``
+    (LiveKit's ``rtc.enable_loopback_candidate``, on in dev mode)."""
+    if node_ip:
+        return [node_ip]
+    found = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+    if add_loopback and "127.0.0.1" not in found:
+        found.append("127.0.0.1")
+    return found
 
-    An empty sequence restores aioice's own interface discovery, which never offers 127.0.0.1;
-    ``add_loopback`` adds it (LiveKit's ``rtc.enable_loopback_candidate``, on in dev mode).
-    """
-    chosen = list(addresses)
 
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        if chosen:
-            found = chosen
-        else:
-            found = _default_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-            if add_loopback and "127.0.0.1" not in found:
-                found = [*found, "127.0.0.1"]
-        return [a for a in found if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+@dataclass(frozen=True)
+class Endpoint:
+    """Where this node receives WebRTC traffic: the shared UDP socket and its candidates."""
 
-    aioice.ice.get_host_addresses = host_addresses
+    mux: UdpMux
+    port: int
+    addresses: tuple[str, ...]
+
+    def candidates(self) -> tuple[str, ...]:
+        # RFC 8839 priority for a host candidate: type preference 126, local preference by
+        # address order, component 1.
+        return tuple(
+            f"candidate:{index + 1} 1 udp {(126 << 24) | ((65535 - index) << 8) | 255} "
+            f"{address} {self.port} typ host generation 0"
+            for index, address in enumerate(self.addresses)
+        )
 
 
 class ConnectionState(enum.Enum):
@@ -71,15 +84,6 @@ class ConnectionState(enum.Enum):
     CONNECTED = "connected"
     FAILED = "failed"
     CLOSED = "closed"
-
-
-_STATE_FROM_AIORTC = {
-    "new": ConnectionState.NEW,
-    "connecting": ConnectionState.CONNECTING,
-    "connected": ConnectionState.CONNECTED,
-    "failed": ConnectionState.FAILED,
-    "closed": ConnectionState.CLOSED,
-}
 
 
 class DataChannel:
@@ -127,141 +131,185 @@ class DataChannel:
         self.on_message(message.encode() if isinstance(message, str) else message)
 
 
-class PeerConnection:
-    """One WebRTC peer connection used for ICE, DTLS and SCTP data channels.
+class _IceTransportShim:
+    """What ``RTCDtlsTransport`` needs of an ICE transport, fed by our ICE-lite session.
 
-    :param name: ``publisher`` or ``subscriber``, for logs.
-    :param ice_servers: STUN/TURN URLs for our own gathering; empty means host candidates only
-        (aiortc would otherwise add a public STUN server).
+    We are the ICE-lite (so controlled) side; ``role`` only matters to aiortc when the DTLS role
+    is "auto", and we always set it from the SDP.
     """
 
-    def __init__(self, name: str, ice_servers: Sequence[str] = ()) -> None:
+    role = "controlled"
+
+    def __init__(self, session: IceSession) -> None:
+        self._session = session
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        session.on_datagram = self._on_datagram
+
+    def _on_datagram(self, data: bytes) -> None:
+        if 19 < data[0] < 64:  # RFC 7983: DTLS; SRTP (128-191) goes to the media path later
+            self._queue.put_nowait(data)
+
+    async def _recv(self) -> bytes:
+        return await self._queue.get()
+
+    async def _send(self, data: bytes) -> None:
+        self._session.send(data)
+
+
+class PeerConnection:
+    """One WebRTC transport (one BUNDLE group): ICE-lite, DTLS, SCTP data channels.
+
+    :param name: ``publisher`` or ``subscriber``, for logs.
+    :param endpoint: the node's UDP socket and candidates.
+    """
+
+    def __init__(self, name: str, endpoint: Endpoint) -> None:
         self.name = name
-        servers = [RTCIceServer(urls=list(ice_servers))] if ice_servers else []
-        config = RTCConfiguration(iceServers=servers)
-        self._pc = RTCPeerConnection(configuration=config)
-        self._remote_set = False
-        self._early_candidates: list[dict[str, Any]] = []
+        self._endpoint = endpoint
+        self._ice = endpoint.mux.create_session(name)
+        self._certificate = RTCCertificate.generateCertificate()
+        shim: Any = _IceTransportShim(self._ice)  # duck-typed RTCIceTransport
+        self._dtls = RTCDtlsTransport(shim, [self._certificate])
+        self._sctp = RTCSctpTransport(self._dtls)
+        self._session_id = secrets.randbelow(2**62)
+        self._version = 1
+        self._connect_task: asyncio.Task[None] | None = None
         self.state = ConnectionState.NEW
         self.on_state_change: Callable[[ConnectionState], None] | None = None
         self.on_data_channel: Callable[[DataChannel], None] | None = None
-        self._pc.on("connectionstatechange", self._on_connection_state)
-        self._pc.on("datachannel", self._on_remote_channel)
+        self._ice.on_state_change = self._on_ice_state
+        self._dtls.on("statechange", self._on_dtls_state)
+        self._sctp.on("datachannel", self._on_remote_channel)
 
-    def create_data_channel(self, label: str, *, reliable: bool) -> DataChannel:
-        """Create a channel the way LiveKit does: ``_reliable`` ordered, ``_lossy`` unordered
-        with no retransmissions."""
-        if reliable:
-            channel = self._pc.createDataChannel(label, ordered=True)
-        else:
-            channel = self._pc.createDataChannel(label, ordered=False, maxRetransmits=0)
-        return DataChannel(channel, reliable=reliable)
-
-    async def create_offer(self) -> str:
-        offer = await self._pc.createOffer()
-        await self._pc.setLocalDescription(offer)
-        return str(self._pc.localDescription.sdp)
-
-    async def set_answer(self, sdp: str) -> None:
-        """Apply the remote answer; ValueError when it does not fit our offer."""
-        await self._set_remote(RTCSessionDescription(sdp=sdp, type="answer"))
-
-    async def answer(self, offer_sdp: str) -> str:
-        """Answer a remote offer; ValueError when it cannot be applied."""
-        await self._set_remote(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        try:
-            answer = await self._pc.createAnswer()
-            await self._pc.setLocalDescription(answer)
-        except _AIORTC_ERRORS as exc:
-            raise ValueError(f"cannot answer offer: {exc}") from exc
-        return str(self._pc.localDescription.sdp)
-
-    async def _set_remote(self, description: RTCSessionDescription) -> None:
-        try:
-            await self._pc.setRemoteDescription(description)
-        except _AIORTC_ERRORS as exc:
-            raise ValueError(f"invalid remote {description.type}: {exc}") from exc
-        await self._remote_description_applied()
-
-    async def add_candidate(self, init: dict[str, Any]) -> None:
-        """Apply a trickled RTCIceCandidateInit; an empty candidate means end of candidates.
-
-        Candidates that arrive before the remote description are kept until it is applied.
-        Raises ValueError for a candidate we cannot parse.
-        """
-        if not self._remote_set:
-            self._early_candidates.append(init)
-            return
-        text = init.get("candidate") or ""
-        if not isinstance(text, str):
-            raise ValueError("candidate is not a string")
-        if not text:
-            # libwebrtc trickles an empty candidate per m-line to signal end-of-candidates, but
-            # aioice would then fail ICE while later (TCP) candidates may still come; ignore it.
-            return
-        if text.startswith("candidate:"):
-            text = text[len("candidate:") :]
-        try:
-            candidate = candidate_from_sdp(text)
-        except (ValueError, IndexError, AssertionError) as exc:
-            raise ValueError(f"unparseable candidate {text!r}") from exc
-        if candidate.protocol.lower() != "udp":
-            return  # aioice only speaks UDP; TCP candidates arrive with the ICE-TCP issue.
-        candidate.sdpMid = init.get("sdpMid")
-        index = init.get("sdpMLineIndex")
-        candidate.sdpMLineIndex = index if isinstance(index, int) else None
-        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
-            candidate.sdpMLineIndex = 0
-        await self._pc.addIceCandidate(candidate)
-
-    def local_candidates(self) -> list[dict[str, Any]]:
-        """Our candidates as RTCIceCandidateInit dictionaries, to trickle to the client.
-
-        Only the first m-section's: every section is BUNDLEd onto its transport. All three keys
-        are always present; the Rust SDK unwraps them.
-        """
-        description = self._pc.localDescription
-        if description is None:
-            return []
-        mid: str | None = None
-        sections = -1
-        found: list[dict[str, Any]] = []
-        for line in str(description.sdp).splitlines():
-            if line.startswith("m="):
-                sections += 1
-            elif line.startswith("a=mid:") and sections == 0:
-                mid = line[len("a=mid:") :]
-            elif line.startswith("a=candidate:") and sections == 0:
-                found.append({"candidate": line[2:], "sdpMid": mid, "sdpMLineIndex": 0})
-        for candidate in found:
-            candidate["sdpMid"] = mid
-        return found
-
-    async def close(self) -> None:
-        await self._pc.close()
-
-    async def _remote_description_applied(self) -> None:
-        if self._remote_set:
-            return
-        self._remote_set = True
-        early, self._early_candidates = self._early_candidates, []
-        for init in early:
-            try:
-                await self.add_candidate(init)
-            except ValueError as exc:
-                logger.debug("x %s: dropped early candidate: %s", self.name, exc)
-
-    def _on_connection_state(self) -> None:
-        state = _STATE_FROM_AIORTC.get(self._pc.connectionState)
-        if state is None or state == self.state:
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self.state or self.state is ConnectionState.CLOSED:
             return
         logger.debug("%s pc: %s -> %s", self.name, self.state.value, state.value)
         self.state = state
         if self.on_state_change is not None:
             self.on_state_change(state)
 
+    def _transport_params(self, setup: str) -> sdp.TransportParams:
+        return sdp.TransportParams(
+            ice_ufrag=self._ice.local_ufrag,
+            ice_pwd=self._ice.local_pwd,
+            fingerprints=tuple((f.algorithm, f.value) for f in self._certificate.getFingerprints()),
+            candidates=self._endpoint.candidates(),
+            setup=setup,
+        )
+
+    def create_data_channel(self, label: str, *, reliable: bool) -> DataChannel:
+        """Create a channel the way LiveKit does: ``_reliable`` ordered, ``_lossy`` unordered
+        with no retransmissions. It opens once SCTP connects."""
+        parameters = RTCDataChannelParameters(
+            label=label, ordered=reliable, maxRetransmits=None if reliable else 0
+        )
+        return DataChannel(RTCDataChannel(self._sctp, parameters), reliable=reliable)
+
+    async def create_offer(self) -> str:
+        self._version += 1
+        address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
+        return sdp.data_offer(
+            self._transport_params("actpass"),
+            session_id=self._session_id,
+            version=self._version,
+            address=address,
+        )
+
+    async def set_answer(self, text: str) -> None:
+        """Apply the client's answer to our offer; ValueError when it does not fit."""
+        self._start(_parse(text), offered=False)
+
+    async def answer(self, offer_text: str) -> str:
+        """Answer a client's offer; ValueError when it cannot be applied."""
+        offer = _parse(offer_text)
+        self._start(offer, offered=True)
+        address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
+        return sdp.answer(
+            offer, self._transport_params("passive"), session_id=self._session_id, address=address
+        )
+
+    def _start(self, remote: sdp.SessionDescription, *, offered: bool) -> None:
+        """Start DTLS and SCTP once, with the remote fingerprint and roles from its SDP."""
+        transport = sdp.remote_transport(remote)
+        if transport is None or self._connect_task is not None:
+            return
+        _ufrag, _pwd, fingerprints, setup = transport
+        # We answer "passive" to a client's "actpass" and offer "actpass": the client is then
+        # the DTLS client (RFC 8842), unless its answer says "passive".
+        self._dtls._set_role("client" if (not offered and setup == "passive") else "server")
+        parsed = [f.split(" ", 1) for f in fingerprints]
+        remote_dtls = RTCDtlsParameters(
+            fingerprints=[RTCDtlsFingerprint(algorithm=a, value=v) for a, v in parsed if v]
+        )
+        sctp_port = _sctp_port(remote)
+        self._connect_task = asyncio.get_running_loop().create_task(
+            self._connect(remote_dtls, sctp_port), name=f"{self.name}-connect"
+        )
+
+    async def _connect(self, remote_dtls: RTCDtlsParameters, sctp_port: int | None) -> None:
+        await self._dtls.start(remote_dtls)
+        if self._dtls.state == "connected" and sctp_port is not None:
+            await self._sctp.start(RTCSctpCapabilities(SCTP_MAX_MESSAGE_SIZE), sctp_port)
+
+    async def add_candidate(self, init: dict[str, Any]) -> None:
+        """A trickled RTCIceCandidateInit. An ICE-lite server learns client addresses from
+        their checks, so candidates are only validated (ValueError for garbage)."""
+        text = init.get("candidate") or ""
+        if not isinstance(text, str):
+            raise ValueError("candidate is not a string")
+        if text and len(text.removeprefix("candidate:").split()) < 8:
+            raise ValueError(f"unparseable candidate {text[:60]!r}")
+
+    def local_candidates(self) -> list[dict[str, Any]]:
+        """Our candidates as RTCIceCandidateInit dictionaries (all three keys: the Rust SDK
+        unwraps them), for the first BUNDLEd section."""
+        return [
+            {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0} for c in self._endpoint.candidates()
+        ]
+
+    async def close(self) -> None:
+        self._set_state(ConnectionState.CLOSED)
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            await asyncio.gather(self._connect_task, return_exceptions=True)
+        await self._sctp.stop()
+        await self._dtls.stop()
+        self._ice.close()
+
+    def _on_ice_state(self, state: IceState) -> None:
+        if state is IceState.CONNECTED:
+            self._set_state(ConnectionState.CONNECTING)
+        elif state is IceState.FAILED:
+            self._set_state(ConnectionState.FAILED)
+
+    def _on_dtls_state(self) -> None:
+        match self._dtls.state:
+            case "connected":
+                self._set_state(ConnectionState.CONNECTED)
+            case "failed":
+                self._set_state(ConnectionState.FAILED)
+
     def _on_remote_channel(self, channel: RTCDataChannel) -> None:
         # LiveKit's clients open `_reliable` ordered and `_lossy`/`_data_track` unordered.
         wrapped = DataChannel(channel, reliable=bool(channel.ordered))
         if self.on_data_channel is not None:
             self.on_data_channel(wrapped)
+
+
+def _parse(text: str) -> sdp.SessionDescription:
+    description = sdp.parse(text)
+    if sdp.remote_transport(description) is None and description.media:
+        raise ValueError("SDP has no usable m= section")
+    return description
+
+
+def _sctp_port(description: sdp.SessionDescription) -> int | None:
+    for section in description.media:
+        if section.kind == "application" and not section.rejected:
+            port = section.value("sctp-port")
+            try:
+                return int(port) if port else sdp.SCTP_PORT
+            except ValueError:
+                raise ValueError(f"bad a=sctp-port {port!r}") from None
+    return None

@@ -16,6 +16,7 @@ from protocol.token import Claims, refresh_token
 from sfu.participant import JoinParams, Participant
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
+from sfu.rtc_adapter import Endpoint
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.session import SignalSession, WebSocketSink
 
@@ -46,6 +47,7 @@ class SignalingContext:
     rooms: RoomManager
     node_id: str
     version: str
+    endpoint: Endpoint
 
 
 CONTEXT = web.AppKey("signaling_context", SignalingContext)
@@ -137,7 +139,7 @@ async def rtc_websocket(request: web.Request) -> web.StreamResponse:
         room_name=room.name,
         sink=sink,
         listener=room,
-        ice_servers=tuple(ctx.config.rtc.stun_servers),
+        endpoint=ctx.endpoint,
     )
     session = SignalSession(ws, sink, room, participant, lambda: _refresh(ctx, connect.claims))
     try:

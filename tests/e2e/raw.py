@@ -34,4 +34,3 @@ async def wait_for_pong(ws: aiohttp.ClientWebSocketResponse) -> int:
         response.ParseFromString(await ws.receive_bytes(timeout=10))
         if response.WhichOneof("message") == "pong_resp":
             return int(response.pong_resp.last_ping_timestamp)
-

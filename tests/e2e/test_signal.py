@@ -15,7 +15,12 @@ async def test_join_then_offer_with_trickled_candidates(server: ServerProcess) -
     async with aiohttp.ClientSession() as http:
         ws = await open_signal(http, server, "wire", room="wire")
         seen: dict[str, list[proto.SignalResponse]] = {}
-        while not seen.get("trickle") or not seen["trickle"][-1].trickle.final:
+
+        def complete() -> bool:
+            trickles = seen.get("trickle")
+            return bool(trickles and trickles[-1].trickle.final and "refresh_token" in seen)
+
+        while not complete():
             response = proto.SignalResponse()
             response.ParseFromString(await ws.receive_bytes(timeout=10))
             seen.setdefault(str(response.WhichOneof("message")), []).append(response)
