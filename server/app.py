@@ -13,10 +13,10 @@ from aiohttp import web
 
 from config import Config
 from protocol.ids import node_id_for_host
-from sfu.ice import UdpMux
+from sfu.endpoint import Endpoints
 from sfu.room import RoomSettings
 from sfu.rooms import RoomManager
-from sfu.rtc_adapter import Endpoint, host_addresses
+from sfu.rtc_adapter import host_addresses
 from signaling.http import SignalingContext, add_routes
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def server_version() -> str:
         return "0.0.0"
 
 
-def build_app(config: Config, endpoint: Endpoint) -> web.Application:
+def build_app(config: Config, endpoints: Endpoints) -> web.Application:
     """The aiohttp application with every route; rooms start and stop with it."""
     rooms = RoomManager(
         RoomSettings(
@@ -45,7 +45,7 @@ def build_app(config: Config, endpoint: Endpoint) -> web.Application:
         rooms=rooms,
         node_id=node_id_for_host(socket.gethostname()),
         version=server_version(),
-        endpoint=endpoint,
+        endpoints=endpoints,
     )
     add_routes(app, ctx)
 
@@ -64,8 +64,18 @@ def build_app(config: Config, endpoint: Endpoint) -> web.Application:
 
 async def run_server(config: Config) -> None:
     """Serve until SIGINT or SIGTERM; a second signal exits at once."""
-    endpoint = await open_endpoint(config)
-    runner = web.AppRunner(build_app(config, endpoint), handle_signals=False, access_log=None)
+    rtc = config.rtc
+    addresses = host_addresses(
+        rtc.node_ip, add_loopback=rtc.enable_loopback_candidate or config.development
+    )
+    endpoints = Endpoints(
+        tuple(addresses),
+        udp_port=rtc.udp_port,
+        port_range=(rtc.port_range_start, rtc.port_range_end),
+        tcp_port=rtc.tcp_port,
+    )
+    await endpoints.start()
+    runner = web.AppRunner(build_app(config, endpoints), handle_signals=False, access_log=None)
     await runner.setup()
     hosts = list(config.bind_addresses) or ["0.0.0.0"]
     try:
@@ -81,32 +91,7 @@ async def run_server(config: Config) -> None:
         logger.info("shutting down: closing rooms")
     finally:
         await runner.cleanup()
-        endpoint.mux.close()
-
-
-async def open_endpoint(config: Config) -> Endpoint:
-    """Bind the node's WebRTC UDP socket: ``rtc.udp_port``, or else the first free port of
-    ``rtc.port_range_start..end`` (shared by all participants; one socket per participant in
-    the range is not implemented yet)."""
-    rtc = config.rtc
-    ports = [rtc.udp_port] if rtc.udp_port else range(rtc.port_range_start, rtc.port_range_end + 1)
-    loop = asyncio.get_running_loop()
-    last_error: OSError | None = None
-    for port in ports:
-        try:
-            transport, mux = await loop.create_datagram_endpoint(
-                UdpMux, local_addr=("0.0.0.0", port)
-            )
-        except OSError as exc:
-            last_error = exc
-            continue
-        bound = int(transport.get_extra_info("sockname")[1])
-        addresses = host_addresses(
-            rtc.node_ip, add_loopback=rtc.enable_loopback_candidate or config.development
-        )
-        logger.info("WebRTC UDP on port %d, advertising %s", bound, ", ".join(addresses))
-        return Endpoint(mux=mux, port=bound, addresses=tuple(addresses))
-    raise OSError(f"cannot bind a WebRTC UDP port ({ports[0]}-{ports[-1]}): {last_error}")
+        await endpoints.stop()
 
 
 async def _wait_for_signal() -> None:

@@ -1,9 +1,10 @@
-"""ICE-lite (RFC 8445 section 2.5) on one UDP socket shared by every participant.
+"""ICE-lite (RFC 8445 section 2.5) over UDP sockets and ICE-TCP (RFC 6544, passive).
 
 The server never sends connectivity checks: it answers the client's binding requests for a
-local username fragment it issued, learns the client's address from the authenticated request,
-and from then on routes that address's datagrams (DTLS, SRTP) to the session (RFC 7983 first-
-byte demultiplexing). A session whose consent checks stop for 30 s fails (RFC 7675).
+local username fragment it issued, learns the client's address (a UDP address or a TCP
+connection) from the authenticated request, and from then on hands that path's datagrams (DTLS,
+SRTP) to the session (RFC 7983 first-byte demultiplexing). A session whose consent checks stop
+for 30 s fails (RFC 7675).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import asyncio
 import enum
 import logging
 import secrets
+import struct
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from aioice import stun
 
@@ -23,7 +25,9 @@ logger = logging.getLogger(__name__)
 #: RFC 7675: consent expires 30 s after the last authenticated check.
 CONSENT_TIMEOUT_S = 30.0
 CONSENT_CHECK_INTERVAL_S = 5.0
-_UFRAG_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+#: A TCP frame is at most 64 KiB (RFC 4571's 16-bit length).
+_MAX_TCP_BUFFER = 4 * 65536
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 Address = tuple[str, int]
 
@@ -35,26 +39,34 @@ class IceState(enum.Enum):
     CLOSED = "closed"
 
 
+class Path(Protocol):
+    """Where a session's packets go once a check selected it: a UDP address or a TCP stream."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def attach(self, session: IceSession) -> None:
+        """Route this path's incoming non-STUN packets to ``session``."""
+
+    def detach(self, session: IceSession) -> None: ...
+
+
 def _random_string(length: int) -> str:
-    return "".join(secrets.choice(_UFRAG_ALPHABET) for _ in range(length))
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
 class IceSession:
-    """One ICE-lite transport: credentials, the selected client address, consent.
+    """One ICE-lite transport: credentials, the selected path, consent."""
 
-    :param on_datagram: receives every non-STUN datagram from the selected address.
-    """
-
-    def __init__(self, mux: UdpMux, name: str) -> None:
+    def __init__(self, registry: IceRegistry, name: str) -> None:
         self.local_ufrag = _random_string(8)
         self.local_pwd = _random_string(24)
         self.name = name
-        self.selected: Address | None = None
+        self.selected: Path | None = None
         self.state = IceState.NEW
         self.last_consent = time.monotonic()
         self.on_datagram: Callable[[bytes], None] | None = None
         self.on_state_change: Callable[[IceState], None] | None = None
-        self._mux = mux
+        self._registry = registry
 
     def set_state(self, state: IceState) -> None:
         if state is self.state:
@@ -66,70 +78,142 @@ class IceSession:
         if self.on_state_change is not None:
             self.on_state_change(state)
 
-    def handle_check(self, addr: Address, nominated: bool, now: float) -> None:
-        """An authenticated binding request arrived from ``addr``.
+    def handle_check(self, path: Path, nominated: bool, now: float) -> None:
+        """An authenticated binding request arrived on ``path``.
 
-        libwebrtc nominates with USE-CANDIDATE; before that, the first address that passes a
-        check is used so DTLS can start at once.
+        libwebrtc nominates with USE-CANDIDATE; before that, the first path that passes a check
+        is used so DTLS can start at once.
         """
+        if self.state in (IceState.CLOSED, IceState.FAILED):
+            return
         self.last_consent = now
-        if self.selected is None or (nominated and addr != self.selected):
-            self._mux.route(self, addr)
-            self.selected = addr
-        if self.state is IceState.NEW:
-            self.set_state(IceState.CONNECTED)
+        if self.selected is None or (nominated and path is not self.selected):
+            if self.selected is not None:
+                self.selected.detach(self)
+            path.attach(self)
+            self.selected = path
+        self.set_state(IceState.CONNECTED)
+
+    def receive(self, data: bytes) -> None:
+        if self.on_datagram is not None:
+            self.on_datagram(data)
 
     def send(self, data: bytes) -> None:
         if self.selected is not None and self.state is IceState.CONNECTED:
-            self._mux.sendto(data, self.selected)
+            self.selected.send(data)
 
     def close(self) -> None:
-        self._mux.remove(self)
+        self._registry.remove(self)
+        if self.selected is not None:
+            self.selected.detach(self)
         self.set_state(IceState.CLOSED)
 
 
-class UdpMux(asyncio.DatagramProtocol):
-    """The node's UDP socket: STUN for known ufrags, everything else by source address."""
+class IceRegistry:
+    """Every ICE session of the node, by local ufrag; answers binding requests for them."""
 
     def __init__(self) -> None:
         self._by_ufrag: dict[str, IceSession] = {}
-        self._by_addr: dict[Address, IceSession] = {}
-        self._transport: asyncio.DatagramTransport | None = None
         self._consent_task: asyncio.Task[None] | None = None
-
-    # --- sessions --------------------------------------------------------------------------
 
     def create_session(self, name: str) -> IceSession:
         session = IceSession(self, name)
         self._by_ufrag[session.local_ufrag] = session
         return session
 
-    def route(self, session: IceSession, addr: Address) -> None:
-        if session.selected is not None and self._by_addr.get(session.selected) is session:
-            del self._by_addr[session.selected]
-        self._by_addr[addr] = session
-
     def remove(self, session: IceSession) -> None:
         self._by_ufrag.pop(session.local_ufrag, None)
-        if session.selected is not None and self._by_addr.get(session.selected) is session:
-            del self._by_addr[session.selected]
 
     @property
     def session_count(self) -> int:
         return len(self._by_ufrag)
 
-    # --- socket ----------------------------------------------------------------------------
+    def handle_stun(self, data: bytes, addr: Address, path: Path) -> bytes | None:
+        """Answer a binding request (RFC 8489, RFC 8445 section 7.3) for one of our sessions;
+        returns the response to send back on the same path, or None to drop the packet."""
+        try:
+            message = stun.parse_message(data)
+        except ValueError as exc:
+            logger.debug("x bad STUN from %s: %s", addr, exc)
+            return None
+        if (message.message_method, message.message_class) != (
+            stun.Method.BINDING,
+            stun.Class.REQUEST,
+        ):
+            return None  # ICE-lite sends no checks, so expects no responses
+        username = str(message.attributes.get("USERNAME", ""))
+        session = self._by_ufrag.get(username.split(":", 1)[0])
+        if session is None:
+            return None
+        key = session.local_pwd.encode()
+        if not message.check_message_integrity(key):
+            logger.debug("x STUN integrity check failed from %s", addr)
+            return None
+        response = stun.Message(
+            message_method=stun.Method.BINDING,
+            message_class=stun.Class.RESPONSE,
+            transaction_id=message.transaction_id,
+        )
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        response.add_message_integrity(key)
+        response.add_fingerprint()
+        session.handle_check(path, "USE-CANDIDATE" in message.attributes, time.monotonic())
+        return bytes(response)
+
+    def start(self) -> None:
+        self._consent_task = asyncio.get_running_loop().create_task(
+            self._expire_consent_forever(), name="ice-consent"
+        )
+
+    async def stop(self) -> None:
+        if self._consent_task is not None:
+            self._consent_task.cancel()
+            await asyncio.gather(self._consent_task, return_exceptions=True)
+
+    async def _expire_consent_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CONSENT_CHECK_INTERVAL_S)
+            self.expire_consent(time.monotonic())
+
+    def expire_consent(self, now: float) -> None:
+        """Fail the sessions whose client stopped checking (RFC 7675 consent freshness)."""
+        for session in list(self._by_ufrag.values()):
+            connected = session.state is IceState.CONNECTED
+            if connected and now - session.last_consent > CONSENT_TIMEOUT_S:
+                logger.info("ice %s: consent expired", session.name)
+                session.set_state(IceState.FAILED)
+
+
+class _UdpPath:
+    __slots__ = ("addr", "mux")
+
+    def __init__(self, mux: UdpMux, addr: Address) -> None:
+        self.mux = mux
+        self.addr = addr
+
+    def send(self, data: bytes) -> None:
+        self.mux.sendto(data, self.addr)
+
+    def attach(self, session: IceSession) -> None:
+        self.mux.routes[self.addr] = session
+
+    def detach(self, session: IceSession) -> None:
+        if self.mux.routes.get(self.addr) is session:
+            del self.mux.routes[self.addr]
+
+
+class UdpMux(asyncio.DatagramProtocol):
+    """One UDP socket: STUN to the registry, everything else by source address."""
+
+    def __init__(self, registry: IceRegistry) -> None:
+        self.registry = registry
+        self.routes: dict[Address, IceSession] = {}
+        self._paths: dict[Address, _UdpPath] = {}
+        self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport quacks like asyncio.DatagramTransport without subclassing it.
         self._transport = cast(asyncio.DatagramTransport, transport)
-        self._consent_task = asyncio.get_running_loop().create_task(
-            self._expire_consent(), name="ice-consent"
-        )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._consent_task is not None:
-            self._consent_task.cancel()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (a client that went away) must not stop the socket.
@@ -143,56 +227,68 @@ class UdpMux(asyncio.DatagramProtocol):
         if not data:
             return
         if data[0] < 4:  # RFC 7983: 0-3 is STUN
-            self._handle_stun(data, addr)
+            path = self._paths.get(addr) or _UdpPath(self, addr)
+            response = self.registry.handle_stun(data, addr, path)
+            if response is not None:
+                self._paths[addr] = path
+                self.sendto(response, addr)
             return
-        session = self._by_addr.get(addr)
-        if session is not None and session.on_datagram is not None:
-            session.on_datagram(data)
-
-    def _handle_stun(self, data: bytes, addr: Address) -> None:
-        try:
-            message = stun.parse_message(data)
-        except ValueError as exc:
-            logger.debug("x bad STUN from %s: %s", addr, exc)
-            return
-        if message.message_method != stun.Method.BINDING:
-            return
-        if message.message_class != stun.Class.REQUEST:
-            return  # ICE-lite sends no checks, so expects no responses
-        username = message.attributes.get("USERNAME", "")
-        session = self._by_ufrag.get(str(username).split(":", 1)[0])
-        if session is None:
-            return
-        key = session.local_pwd.encode()
-        if not message.check_message_integrity(key):
-            logger.debug("x STUN integrity check failed from %s", addr)
-            return
-        response = stun.Message(
-            message_method=stun.Method.BINDING,
-            message_class=stun.Class.RESPONSE,
-            transaction_id=message.transaction_id,
-        )
-        response.attributes["XOR-MAPPED-ADDRESS"] = addr
-        response.add_message_integrity(key)
-        response.add_fingerprint()
-        self.sendto(bytes(response), addr)
-        session.handle_check(addr, "USE-CANDIDATE" in message.attributes, time.monotonic())
-
-    async def _expire_consent(self) -> None:
-        while True:
-            await asyncio.sleep(CONSENT_CHECK_INTERVAL_S)
-            self.expire_consent(time.monotonic())
-
-    def expire_consent(self, now: float) -> None:
-        """Fail the sessions whose client stopped checking (RFC 7675 consent freshness)."""
-        for session in list(self._by_ufrag.values()):
-            if (
-                session.state is IceState.CONNECTED
-                and now - session.last_consent > CONSENT_TIMEOUT_S
-            ):
-                logger.info("ice %s: consent expired", session.name)
-                session.set_state(IceState.FAILED)
+        session = self.routes.get(addr)
+        if session is not None:
+            session.receive(data)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+class TcpIceConnection(asyncio.Protocol):
+    """One passive ICE-TCP connection (RFC 6544), packets framed as in RFC 4571."""
+
+    def __init__(self, registry: IceRegistry) -> None:
+        self.registry = registry
+        self.session: IceSession | None = None
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._peer: Address = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 2:
+            (length,) = struct.unpack_from("!H", self._buffer)
+            if len(self._buffer) < 2 + length:
+                break
+            frame = bytes(self._buffer[2 : 2 + length])
+            del self._buffer[: 2 + length]
+            self._frame_received(frame)
+        if len(self._buffer) > _MAX_TCP_BUFFER and self._transport is not None:
+            self._transport.close()
+
+    def _frame_received(self, frame: bytes) -> None:
+        if not frame:
+            return
+        if frame[0] < 4:
+            response = self.registry.handle_stun(frame, self._peer, self)
+            if response is not None:
+                self.send(response)
+        elif self.session is not None:
+            self.session.receive(frame)
+
+    def send(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(struct.pack("!H", len(data)) + data)
+
+    def attach(self, session: IceSession) -> None:
+        self.session = session
+
+    def detach(self, session: IceSession) -> None:
+        if self.session is session:
+            self.session = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None

@@ -14,7 +14,8 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from protocol.token import VideoGrant
-from sfu.rtc_adapter import ConnectionState, DataChannel, Endpoint, PeerConnection
+from sfu.endpoint import Endpoint
+from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
 from sfu.tasks import TaskSet
 from sfu.transport import PublisherTransport, SubscriberTransport
 
@@ -72,7 +73,7 @@ class Participant:
     """One connected participant (LiveKit ``ParticipantImpl``).
 
     :param listener: the room, told about activation and received data.
-    :param endpoint: the node's WebRTC socket both peer connections use.
+    :param endpoint: the WebRTC sockets both peer connections use; released at close.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class Participant:
             PeerConnection("subscriber", endpoint), self._send_offer, self.tasks, self.log
         )
         self.publisher = PublisherTransport(PeerConnection("publisher", endpoint))
+        self._endpoint = endpoint
         self._publisher_channels: dict[str, DataChannel] = {}
         self._last_reliable_seq = 0
         self.subscriber.pc.on_state_change = self._on_subscriber_state
@@ -284,6 +286,7 @@ class Participant:
         await self.tasks.close()
         await self.subscriber.close()
         await self.publisher.close()
+        self._endpoint.release()
         self.log.info("participant closed: %s", models.DisconnectReason.Name(reason).lower())
 
 

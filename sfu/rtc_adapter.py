@@ -20,7 +20,6 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice
@@ -36,7 +35,8 @@ from aiortc import (
 )
 
 from protocol import sdp
-from sfu.ice import IceSession, IceState, UdpMux
+from sfu.endpoint import Endpoint
+from sfu.ice import IceSession, IceState
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +56,6 @@ def host_addresses(node_ip: str, *, add_loopback: bool) -> list[str]:
     if add_loopback and "127.0.0.1" not in found:
         found.append("127.0.0.1")
     return found
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where this node receives WebRTC traffic: the shared UDP socket and its candidates."""
-
-    mux: UdpMux
-    port: int
-    addresses: tuple[str, ...]
-
-    def candidates(self) -> tuple[str, ...]:
-        # RFC 8839 priority for a host candidate: type preference 126, local preference by
-        # address order, component 1.
-        return tuple(
-            f"candidate:{index + 1} 1 udp {(126 << 24) | ((65535 - index) << 8) | 255} "
-            f"{address} {self.port} typ host generation 0"
-            for index, address in enumerate(self.addresses)
-        )
 
 
 class ConnectionState(enum.Enum):
@@ -166,7 +148,7 @@ class PeerConnection:
     def __init__(self, name: str, endpoint: Endpoint) -> None:
         self.name = name
         self._endpoint = endpoint
-        self._ice = endpoint.mux.create_session(name)
+        self._ice = endpoint.registry.create_session(name)
         self._certificate = RTCCertificate.generateCertificate()
         shim: Any = _IceTransportShim(self._ice)  # duck-typed RTCIceTransport
         self._dtls = RTCDtlsTransport(shim, [self._certificate])

@@ -13,10 +13,10 @@ from livekit.protocol import models, rtc
 from config import Config
 from protocol.ids import PARTICIPANT_PREFIX, new_id
 from protocol.token import Claims, refresh_token
+from sfu.endpoint import Endpoints
 from sfu.participant import JoinParams, Participant
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
-from sfu.rtc_adapter import Endpoint
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.session import SignalSession, WebSocketSink
 
@@ -47,7 +47,7 @@ class SignalingContext:
     rooms: RoomManager
     node_id: str
     version: str
-    endpoint: Endpoint
+    endpoints: Endpoints
 
 
 CONTEXT = web.AppKey("signaling_context", SignalingContext)
@@ -139,7 +139,7 @@ async def rtc_websocket(request: web.Request) -> web.StreamResponse:
         room_name=room.name,
         sink=sink,
         listener=room,
-        endpoint=ctx.endpoint,
+        endpoint=await ctx.endpoints.acquire(),
     )
     session = SignalSession(ws, sink, room, participant, lambda: _refresh(ctx, connect.claims))
     try:

@@ -28,6 +28,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class ServerProcess:
     """A running ``livekit-py-server`` and where it writes its log."""
@@ -67,6 +73,7 @@ def start_server(
     port: int | None = None,
     with_keys: bool = True,
     node_ip: bool = True,
+    udp_port: bool = True,
 ) -> ServerProcess:
     """Start the server with ``config_yaml`` plus our test key, and wait until it serves."""
     port = port or free_port()
@@ -79,6 +86,10 @@ def start_server(
     env = dict(os.environ)
     if IN_NETNS and node_ip:
         env["NODE_IP"] = "127.0.0.1"
+    # Several servers run at once: each gets its own media ports.
+    env["LIVEKIT_RTC_TCP_PORT"] = str(free_port())
+    if udp_port:
+        env["UDP_PORT"] = str(free_udp_port())
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

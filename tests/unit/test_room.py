@@ -7,10 +7,10 @@ from functools import partial
 from livekit.protocol import metrics, models, rtc
 
 from protocol.token import VideoGrant
-from sfu.ice import UdpMux
+from sfu.endpoint import Endpoint
+from sfu.ice import IceRegistry, UdpMux
 from sfu.participant import JoinParams, Participant, ParticipantState
 from sfu.room import Room, RoomSettings
-from sfu.rtc_adapter import Endpoint
 
 
 class RecordingSink:
@@ -41,7 +41,7 @@ def _participant(
         room_name=room.name,
         sink=sink,
         listener=room,
-        endpoint=Endpoint(mux=UdpMux(), port=9, addresses=("127.0.0.1",)),
+        endpoint=Endpoint(IceRegistry(), UdpMux(IceRegistry()), 9, 0, ("127.0.0.1",)),
     )
     return participant, sink
 

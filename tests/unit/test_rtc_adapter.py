@@ -10,8 +10,8 @@ import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-from sfu.ice import UdpMux
-from sfu.rtc_adapter import ConnectionState, DataChannel, Endpoint, PeerConnection, host_addresses
+from sfu.endpoint import Endpoint, Endpoints
+from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection, host_addresses
 
 
 def test_pinned_versions() -> None:
@@ -28,11 +28,12 @@ def test_host_addresses() -> None:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[Endpoint]:
-    loop = asyncio.get_running_loop()
-    transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))
-    port = int(transport.get_extra_info("sockname")[1])
-    yield Endpoint(mux=mux, port=port, addresses=("127.0.0.1",))
-    transport.close()
+    endpoints = Endpoints(("127.0.0.1",), udp_port=0, port_range=(42000, 42999), tcp_port=0)
+    await endpoints.start()
+    endpoint = await endpoints.acquire()
+    yield endpoint
+    endpoint.release()
+    await endpoints.stop()
 
 
 def _client(monkeypatch: pytest.MonkeyPatch) -> RTCPeerConnection:
@@ -57,7 +58,7 @@ async def test_server_offer_connects_and_queues_reliable_data(
     client.on("datachannel", channels.put_nowait)
     try:
         offer = await server.create_offer()
-        assert "a=ice-lite" in offer and f"127.0.0.1 {endpoint.port} typ host" in offer
+        assert "a=ice-lite" in offer and f"127.0.0.1 {endpoint.udp_port} typ host" in offer
         await client.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         await client.setLocalDescription(await client.createAnswer())
         await server.set_answer(client.localDescription.sdp)
@@ -72,7 +73,7 @@ async def test_server_offer_connects_and_queues_reliable_data(
     finally:
         await server.close()
         await client.close()
-    assert endpoint.mux.session_count == 0
+    assert endpoint.registry.session_count == 0
 
 
 async def test_client_offer_answered(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,113 @@
+"""Where the node receives WebRTC traffic: UDP sockets, the ICE-TCP listener, candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sfu.ice import IceRegistry, TcpIceConnection, UdpMux
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The sockets one participant's peer connections use, and the candidates naming them.
+
+    :param dedicated: the UDP socket belongs to this participant alone (``rtc.port_range_*``
+        mode) and closes with it.
+    """
+
+    registry: IceRegistry
+    udp: UdpMux
+    udp_port: int
+    tcp_port: int
+    addresses: tuple[str, ...]
+    dedicated: bool = False
+
+    def candidates(self) -> tuple[str, ...]:
+        """Host candidates, UDP then passive TCP (RFC 6544), priorities per RFC 8445 5.1.2.1
+        with type preference 126 and UDP preferred over TCP."""
+        found = []
+        for index, address in enumerate(self.addresses):
+            local = 65535 - index
+            found.append(
+                f"candidate:{index + 1} 1 udp {(126 << 24) | (local << 8) | 255} "
+                f"{address} {self.udp_port} typ host generation 0"
+            )
+            if self.tcp_port:
+                found.append(
+                    f"candidate:{index + 101} 1 tcp {(126 << 24) | ((local - 32768) << 8) | 255} "
+                    f"{address} {self.tcp_port} typ host tcptype passive generation 0"
+                )
+        return tuple(found)
+
+    def release(self) -> None:
+        if self.dedicated:
+            self.udp.close()
+
+
+class Endpoints:
+    """Hands each participant its endpoint: the node's one UDP port (``rtc.udp_port``) or a
+    socket of its own from ``rtc.port_range_start..end``; ICE-TCP on ``rtc.tcp_port``."""
+
+    def __init__(
+        self,
+        addresses: tuple[str, ...],
+        *,
+        udp_port: int,
+        port_range: tuple[int, int],
+        tcp_port: int,
+    ) -> None:
+        self.registry = IceRegistry()
+        self.addresses = addresses
+        self._udp_port = udp_port
+        self._port_range = port_range
+        self._tcp_port = tcp_port
+        self._shared: Endpoint | None = None
+        self._tcp_server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.registry.start()
+        if self._tcp_port:
+            self._tcp_server = await loop.create_server(
+                lambda: TcpIceConnection(self.registry), "0.0.0.0", self._tcp_port
+            )
+        if self._udp_port:
+            self._shared = await self._bind([self._udp_port], dedicated=False)
+            logger.info("WebRTC on UDP port %d, TCP port %d", self._udp_port, self._tcp_port)
+        else:
+            start, end = self._port_range
+            logger.info("WebRTC on UDP ports %d-%d, TCP port %d", start, end, self._tcp_port)
+        logger.info("advertising %s", ", ".join(self.addresses))
+
+    async def acquire(self) -> Endpoint:
+        if self._shared is not None:
+            return self._shared
+        start, end = self._port_range
+        return await self._bind(range(start, end + 1), dedicated=True)
+
+    async def _bind(self, ports: range | list[int], *, dedicated: bool) -> Endpoint:
+        loop = asyncio.get_running_loop()
+        for port in ports:
+            try:
+                transport, mux = await loop.create_datagram_endpoint(
+                    lambda: UdpMux(self.registry), local_addr=("0.0.0.0", port)
+                )
+            except OSError:
+                continue
+            bound = int(transport.get_extra_info("sockname")[1])
+            return Endpoint(
+                self.registry, mux, bound, self._tcp_port, self.addresses, dedicated=dedicated
+            )
+        raise OSError(f"no free UDP port in {ports[0]}-{ports[-1]}")
+
+    async def stop(self) -> None:
+        await self.registry.stop()
+        if self._shared is not None:
+            self._shared.udp.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            await self._tcp_server.wait_closed()
