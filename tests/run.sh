@@ -5,9 +5,11 @@ set -eu
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    if ! command -v ip >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+    # iproute2 and util-linux for the test namespace, nftables to block UDP in it.
+    if ! command -v ip >/dev/null || ! command -v unshare >/dev/null || ! command -v nft >/dev/null
+    then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux nftables >/dev/null
     fi
 fi
 

@@ -41,6 +41,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    tcp_port: int = 0
+    """The ICE-TCP port the harness chose."""
 
     @property
     def ws_url(self) -> str:
@@ -87,13 +89,14 @@ def start_server(
     if IN_NETNS and node_ip:
         env["NODE_IP"] = "127.0.0.1"
     # Several servers run at once: each gets its own media ports.
-    env["LIVEKIT_RTC_TCP_PORT"] = str(free_port())
+    tcp_port = free_port()
+    env["LIVEKIT_RTC_TCP_PORT"] = str(tcp_port)
     if udp_port:
         env["UDP_PORT"] = str(free_udp_port())
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(proc, port, log_path)
+    server = ServerProcess(proc, port, log_path, tcp_port)
     wait_until_serving(server)
     return server
 
