@@ -250,12 +250,12 @@ class TcpIceConnection(asyncio.Protocol):
         self.session: IceSession | None = None
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._peer: Address = ("", 0)
+        self._peer: Address = ("0.0.0.0", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self._peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        self._peer = (str(peer[0]), int(peer[1])) if peer else ("0.0.0.0", 0)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

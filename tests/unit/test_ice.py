@@ -1,0 +1,114 @@
+"""ICE-lite without sockets: binding requests, integrity, nomination, consent, TCP framing."""
+
+from __future__ import annotations
+
+import secrets
+import struct
+
+from aioice import stun
+
+from sfu.ice import CONSENT_TIMEOUT_S, IceRegistry, IceState, TcpIceConnection
+
+
+class RecordingPath:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.attached: list[object] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def attach(self, session: object) -> None:
+        self.attached.append(session)
+
+    def detach(self, session: object) -> None:
+        self.attached.remove(session)
+
+
+def _request(ufrag: str, pwd: str, *, nominate: bool = False) -> bytes:
+    message = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.REQUEST,
+        transaction_id=secrets.token_bytes(12),
+    )
+    message.attributes["USERNAME"] = f"{ufrag}:client"
+    message.attributes["PRIORITY"] = 1
+    message.attributes["ICE-CONTROLLING"] = 1
+    if nominate:
+        message.attributes["USE-CANDIDATE"] = None
+    message.add_message_integrity(pwd.encode())
+    message.add_fingerprint()
+    return bytes(message)
+
+
+def test_binding_request_answered_and_path_selected() -> None:
+    registry = IceRegistry()
+    session = registry.create_session("sub")
+    path = RecordingPath()
+    request = _request(session.local_ufrag, session.local_pwd)
+    raw = registry.handle_stun(request, ("10.0.0.1", 5000), path)
+    assert raw is not None
+    response = stun.parse_message(raw)
+    assert response.message_class == stun.Class.RESPONSE
+    assert response.transaction_id == stun.parse_message(request).transaction_id
+    assert response.attributes["XOR-MAPPED-ADDRESS"] == ("10.0.0.1", 5000)
+    assert response.check_message_integrity(session.local_pwd.encode())
+    assert session.state is IceState.CONNECTED
+    assert session.selected is path and path.attached == [session]
+
+
+def test_nomination_moves_to_the_nominated_path() -> None:
+    registry = IceRegistry()
+    session = registry.create_session("pub")
+    first, second = RecordingPath(), RecordingPath()
+    registry.handle_stun(_request(session.local_ufrag, session.local_pwd), ("10.0.0.1", 1), first)
+    registry.handle_stun(
+        _request(session.local_ufrag, session.local_pwd, nominate=True), ("10.0.0.2", 2), second
+    )
+    assert session.selected is second
+    assert first.attached == [] and second.attached == [session]
+    session.send(b"\x17dtls")
+    assert second.sent == [b"\x17dtls"]
+
+
+def test_unknown_ufrag_bad_integrity_and_garbage_are_dropped() -> None:
+    registry = IceRegistry()
+    session = registry.create_session("s")
+    path = RecordingPath()
+    assert registry.handle_stun(_request("nobody", "x" * 24), ("10.0.0.1", 1), path) is None
+    wrong = _request(session.local_ufrag, "not-the-password-at-all!")
+    assert registry.handle_stun(wrong, ("10.0.0.1", 1), path) is None
+    assert registry.handle_stun(b"\x00\x01garbage", ("10.0.0.1", 1), path) is None
+    assert session.state is IceState.NEW and session.selected is None
+
+
+def test_consent_expiry_fails_the_session() -> None:
+    registry = IceRegistry()
+    session = registry.create_session("s")
+    states: list[IceState] = []
+    session.on_state_change = states.append
+    registry.handle_stun(
+        _request(session.local_ufrag, session.local_pwd), ("10.0.0.1", 1), RecordingPath()
+    )
+    checked_at = session.last_consent
+    registry.expire_consent(checked_at + CONSENT_TIMEOUT_S - 1)
+    assert session.state is IceState.CONNECTED
+    registry.expire_consent(checked_at + CONSENT_TIMEOUT_S + 1)
+    assert states == [IceState.CONNECTED, IceState.FAILED]
+    session.close()
+    assert registry.session_count == 0
+
+
+def test_tcp_framing_across_reads() -> None:
+    registry = IceRegistry()
+    session = registry.create_session("tcp")
+    received: list[bytes] = []
+    session.on_datagram = received.append
+    connection = TcpIceConnection(registry)
+    request = _request(session.local_ufrag, session.local_pwd, nominate=True)
+    stream = struct.pack("!H", len(request)) + request
+    stream += struct.pack("!H", 5) + b"\x16dtls" + struct.pack("!H", 3) + b"\x80rt"
+    for index in range(0, len(stream), 7):  # arbitrary TCP segmentation
+        connection.data_received(stream[index : index + 7])
+    assert session.selected is connection
+    assert received == [b"\x16dtls", b"\x80rt"]
