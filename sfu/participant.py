@@ -49,6 +49,8 @@ class ParticipantListener(Protocol):
 
     def on_participant_active(self, participant: Participant) -> None: ...
 
+    def on_participant_failed(self, participant: Participant) -> None: ...
+
     def on_participant_data(
         self, participant: Participant, packet: models.DataPacket, *, reliable: bool
     ) -> None: ...
@@ -247,8 +249,11 @@ class Participant:
         if state is ConnectionState.CONNECTED and self.state is ParticipantState.JOINED:
             self.set_state(ParticipantState.ACTIVE)
             self._listener.on_participant_active(self)
-        elif state is ConnectionState.FAILED:
+        elif state is ConnectionState.FAILED and not self.is_closed:
+            # ICE consent expired or DTLS failed: the media path is gone, so is the participant
+            # (LiveKit closes it with CONNECTION_TIMEOUT when its peer connection fails).
             self.log.info("primary peer connection failed")
+            self._listener.on_participant_failed(self)
 
     def _send_offer(self, sdp: str, offer_id: int) -> None:
         self.send(

@@ -172,6 +172,12 @@ class Room:
     def on_participant_active(self, participant: Participant) -> None:
         self.broadcast_participant(participant)
 
+    def on_participant_failed(self, participant: Participant) -> None:
+        participant.tasks.spawn(
+            self.remove(participant, models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True),
+            name="remove-failed-participant",
+        )
+
     def on_participant_data(
         self, participant: Participant, packet: models.DataPacket, *, reliable: bool
     ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 from livekit.protocol import metrics, models, rtc
@@ -11,6 +12,7 @@ from sfu.endpoint import Endpoint
 from sfu.ice import IceRegistry, UdpMux
 from sfu.participant import JoinParams, Participant, ParticipantState
 from sfu.room import Room, RoomSettings
+from sfu.rtc_adapter import ConnectionState
 
 
 class RecordingSink:
@@ -179,3 +181,19 @@ async def test_idle_timeouts() -> None:
     assert left_at is not None
     assert not room.idle_expired(left_at + 1.9)
     assert room.idle_expired(left_at + 2.0)
+
+
+async def test_failed_primary_connection_removes_the_participant() -> None:
+    room = _room()
+    _, watcher_sink = await _join(room, "watcher")
+    lost, lost_sink = await _join(room, "lost")
+    lost._on_primary_state(ConnectionState.FAILED)
+    for _ in range(100):
+        if lost.is_closed:
+            break
+        await asyncio.sleep(0.01)
+    assert "lost" not in room.participants
+    assert lost_sink.of("leave")[0].leave.reason == models.DisconnectReason.CONNECTION_TIMEOUT
+    states = [p.state for r in watcher_sink.of("update") for p in r.update.participants]
+    assert models.ParticipantInfo.State.DISCONNECTED in states
+    await room.close(models.DisconnectReason.ROOM_DELETED)
