@@ -23,7 +23,8 @@ from config.schema import Config
 IMPLEMENTED_KEYS = frozenset(
     {
         "port", "bind_addresses", "development", "region", "keys", "key_file",
-        "rtc.node_ip", "rtc.stun_servers", "rtc.enable_loopback_candidate",
+        "rtc.node_ip", "rtc.stun_servers", "rtc.enable_loopback_candidate", "rtc.udp_port",
+        "rtc.tcp_port", "rtc.port_range_start", "rtc.port_range_end",
         "room.auto_create", "room.empty_timeout", "room.departure_timeout",
         "room.max_participants",
         "logging.level", "logging.json", "logging.pion_level",
