@@ -134,18 +134,18 @@ SCTP_PORT = 5000
 MAX_MESSAGE_SIZE = 262144
 
 
-def _session_head(session_id: int, version: int, address: str) -> list[str]:
+def session_head(session_id: int, version: int, address: str) -> list[str]:
     return ["v=0", f"o=- {session_id} {version} IN IP4 {address}", "s=-", "t=0 0"]
 
 
-def _transport_attributes(params: TransportParams, mid: str) -> list[tuple[str, str]]:
+def transport_attributes(params: TransportParams, mid: str) -> list[tuple[str, str]]:
     attributes = [("ice-ufrag", params.ice_ufrag), ("ice-pwd", params.ice_pwd)]
     attributes += [("fingerprint", f"{alg} {value}") for alg, value in params.fingerprints]
     attributes += [("setup", params.setup), ("mid", mid)]
     return attributes
 
 
-def _application_section(params: TransportParams, mid: str) -> MediaSection:
+def application_section(params: TransportParams, mid: str) -> MediaSection:
     section = MediaSection(
         kind="application",
         port=9,
@@ -153,45 +153,44 @@ def _application_section(params: TransportParams, mid: str) -> MediaSection:
         formats=["webrtc-datachannel"],
         other_lines=["c=IN IP4 0.0.0.0"],
     )
-    section.attributes = _transport_attributes(params, mid)
+    section.attributes = transport_attributes(params, mid)
     section.attributes += [
         ("sctp-port", str(SCTP_PORT)),
         ("max-message-size", str(MAX_MESSAGE_SIZE)),
     ]
-    section.attributes += [("candidate", c.removeprefix("candidate:")) for c in params.candidates]
-    section.attributes.append(("end-of-candidates", ""))
     return section
+
+
+def add_candidates(description: SessionDescription, params: TransportParams) -> None:
+    """Put our candidates into the BUNDLE-tagged (first accepted) section: it is the one whose
+    transport every bundled section uses (RFC 8843 section 7.1.1)."""
+    for section in description.media:
+        if not section.rejected:
+            section.attributes += [
+                ("candidate", c.removeprefix("candidate:")) for c in params.candidates
+            ]
+            section.attributes.append(("end-of-candidates", ""))
+            return
+
+
+def bundle_tag(description: SessionDescription) -> tuple[str, int] | None:
+    """(mid, m-line index) of the first accepted section, where trickled candidates belong."""
+    for index, section in enumerate(description.media):
+        if not section.rejected:
+            return section.mid or str(index), index
+    return None
 
 
 def data_offer(params: TransportParams, *, session_id: int, version: int, address: str) -> str:
     """The subscriber offer while only data channels are negotiated: one application section."""
-    description = SessionDescription(session_lines=_session_head(session_id, version, address))
+    description = SessionDescription(session_lines=session_head(session_id, version, address))
     description.attributes = [("group", "BUNDLE 0"), ("ice-lite", ""), ("msid-semantic", " WMS *")]
-    description.media.append(_application_section(params, "0"))
+    description.media.append(application_section(params, "0"))
+    add_candidates(description, params)
     return serialize(description)
 
 
-def answer(
-    offer: SessionDescription, params: TransportParams, *, session_id: int, address: str
-) -> str:
-    """Answer a client's offer: data channels accepted on the BUNDLE transport; audio and video
-    sections rejected (port 0) until the media path consumes them."""
-    description = SessionDescription(session_lines=_session_head(session_id, 2, address))
-    accepted: list[str] = []
-    for index, section in enumerate(offer.media):
-        mid = section.mid if section.mid is not None else str(index)
-        if section.kind == "application" and not section.rejected:
-            description.media.append(_application_section(params, mid))
-            accepted.append(mid)
-        else:
-            description.media.append(_rejected_section(section, mid, params))
-    if accepted:
-        description.attributes.append(("group", "BUNDLE " + " ".join(accepted)))
-    description.attributes += [("ice-lite", ""), ("msid-semantic", " WMS *")]
-    return serialize(description)
-
-
-def _rejected_section(offered: MediaSection, mid: str, params: TransportParams) -> MediaSection:
+def rejected_section(offered: MediaSection, mid: str, params: TransportParams) -> MediaSection:
     # RFC 8829 section 5.3.1: a rejected m= section keeps kind, protocol and one format, port 0.
     # The transport attributes are repeated because some stacks (aiortc) want them everywhere.
     return MediaSection(
@@ -200,7 +199,7 @@ def _rejected_section(offered: MediaSection, mid: str, params: TransportParams) 
         protocol=offered.protocol,
         formats=offered.formats[:1],
         other_lines=["c=IN IP4 0.0.0.0"],
-        attributes=[*_transport_attributes(params, mid), ("rtcp-mux", ""), ("inactive", "")],
+        attributes=[*transport_attributes(params, mid), ("rtcp-mux", ""), ("inactive", "")],
     )
 
 

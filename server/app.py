@@ -73,6 +73,7 @@ async def run_server(config: Config) -> None:
         udp_port=rtc.udp_port,
         port_range=(rtc.port_range_start, rtc.port_range_end),
         tcp_port=rtc.tcp_port,
+        enabled_codecs=tuple(codec.mime for codec in config.room.enabled_codecs),
     )
     await endpoints.start()
     runner = web.AppRunner(build_app(config, endpoints), handle_signals=False, access_log=None)

@@ -25,6 +25,8 @@ class Endpoint:
     tcp_port: int
     addresses: tuple[str, ...]
     dedicated: bool = False
+    enabled_codecs: tuple[str, ...] = ()
+    """Mime types this node negotiates (``room.enabled_codecs``)."""
 
     def candidates(self) -> tuple[str, ...]:
         """Host candidates, UDP then passive TCP (RFC 6544), priorities per RFC 8445 5.1.2.1
@@ -59,12 +61,14 @@ class Endpoints:
         udp_port: int,
         port_range: tuple[int, int],
         tcp_port: int,
+        enabled_codecs: tuple[str, ...] = (),
     ) -> None:
         self.registry = IceRegistry()
         self.addresses = addresses
         self._udp_port = udp_port
         self._port_range = port_range
         self._tcp_port = tcp_port
+        self._codecs = enabled_codecs
         self._shared: Endpoint | None = None
         self._tcp_server: asyncio.Server | None = None
 
@@ -100,7 +104,13 @@ class Endpoints:
                 continue
             bound = int(transport.get_extra_info("sockname")[1])
             return Endpoint(
-                self.registry, mux, bound, self._tcp_port, self.addresses, dedicated=dedicated
+                self.registry,
+                mux,
+                bound,
+                self._tcp_port,
+                self.addresses,
+                dedicated=dedicated,
+                enabled_codecs=self._codecs,
             )
         raise OSError(f"no free UDP port in {ports[0]}-{ports[-1]}")
 

@@ -34,7 +34,7 @@ from aiortc import (
     RTCSctpTransport,
 )
 
-from protocol import sdp
+from protocol import sdp, sdp_media
 from sfu.endpoint import Endpoint
 from sfu.ice import IceSession, IceState
 
@@ -156,6 +156,7 @@ class PeerConnection:
         self._session_id = secrets.randbelow(2**62)
         self._version = 1
         self._connect_task: asyncio.Task[None] | None = None
+        self._bundle_tag: tuple[str, int] = ("0", 0)
         self.state = ConnectionState.NEW
         self.on_state_change: Callable[[ConnectionState], None] | None = None
         self.on_data_channel: Callable[[DataChannel], None] | None = None
@@ -191,12 +192,13 @@ class PeerConnection:
     async def create_offer(self) -> str:
         self._version += 1
         address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
-        return sdp.data_offer(
+        text = sdp.data_offer(
             self._transport_params("actpass"),
             session_id=self._session_id,
             version=self._version,
             address=address,
         )
+        return self._remember_bundle_tag(text)
 
     async def set_answer(self, text: str) -> None:
         """Apply the client's answer to our offer; ValueError when it does not fit."""
@@ -207,9 +209,18 @@ class PeerConnection:
         offer = _parse(offer_text)
         self._start(offer, offered=True)
         address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
-        return sdp.answer(
-            offer, self._transport_params("passive"), session_id=self._session_id, address=address
+        text = sdp_media.answer(
+            offer,
+            self._transport_params("passive"),
+            self._endpoint.enabled_codecs,
+            session_id=self._session_id,
+            address=address,
         )
+        return self._remember_bundle_tag(text)
+
+    def _remember_bundle_tag(self, text: str) -> str:
+        self._bundle_tag = sdp.bundle_tag(sdp.parse(text)) or self._bundle_tag
+        return text
 
     def _start(self, remote: sdp.SessionDescription, *, offered: bool) -> None:
         """Start DTLS and SCTP once, with the remote fingerprint and roles from its SDP."""
@@ -246,8 +257,10 @@ class PeerConnection:
     def local_candidates(self) -> list[dict[str, Any]]:
         """Our candidates as RTCIceCandidateInit dictionaries (all three keys: the Rust SDK
         unwraps them), for the first BUNDLEd section."""
+        mid, index = self._bundle_tag
         return [
-            {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0} for c in self._endpoint.candidates()
+            {"candidate": c, "sdpMid": mid, "sdpMLineIndex": index}
+            for c in self._endpoint.candidates()
         ]
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import sdp
+from protocol import sdp, sdp_media
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 PARAMS = sdp.TransportParams(
@@ -43,16 +43,22 @@ def test_sdk_offer_parsed() -> None:
 
 def test_answer_to_sdk_offer() -> None:
     offer = sdp.parse(_vector("sdk_publisher_offer.sdp"))
-    answer = sdp.parse(sdp.answer(offer, PARAMS, session_id=1, address="127.0.0.1"))
+    text = sdp_media.answer(offer, PARAMS, ["audio/opus"], session_id=1, address="127.0.0.1")
+    answer = sdp.parse(text)
     assert [s.mid for s in answer.media] == [s.mid for s in offer.media]
     assert [s.kind for s in answer.media] == [s.kind for s in offer.media]
-    assert all(s.rejected for s in answer.media[:-1])
+    # Video is not enabled here, so rejected; the SDK's recvonly audio is answered "inactive".
+    assert [s.rejected for s in answer.media] == [False] * 3 + [True] * 3 + [False]
+    assert all(s.has("inactive") for s in answer.media[:3])
     data = answer.media[-1]
     assert not data.rejected
     assert data.value("setup") == "passive"
     assert data.value("sctp-port") == "5000"
-    assert data.values("candidate") == [PARAMS.candidates[0].removeprefix("candidate:")]
-    assert answer.value("group") == "BUNDLE 13"
+    # Candidates stand in the BUNDLE-tagged section, the first accepted one (mid 7).
+    assert answer.media[0].values("candidate") == [PARAMS.candidates[0].removeprefix("candidate:")]
+    assert not data.values("candidate")
+    assert sdp.bundle_tag(answer) == ("7", 0)
+    assert answer.value("group") == "BUNDLE 7 8 9 13"
     assert answer.value("ice-lite") == ""
 
 

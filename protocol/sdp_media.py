@@ -1,0 +1,201 @@
+"""Codec and header-extension negotiation for audio and video m= sections.
+
+Answers take the offerer's payload types and extension ids (RFC 8829 section 5.3.1); offers use
+LiveKit's payload types. RTX (RFC 4588) follows its primary codec through ``apt``; RED
+(RFC 2198) is kept when its constituent codec is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from protocol.sdp import (
+    MediaSection,
+    SessionDescription,
+    TransportParams,
+    add_candidates,
+    application_section,
+    rejected_section,
+    serialize,
+    session_head,
+    transport_attributes,
+)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One negotiated payload type."""
+
+    payload_type: int
+    mime: str
+    """``audio/opus``, ``video/VP8``, ``video/rtx``... (case as in SDP)."""
+    clock_rate: int
+    channels: int = 0
+    fmtp: str = ""
+    rtcp_fb: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.mime.split("/", 1)[1]
+
+    @property
+    def apt(self) -> int | None:
+        """The primary payload type an RTX codec repairs."""
+        for part in self.fmtp.split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == "apt" and value.isdigit():
+                return int(value)
+        return None
+
+
+#: Header extensions LiveKit negotiates, per kind (``pkg/rtc/mediaengine.go``).
+AUDIO_EXTENSIONS = (
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+)
+VIDEO_EXTENSIONS = (
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
+)
+
+
+def offered_codecs(section: MediaSection) -> list[Codec]:
+    """The codecs of an m= section, in its preference order."""
+    rtpmaps = dict(_split_pt(v) for v in section.values("rtpmap"))
+    fmtps = dict(_split_pt(v) for v in section.values("fmtp"))
+    feedback: dict[str, list[str]] = {}
+    for value in section.values("rtcp-fb"):
+        pt, fb = _split_pt(value)
+        feedback.setdefault(pt, []).append(fb)
+    codecs = []
+    for pt in section.formats:
+        if pt not in rtpmaps or not pt.isdigit():
+            continue
+        name, _, rest = rtpmaps[pt].partition("/")
+        rate, _, channels = rest.partition("/")
+        codecs.append(
+            Codec(
+                payload_type=int(pt),
+                mime=f"{section.kind}/{name}",
+                clock_rate=int(rate) if rate.isdigit() else 0,
+                channels=int(channels) if channels.isdigit() else 0,
+                fmtp=fmtps.get(pt, ""),
+                rtcp_fb=tuple(feedback.get(pt, ())),
+            )
+        )
+    return codecs
+
+
+def _split_pt(value: str) -> tuple[str, str]:
+    pt, _, rest = value.partition(" ")
+    return pt, rest
+
+
+def select_codecs(offered: Sequence[Codec], enabled: Iterable[str]) -> list[Codec]:
+    """The offered codecs whose mime type is enabled (``room.enabled_codecs``), keeping RTX only
+    for kept primaries and RED only when its constituent codec is kept."""
+    allowed = {mime.lower() for mime in enabled}
+    primaries = [
+        c for c in offered if c.mime.lower() in allowed and c.name.lower() not in ("rtx", "red")
+    ]
+    kept = {c.payload_type for c in primaries}
+    extras = []
+    for codec in offered:
+        name = codec.name.lower()
+        if name == "rtx" and "video/rtx" in allowed and codec.apt in kept:
+            extras.append(codec)
+        elif name == "red" and codec.mime.lower() in allowed and _red_inner(codec) <= kept:
+            extras.append(codec)
+    order = {c.payload_type: i for i, c in enumerate(offered)}
+    return sorted([*primaries, *extras], key=lambda c: order[c.payload_type])
+
+
+def _red_inner(codec: Codec) -> set[int]:
+    return {int(pt) for pt in codec.fmtp.split("/") if pt.isdigit()} or {-1}
+
+
+def select_extensions(section: MediaSection) -> list[tuple[int, str]]:
+    """The offered header extensions we support, with the offerer's ids."""
+    supported = AUDIO_EXTENSIONS if section.kind == "audio" else VIDEO_EXTENSIONS
+    chosen = []
+    for value in section.values("extmap"):
+        ident, _, uri = value.partition(" ")
+        uri = uri.split(" ")[0]
+        if uri in supported and ident.split("/")[0].isdigit():
+            chosen.append((int(ident.split("/")[0]), uri))
+    return chosen
+
+
+def codec_attributes(codecs: Sequence[Codec]) -> list[tuple[str, str]]:
+    attributes: list[tuple[str, str]] = []
+    for codec in codecs:
+        rate = f"{codec.clock_rate}/{codec.channels}" if codec.channels else str(codec.clock_rate)
+        attributes.append(("rtpmap", f"{codec.payload_type} {codec.name}/{rate}"))
+        attributes += [("rtcp-fb", f"{codec.payload_type} {fb}") for fb in codec.rtcp_fb]
+        if codec.fmtp:
+            attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
+    return attributes
+
+
+def answer_media_section(
+    offered: MediaSection, params: TransportParams, enabled: Iterable[str], mid: str
+) -> MediaSection | None:
+    """Accept an offered audio/video section receive-only with the codecs we share, or None
+    when there is none (the caller then rejects it)."""
+    codecs = select_codecs(offered_codecs(offered), enabled)
+    if not any(c.name.lower() not in ("rtx", "red") for c in codecs):
+        return None
+    section = MediaSection(
+        kind=offered.kind,
+        port=9,
+        protocol=offered.protocol,
+        formats=[str(c.payload_type) for c in codecs],
+        other_lines=["c=IN IP4 0.0.0.0"],
+    )
+    section.attributes = transport_attributes(params, mid)
+    section.attributes += [("extmap", f"{i} {uri}") for i, uri in select_extensions(offered)]
+    # The client sends; an SFU receives. Offers of "recvonly" get "inactive" back.
+    direction = "recvonly" if offered.has("sendonly") or offered.has("sendrecv") else "inactive"
+    section.attributes += [(direction, ""), ("rtcp-mux", ""), ("rtcp-rsize", "")]
+    section.attributes += codec_attributes(codecs)
+    return section
+
+
+def answer(
+    offer: SessionDescription,
+    params: TransportParams,
+    enabled: Sequence[str],
+    *,
+    session_id: int,
+    address: str,
+) -> str:
+    """Answer a client's offer on one BUNDLE transport: data channels accepted, audio and video
+    accepted with the codecs we share (receive-only), anything else rejected with port 0."""
+    description = SessionDescription(session_lines=session_head(session_id, 2, address))
+    accepted: list[str] = []
+    for index, offered in enumerate(offer.media):
+        mid = offered.mid if offered.mid is not None else str(index)
+        section: MediaSection | None = None
+        if offered.rejected:
+            section = None
+        elif offered.kind == "application":
+            section = application_section(params, mid)
+        elif offered.kind in ("audio", "video"):
+            section = answer_media_section(offered, params, enabled, mid)
+        if section is None:
+            description.media.append(rejected_section(offered, mid, params))
+        else:
+            description.media.append(section)
+            accepted.append(mid)
+    if accepted:
+        description.attributes.append(("group", "BUNDLE " + " ".join(accepted)))
+    description.attributes += [("ice-lite", ""), ("msid-semantic", " WMS *")]
+    add_candidates(description, params)
+    return serialize(description)
