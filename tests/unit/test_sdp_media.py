@@ -1,0 +1,60 @@
+"""Codec and header-extension negotiation against the real SDK's offer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protocol import sdp, sdp_media
+
+OFFER = sdp.parse(
+    (Path(__file__).resolve().parents[1] / "vectors/sdk_publisher_offer.sdp").read_bytes().decode()
+)
+AUDIO, VIDEO = OFFER.media[0], OFFER.media[3]
+PARAMS = sdp.TransportParams("u", "p" * 24, (("sha-256", "AA"),), (), "passive")
+
+
+def test_offered_codecs_read_rtpmap_fmtp_and_feedback() -> None:
+    opus = sdp_media.offered_codecs(AUDIO)[0]
+    assert (opus.payload_type, opus.mime, opus.clock_rate, opus.channels) == (
+        111,
+        "audio/opus",
+        48000,
+        2,
+    )
+    assert "useinbandfec=1" in opus.fmtp
+    assert "transport-cc" in opus.rtcp_fb
+
+
+def test_rtx_follows_its_primary_and_red_its_inner_codec() -> None:
+    video = sdp_media.select_codecs(sdp_media.offered_codecs(VIDEO), ["video/VP8", "video/rtx"])
+    names = [(c.payload_type, c.name, c.apt) for c in video]
+    assert names == [(96, "VP8", None), (97, "rtx", 96)]
+    without_rtx = sdp_media.select_codecs(sdp_media.offered_codecs(VIDEO), ["video/VP8"])
+    assert [c.name for c in without_rtx] == ["VP8"]
+    audio = sdp_media.select_codecs(sdp_media.offered_codecs(AUDIO), ["audio/opus", "audio/red"])
+    assert [c.name for c in audio] == ["opus", "red"]
+    no_opus = sdp_media.select_codecs(sdp_media.offered_codecs(AUDIO), ["audio/red"])
+    assert no_opus == []
+
+
+def test_extensions_keep_the_offerers_ids_and_only_ours() -> None:
+    audio = dict(sdp_media.select_extensions(AUDIO))
+    assert audio[1] == "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+    video = [uri for _, uri in sdp_media.select_extensions(VIDEO)]
+    assert "urn:ietf:params:rtp-hdrext:ssrc-audio-level" not in video
+    assert "urn:ietf:params:rtp-hdrext:sdes:mid" in video
+
+
+def test_send_only_offer_answered_receive_only() -> None:
+    sending = sdp.MediaSection(
+        kind=AUDIO.kind,
+        port=9,
+        protocol=AUDIO.protocol,
+        formats=AUDIO.formats,
+        attributes=[(k, v) for k, v in AUDIO.attributes if k != "recvonly"] + [("sendonly", "")],
+    )
+    section = sdp_media.answer_media_section(sending, PARAMS, ["audio/opus"], "5")
+    assert section is not None
+    assert section.has("recvonly") and section.mid == "5"
+    assert section.formats == ["111"]
+    assert sdp_media.answer_media_section(sending, PARAMS, ["video/VP8"], "5") is None
