@@ -181,15 +181,6 @@ def bundle_tag(description: SessionDescription) -> tuple[str, int] | None:
     return None
 
 
-def data_offer(params: TransportParams, *, session_id: int, version: int, address: str) -> str:
-    """The subscriber offer while only data channels are negotiated: one application section."""
-    description = SessionDescription(session_lines=session_head(session_id, version, address))
-    description.attributes = [("group", "BUNDLE 0"), ("ice-lite", ""), ("msid-semantic", " WMS *")]
-    description.media.append(application_section(params, "0"))
-    add_candidates(description, params)
-    return serialize(description)
-
-
 def rejected_section(offered: MediaSection, mid: str, params: TransportParams) -> MediaSection:
     # RFC 8829 section 5.3.1: a rejected m= section keeps kind, protocol and one format, port 0.
     # The transport attributes are repeated because some stacks (aiortc) want them everywhere.

@@ -199,3 +199,68 @@ def answer(
     description.attributes += [("ice-lite", ""), ("msid-semantic", " WMS *")]
     add_candidates(description, params)
     return serialize(description)
+
+
+#: The mid of the data channel section in every subscriber offer.
+DATA_MID = "0"
+
+
+@dataclass(frozen=True)
+class OutgoingTrack:
+    """One track the server sends on a subscriber transport (one m= section)."""
+
+    kind: str
+    mid: str
+    codecs: tuple[Codec, ...]
+    """Primary codec first, then its RTX and RED companions."""
+    extensions: tuple[tuple[int, str], ...]
+    stream_id: str
+    """LiveKit's msid stream id, ``<participant_sid>|<track_sid>`` (``rtc/utils.go``)."""
+    track_id: str
+    ssrc: int
+    rtx_ssrc: int = 0
+    cname: str = "livekit-py-server"
+
+
+def offer_media_section(track: OutgoingTrack, params: TransportParams) -> MediaSection:
+    """A send-only m= section announcing ``track`` with its SSRCs (RFC 5576) and msid."""
+    section = MediaSection(
+        kind=track.kind,
+        port=9,
+        protocol="UDP/TLS/RTP/SAVPF",
+        formats=[str(c.payload_type) for c in track.codecs],
+        other_lines=["c=IN IP4 0.0.0.0"],
+    )
+    section.attributes = transport_attributes(params, track.mid)
+    section.attributes += [("extmap", f"{i} {uri}") for i, uri in track.extensions]
+    section.attributes += [("sendonly", ""), ("msid", f"{track.stream_id} {track.track_id}")]
+    section.attributes += [("rtcp-mux", ""), ("rtcp-rsize", "")]
+    section.attributes += codec_attributes(track.codecs)
+    ssrcs = [track.ssrc, track.rtx_ssrc] if track.rtx_ssrc else [track.ssrc]
+    if track.rtx_ssrc:
+        section.attributes.append(("ssrc-group", f"FID {track.ssrc} {track.rtx_ssrc}"))
+    for ssrc in ssrcs:
+        section.attributes.append(("ssrc", f"{ssrc} cname:{track.cname}"))
+        section.attributes.append(("ssrc", f"{ssrc} msid:{track.stream_id} {track.track_id}"))
+    return section
+
+
+def subscriber_offer(
+    tracks: Sequence[OutgoingTrack],
+    params: TransportParams,
+    *,
+    session_id: int,
+    version: int,
+    address: str,
+) -> str:
+    """The server's offer on a subscriber transport, all on one BUNDLE transport: the data
+    channels first (mid "0", as in the first offer, since m= sections never move, RFC 8829
+    5.2.2), then one section per track in the order they were added."""
+    description = SessionDescription(session_lines=session_head(session_id, version, address))
+    description.media = [application_section(params, DATA_MID)]
+    description.media += [offer_media_section(track, params) for track in tracks]
+    mids = " ".join(section.mid or "" for section in description.media)
+    description.attributes = [("group", f"BUNDLE {mids}"), ("ice-lite", "")]
+    description.attributes.append(("msid-semantic", " WMS *"))
+    add_candidates(description, params)
+    return serialize(description)

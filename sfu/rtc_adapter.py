@@ -192,7 +192,8 @@ class PeerConnection:
     async def create_offer(self) -> str:
         self._version += 1
         address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
-        text = sdp.data_offer(
+        text = sdp_media.subscriber_offer(
+            (),
             self._transport_params("actpass"),
             session_id=self._session_id,
             version=self._version,

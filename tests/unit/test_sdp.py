@@ -63,7 +63,8 @@ def test_answer_to_sdk_offer() -> None:
 
 
 def test_data_offer() -> None:
-    offer = sdp.parse(sdp.data_offer(PARAMS, session_id=7, version=3, address="10.0.0.1"))
+    text = sdp_media.subscriber_offer((), PARAMS, session_id=7, version=3, address="10.0.0.1")
+    offer = sdp.parse(text)
     assert offer.session_lines[1] == "o=- 7 3 IN IP4 10.0.0.1"
     (section,) = offer.media
     assert (section.kind, section.mid, section.value("ice-ufrag")) == (

@@ -58,3 +58,31 @@ def test_send_only_offer_answered_receive_only() -> None:
     assert section.has("recvonly") and section.mid == "5"
     assert section.formats == ["111"]
     assert sdp_media.answer_media_section(sending, PARAMS, ["video/VP8"], "5") is None
+
+
+def test_subscriber_offer_with_tracks() -> None:
+    opus = sdp_media.offered_codecs(AUDIO)[0]
+    vp8, rtx = sdp_media.select_codecs(sdp_media.offered_codecs(VIDEO), ["video/VP8", "video/rtx"])
+    tracks = (
+        sdp_media.OutgoingTrack(
+            "audio", "1", (opus,), ((4, AUDIO_MID_URI),), "PA_pub|TR_a", "TR_a", ssrc=1111
+        ),
+        sdp_media.OutgoingTrack(
+            "video", "2", (vp8, rtx), (), "PA_pub|TR_v", "TR_v", ssrc=2222, rtx_ssrc=3333
+        ),
+    )
+    text = sdp_media.subscriber_offer(tracks, PARAMS, session_id=1, version=4, address="10.0.0.1")
+    offer = sdp.parse(text)
+    assert offer.value("group") == "BUNDLE 0 1 2"
+    data, audio, video = offer.media
+    assert data.kind == "application" and data.mid == "0"
+    assert audio.has("sendonly") and audio.value("msid") == "PA_pub|TR_a TR_a"
+    assert audio.values("ssrc") == ["1111 cname:livekit-py-server", "1111 msid:PA_pub|TR_a TR_a"]
+    assert video.value("ssrc-group") == "FID 2222 3333"
+    assert video.formats == ["96", "97"]
+    assert "97 apt=96" in video.values("fmtp")
+    assert sdp.bundle_tag(offer) == ("0", 0)
+    assert sdp.serialize(offer) == text
+
+
+AUDIO_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
