@@ -165,7 +165,20 @@ def answer_media_section(
     direction = "recvonly" if offered.has("sendonly") or offered.has("sendrecv") else "inactive"
     section.attributes += [(direction, ""), ("rtcp-mux", ""), ("rtcp-rsize", "")]
     section.attributes += codec_attributes(codecs)
+    section.attributes += _simulcast_answer(offered)
     return section
+
+
+def _simulcast_answer(offered: MediaSection) -> list[tuple[str, str]]:
+    """Mirror a sender's simulcast (RFC 8853): without "recv" rids in the answer, libwebrtc
+    falls back to a single encoding."""
+    rids = [v.split(" ")[0] for v in offered.values("rid") if v.split(" ")[1:2] == ["send"]]
+    simulcast = offered.value("simulcast")
+    if not rids or not simulcast or not simulcast.startswith("send "):
+        return []
+    attributes = [("rid", f"{rid} recv") for rid in rids]
+    attributes.append(("simulcast", "recv " + simulcast.removeprefix("send ")))
+    return attributes
 
 
 def answer(

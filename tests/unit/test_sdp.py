@@ -88,3 +88,21 @@ def test_missing_credentials() -> None:
     description = sdp.parse("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n")
     with pytest.raises(ValueError, match="ice-ufrag"):
         sdp.remote_transport(description)
+
+
+def test_chromium_simulcast_offer() -> None:
+    text = _vector("chromium_simulcast_offer.sdp")
+    offer = sdp.parse(text)
+    assert sdp.serialize(offer) == text
+    video = offer.media[1]
+    assert video.values("rid") == ["q send", "h send", "f send"]
+    assert video.value("simulcast") == "send q;h;f"
+    assert (video.value("msid") or "").startswith("- ")
+    answer = sdp.parse(
+        sdp_media.answer(offer, PARAMS, ["audio/opus", "video/VP8"], session_id=1, address="x")
+    )
+    answered = answer.media[1]
+    assert answered.has("recvonly")
+    assert answered.values("rid") == ["q recv", "h recv", "f recv"]
+    assert answered.value("simulcast") == "recv q;h;f"
+    assert answer.value("group") == "BUNDLE 0 1 2"
