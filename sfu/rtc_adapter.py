@@ -9,6 +9,7 @@ aiortc internals used here (pinned in pyproject, checked by ``tests/unit/test_rt
 
 - ``RTCDtlsTransport`` reads its ICE transport's ``role``, ``_recv()`` and ``_send()``;
 - ``RTCDtlsTransport._set_role`` chooses the DTLS role from the SDP ``a=setup``;
+- ``RTCDtlsTransport._rx_srtp`` / ``_tx_srtp`` are the SRTP sessions keyed by the handshake;
 - ``aioice.ice.get_host_addresses`` lists this host's addresses for our host candidates.
 """
 
@@ -33,6 +34,7 @@ from aiortc import (
     RTCSctpCapabilities,
     RTCSctpTransport,
 )
+from pylibsrtp import Session
 
 from protocol import sdp, sdp_media
 from sfu.endpoint import Endpoint
@@ -263,6 +265,14 @@ class PeerConnection:
             {"candidate": c, "sdpMid": mid, "sdpMLineIndex": index}
             for c in self._endpoint.candidates()
         ]
+
+    def srtp_sessions(self) -> tuple[Session, Session] | None:
+        """The (receive, transmit) libsrtp sessions keyed from the DTLS handshake (RFC 5764),
+        for the media path; None until DTLS has connected."""
+        rx, tx = self._dtls._rx_srtp, self._dtls._tx_srtp
+        if rx is None or tx is None:
+            return None
+        return rx, tx
 
     async def close(self) -> None:
         self._set_state(ConnectionState.CLOSED)

@@ -70,6 +70,14 @@ async def test_server_offer_connects_and_queues_reliable_data(
         assert reliable.send(b"later")
         assert await asyncio.wait_for(received.get(), 10) == b"later"
         assert states[-1] is ConnectionState.CONNECTED
+        sessions = server.srtp_sessions()
+        assert sessions is not None
+        rtp = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42]) + b"payload"
+        protected = sessions[1].protect(rtp)
+        # The header stays clear; the payload is encrypted and an auth tag appended (16 bytes
+        # with AEAD_AES_128_GCM, which libwebrtc and aiortc both prefer, 10 with CM80).
+        assert protected[:12] == rtp[:12]
+        assert len(protected) - len(rtp) in (10, 16)
     finally:
         await server.close()
         await client.close()
