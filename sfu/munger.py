@@ -1,0 +1,107 @@
+"""Sequence number and timestamp translation for one downtrack (LiveKit ``rtpmunger.go``).
+
+Sans-IO: fed ``(sequence, timestamp, ssrc, now)`` of each publisher packet, it returns the
+numbers to write for the subscriber, or None to drop. Inside, numbers are extended (unwrapped)
+to 64 bits; they are wrapped to 16/32 bits only when written. Outgoing sequence numbers stay
+contiguous and timestamps continuous when the publisher's SSRC changes (a restart or a layer
+switch), because libsrtp refuses to protect a sequence number that goes backwards beyond its
+replay window on the same SSRC.
+"""
+
+from __future__ import annotations
+
+#: Packets older than this many sequence numbers behind the newest are dropped, not forwarded.
+REORDER_WINDOW = 1000
+
+
+class Unwrapper:
+    """Extends a wrapping counter of ``bits`` bits to a monotonic-ish 64-bit value."""
+
+    __slots__ = ("_half", "_highest", "_modulus")
+
+    def __init__(self, bits: int) -> None:
+        self._modulus = 1 << bits
+        self._half = 1 << (bits - 1)
+        self._highest: int | None = None
+
+    def unwrap(self, value: int) -> int:
+        if self._highest is None:
+            self._highest = value
+            return value
+        # The candidate nearest to the highest value seen (RFC 3550 A.1 style).
+        delta = (value - self._highest) % self._modulus
+        if delta >= self._half:
+            delta -= self._modulus
+        extended = self._highest + delta
+        if extended > self._highest:
+            self._highest = extended
+        return extended
+
+    def reset(self) -> None:
+        self._highest = None
+
+
+class RtpMunger:
+    """Translates one publisher stream into one subscriber's numbering.
+
+    :param clock_rate: RTP clock of the codec, to bridge timestamp gaps by wall-clock time.
+    :param first_sequence: the subscriber's first sequence number (random in production).
+    :param first_timestamp: the subscriber's first timestamp.
+    """
+
+    __slots__ = (
+        "_clock_rate",
+        "_highest_in",
+        "_last_now",
+        "_last_out_seq",
+        "_last_out_ts",
+        "_seq",
+        "_seq_offset",
+        "_source",
+        "_ts",
+        "_ts_offset",
+    )
+
+    def __init__(self, clock_rate: int, first_sequence: int = 0, first_timestamp: int = 0) -> None:
+        self._clock_rate = clock_rate
+        self._seq = Unwrapper(16)
+        self._ts = Unwrapper(32)
+        self._source: int | None = None
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._highest_in = 0
+        self._last_out_seq = first_sequence - 1
+        self._last_out_ts = first_timestamp
+        self._last_now = 0.0
+
+    def translate(
+        self, sequence: int, timestamp: int, ssrc: int, now: float
+    ) -> tuple[int, int] | None:
+        """(sequence, timestamp) for the subscriber, wrapped to 16/32 bits; None to drop."""
+        if ssrc != self._source:
+            self._switch_source(sequence, timestamp, ssrc, now)
+        ext_seq = self._seq.unwrap(sequence)
+        ext_ts = self._ts.unwrap(timestamp)
+        if ext_seq > self._highest_in:
+            self._highest_in = ext_seq
+        elif ext_seq <= self._highest_in - REORDER_WINDOW:
+            return None
+        out_seq = ext_seq + self._seq_offset
+        out_ts = ext_ts + self._ts_offset
+        if out_seq > self._last_out_seq:
+            self._last_out_seq = out_seq
+            self._last_out_ts = out_ts
+            self._last_now = now
+        return out_seq & 0xFFFF, out_ts & 0xFFFFFFFF
+
+    def _switch_source(self, sequence: int, timestamp: int, ssrc: int, now: float) -> None:
+        """Continue the outgoing numbering: next sequence number, and a timestamp advanced by
+        the wall-clock time since the last forwarded packet (at least one tick)."""
+        self._source = ssrc
+        self._seq.reset()
+        self._ts.reset()
+        elapsed = now - self._last_now if self._last_now else 0.0
+        next_ts = self._last_out_ts + max(1, int(elapsed * self._clock_rate))
+        self._seq_offset = self._last_out_seq + 1 - sequence
+        self._ts_offset = next_ts - timestamp
+        self._highest_in = sequence
