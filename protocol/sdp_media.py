@@ -233,10 +233,17 @@ class OutgoingTrack:
     ssrc: int
     rtx_ssrc: int = 0
     cname: str = "livekit-py-server"
+    stopped: bool = False
+    """Unsubscribed: the section stays (m= sections never go away) with port 0."""
 
 
 def offer_media_section(track: OutgoingTrack, params: TransportParams) -> MediaSection:
     """A send-only m= section announcing ``track`` with its SSRCs (RFC 5576) and msid."""
+    if track.stopped:
+        section = MediaSection(
+            track.kind, 0, "UDP/TLS/RTP/SAVPF", [str(track.codecs[0].payload_type)]
+        )
+        return rejected_section(section, track.mid, params)
     section = MediaSection(
         kind=track.kind,
         port=9,
@@ -272,8 +279,61 @@ def subscriber_offer(
     description = SessionDescription(session_lines=session_head(session_id, version, address))
     description.media = [application_section(params, DATA_MID)]
     description.media += [offer_media_section(track, params) for track in tracks]
-    mids = " ".join(section.mid or "" for section in description.media)
+    mids = " ".join(section.mid or "" for section in description.media if not section.rejected)
     description.attributes = [("group", f"BUNDLE {mids}"), ("ice-lite", "")]
     description.attributes.append(("msid-semantic", " WMS *"))
     add_candidates(description, params)
     return serialize(description)
+
+
+@dataclass(frozen=True)
+class IncomingStream:
+    """A stream a publisher sends, as its offer and our answer agreed."""
+
+    mid: str
+    kind: str
+    track_id: str
+    """The msid track id: LiveKit's ``cid`` from the AddTrackRequest."""
+    ssrcs: tuple[int, ...]
+    """Primary SSRCs announced with ``a=ssrc`` (empty when only rids are used)."""
+    codec: Codec
+    """The first codec of our answer, which the publisher sends."""
+    extensions: tuple[tuple[int, str], ...]
+
+
+def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> list[IncomingStream]:
+    """The sending sections of a publisher's offer that our answer accepted."""
+    found = []
+    for offered, answered in zip(offer.media, answer.media, strict=False):
+        if answered.rejected or not answered.has("recvonly"):
+            continue
+        msid = offered.value("msid") or ""
+        track_id = msid.split(" ")[1] if " " in msid else msid
+        codecs = offered_codecs(answered)
+        if not codecs:
+            continue
+        found.append(
+            IncomingStream(
+                mid=offered.mid or "",
+                kind=offered.kind,
+                track_id=track_id,
+                ssrcs=_primary_ssrcs(offered),
+                codec=codecs[0],
+                extensions=tuple(select_extensions(offered)),
+            )
+        )
+    return found
+
+
+def _primary_ssrcs(section: MediaSection) -> tuple[int, ...]:
+    repair = set()
+    for group in section.values("ssrc-group"):
+        semantics, *ssrcs = group.split()
+        if semantics == "FID" and len(ssrcs) == 2:
+            repair.add(int(ssrcs[1]))
+    ordered: list[int] = []
+    for value in section.values("ssrc"):
+        head = value.split(" ")[0]
+        if head.isdigit() and int(head) not in repair and int(head) not in ordered:
+            ordered.append(int(head))
+    return tuple(ordered)

@@ -15,8 +15,10 @@ from livekit.protocol import models, rtc
 
 from protocol.token import VideoGrant
 from sfu.endpoint import Endpoint
+from sfu.media import PublishedTrack
 from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
 from sfu.tasks import TaskSet
+from sfu.tracks import ParticipantTracks, PublishError, source_name
 from sfu.transport import PublisherTransport, SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ class ParticipantListener(Protocol):
     def on_participant_active(self, participant: Participant) -> None: ...
 
     def on_participant_failed(self, participant: Participant) -> None: ...
+
+    def on_track_published(self, participant: Participant, track: PublishedTrack) -> None: ...
+
+    def on_participant_changed(self, participant: Participant) -> None: ...
 
     def on_participant_data(
         self, participant: Participant, packet: models.DataPacket, *, reliable: bool
@@ -118,6 +124,7 @@ class Participant:
         self.subscriber.pc.on_state_change = self._on_subscriber_state
         self.publisher.pc.on_state_change = self._on_publisher_state
         self.publisher.pc.on_data_channel = self._on_publisher_channel
+        self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
 
     @property
     def hidden(self) -> bool:
@@ -150,6 +157,8 @@ class Participant:
             attributes=self.attributes,
             disconnect_reason=self.disconnect_reason,
             client_protocol=self.params.protocol,
+            tracks=[track.info for track in self.tracks.published.values()],
+            is_publisher=bool(self.tracks.published),
             permission=models.ParticipantPermission(
                 can_subscribe=grant.can_subscribe,
                 can_publish=grant.can_publish,
@@ -178,6 +187,48 @@ class Participant:
         answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         self.send(rtc.SignalResponse(answer=answer))
         self._trickle(self.publisher.pc, rtc.SignalTarget.PUBLISHER)
+        for track in self.tracks.negotiated(offer.sdp, sdp):
+            self.log.info("track published: %s (%s)", track.sid, track.info.mime_type)
+            self._listener.on_track_published(self, track)
+
+    def handle_add_track(self, request: rtc.AddTrackRequest) -> None:
+        """Announce a track and answer at once with its sid (LiveKit sends
+        TrackPublishedResponse before any media arrives)."""
+        grant = self.grant
+        allowed = grant.can_publish and grant.can_publish_source(source_name(request.source))
+        try:
+            info = self.tracks.add(request, allowed)
+        except PublishError as exc:
+            response = rtc.RequestResponse(reason=exc.reason, message=str(exc), add_track=request)
+            self.send(rtc.SignalResponse(request_response=response))
+            return
+        self.send(
+            rtc.SignalResponse(
+                track_published=rtc.TrackPublishedResponse(cid=request.cid, track=info)
+            )
+        )
+
+    def handle_mute(self, request: rtc.MuteTrackRequest) -> None:
+        track = self.tracks.published.get(request.sid)
+        if track is None:
+            track = next((t for t in self.tracks.pending.values() if t.sid == request.sid), None)
+        if track is None or track.info.muted == request.muted:
+            return
+        track.info.muted = request.muted
+        self.version += 1
+        self._listener.on_participant_changed(self)
+
+    def subscribe_to(
+        self, publisher: Participant, track: PublishedTrack, *, negotiate: bool
+    ) -> None:
+        if not self.grant.can_subscribe or self.is_closed:
+            return
+        if self.tracks.subscribe(publisher.sid, track, self.sid) and negotiate:
+            self.subscriber.negotiate()
+
+    def unsubscribe_from(self, track: PublishedTrack) -> None:
+        if self.tracks.unsubscribe(track.sid, self.sid, track) and not self.is_closed:
+            self.subscriber.negotiate()
 
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
         self.log.debug("subscriber answer:\n%s", answer.sdp)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from livekit.protocol import models, rtc
 
+from sfu.media import PublishedTrack
 from sfu.participant import Participant, ParticipantState
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,12 @@ class Room:
         )
         participant.send(rtc.SignalResponse(join=join))
         participant.set_state(ParticipantState.JOINED)
+        # Fast start (protocol >= 8): existing tracks are in the first subscriber offer.
+        if participant.params.auto_subscribe:
+            for other in list(self.participants.values()):
+                for track in list(other.tracks.published.values()):
+                    if other is not participant:
+                        participant.subscribe_to(other, track, negotiate=False)
         participant.start_negotiation()
         self.broadcast_participant(participant)
         self._broadcast_room_update()
@@ -110,8 +117,16 @@ class Room:
         if participant.is_closed:
             return
         await participant.close(reason, send_leave=send_leave)
+        # Everyone learns of the departure before any subscriber re-offer (LiveKit order).
         self.broadcast_participant(participant)
         self._broadcast_room_update()
+        for track in participant.tracks.unpublish_all():
+            for other in list(self.participants.values()):
+                other.unsubscribe_from(track)
+        for other in list(self.participants.values()):
+            for track in other.tracks.published.values():
+                if track.receiver is not None:
+                    track.receiver.downtracks.pop(participant.sid, None)
 
     async def close(self, reason: models.DisconnectReason) -> None:
         self.closed = True
@@ -171,6 +186,18 @@ class Room:
 
     def on_participant_active(self, participant: Participant) -> None:
         self.broadcast_participant(participant)
+
+    def on_participant_changed(self, participant: Participant) -> None:
+        self.broadcast_participant(participant)
+
+    def on_track_published(self, participant: Participant, track: PublishedTrack) -> None:
+        """Tell everyone, then subscribe those who auto-subscribe (LiveKit
+        ``room.go onTrackPublished``)."""
+        participant.version += 1
+        self.broadcast_participant(participant)
+        for other in list(self.participants.values()):
+            if other is not participant and other.params.auto_subscribe:
+                other.subscribe_to(participant, track, negotiate=True)
 
     def on_participant_failed(self, participant: Participant) -> None:
         participant.tasks.spawn(

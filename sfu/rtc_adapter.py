@@ -20,10 +20,11 @@ import enum
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 from aiortc import (
     RTCCertificate,
     RTCDataChannel,
@@ -37,6 +38,7 @@ from aiortc import (
 from pylibsrtp import Session
 
 from protocol import sdp, sdp_media
+from protocol.rtp import is_rtcp
 from sfu.endpoint import Endpoint
 from sfu.ice import IceSession, IceState
 
@@ -124,13 +126,17 @@ class _IceTransportShim:
 
     role = "controlled"
 
-    def __init__(self, session: IceSession) -> None:
+    def __init__(self, session: IceSession, on_media: Callable[[bytes], None]) -> None:
         self._session = session
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._on_media = on_media
         session.on_datagram = self._on_datagram
 
     def _on_datagram(self, data: bytes) -> None:
-        if 19 < data[0] < 64:  # RFC 7983: DTLS; SRTP (128-191) goes to the media path later
+        first = data[0]
+        if 127 < first < 192:  # RFC 7983: SRTP and SRTCP go straight to the media path
+            self._on_media(data)
+        elif 19 < first < 64:  # DTLS, through aiortc's handshake and SCTP
             self._queue.put_nowait(data)
 
     async def _recv(self) -> bytes:
@@ -152,7 +158,7 @@ class PeerConnection:
         self._endpoint = endpoint
         self._ice = endpoint.registry.create_session(name)
         self._certificate = RTCCertificate.generateCertificate()
-        shim: Any = _IceTransportShim(self._ice)  # duck-typed RTCIceTransport
+        shim: Any = _IceTransportShim(self._ice, self._on_media)  # duck-typed RTCIceTransport
         self._dtls = RTCDtlsTransport(shim, [self._certificate])
         self._sctp = RTCSctpTransport(self._dtls)
         self._session_id = secrets.randbelow(2**62)
@@ -162,6 +168,8 @@ class PeerConnection:
         self.state = ConnectionState.NEW
         self.on_state_change: Callable[[ConnectionState], None] | None = None
         self.on_data_channel: Callable[[DataChannel], None] | None = None
+        self.on_rtp: Callable[[bytes], None] | None = None
+        self.on_rtcp: Callable[[bytes], None] | None = None
         self._ice.on_state_change = self._on_ice_state
         self._dtls.on("statechange", self._on_dtls_state)
         self._sctp.on("datachannel", self._on_remote_channel)
@@ -191,11 +199,11 @@ class PeerConnection:
         )
         return DataChannel(RTCDataChannel(self._sctp, parameters), reliable=reliable)
 
-    async def create_offer(self) -> str:
+    async def create_offer(self, tracks: Sequence[sdp_media.OutgoingTrack] = ()) -> str:
         self._version += 1
         address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
         text = sdp_media.subscriber_offer(
-            (),
+            tracks,
             self._transport_params("actpass"),
             session_id=self._session_id,
             version=self._version,
@@ -265,6 +273,33 @@ class PeerConnection:
             {"candidate": c, "sdpMid": mid, "sdpMLineIndex": index}
             for c in self._endpoint.candidates()
         ]
+
+    def _on_media(self, data: bytes) -> None:
+        sessions = self.srtp_sessions()
+        if sessions is None:
+            return
+        try:
+            if is_rtcp(data):
+                if self.on_rtcp is not None:
+                    self.on_rtcp(sessions[0].unprotect_rtcp(data))
+            elif self.on_rtp is not None:
+                self.on_rtp(sessions[0].unprotect(data))
+        except pylibsrtp.Error:
+            return  # replayed or forged: RFC 3711 says drop silently
+
+    def send_rtp(self, packet: bytes) -> None:
+        """Protect and send one RTP packet on the selected path (dropped until connected)."""
+        sessions = self.srtp_sessions()
+        if sessions is not None:
+            try:
+                self._ice.send(sessions[1].protect(packet))
+            except pylibsrtp.Error:
+                logger.debug("x %s: SRTP protect refused a packet", self.name)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        sessions = self.srtp_sessions()
+        if sessions is not None:
+            self._ice.send(sessions[1].protect_rtcp(packet))
 
     def srtp_sessions(self) -> tuple[Session, Session] | None:
         """The (receive, transmit) libsrtp sessions keyed from the DTLS handshake (RFC 5764),

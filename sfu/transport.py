@@ -7,6 +7,7 @@ import enum
 import logging
 from collections.abc import Callable
 
+from protocol.sdp_media import OutgoingTrack
 from sfu.rtc_adapter import DataChannel, PeerConnection
 from sfu.tasks import TaskSet
 
@@ -47,6 +48,12 @@ class SubscriberTransport:
         self._offer_id = 0
         self.reliable: DataChannel = pc.create_data_channel("_reliable", reliable=True)
         self.lossy: DataChannel = pc.create_data_channel("_lossy", reliable=False)
+        self.tracks: list[OutgoingTrack] = []
+        """Every track section ever offered, in order (m= sections never go away)."""
+
+    def next_mid(self) -> str:
+        # mid 0 is the data channels' section (protocol/sdp_media.py).
+        return str(len(self.tracks) + 1)
 
     def _set_state(self, state: NegotiationState) -> None:
         self._log.debug("subscriber negotiation: %s -> %s", self.state.value, state.value)
@@ -64,7 +71,7 @@ class SubscriberTransport:
                 pass
 
     async def _offer(self) -> None:
-        sdp = await self.pc.create_offer()
+        sdp = await self.pc.create_offer(list(self.tracks))
         if self.state is NegotiationState.CLOSED:
             return
         self._offer_id += 1

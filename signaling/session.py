@@ -146,6 +146,10 @@ class SignalSession:
                 case "leave":
                     self._leave_reason = models.DisconnectReason.CLIENT_INITIATED
                     return False
+                case "add_track":
+                    participant.handle_add_track(request.add_track)
+                case "mute":
+                    participant.handle_mute(request.mute)
                 case "update_metadata":
                     self._update_metadata(request.update_metadata)
                 case "ping":

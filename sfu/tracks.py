@@ -1,0 +1,152 @@
+"""A participant's tracks: what it publishes, and the downtracks it subscribes to."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import time
+
+from livekit.protocol import models, rtc
+
+from protocol import sdp, sdp_media
+from protocol.ids import TRACK_PREFIX, new_id
+from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
+from sfu.rtc_adapter import PeerConnection
+from sfu.transport import SubscriberTransport
+
+logger = logging.getLogger(__name__)
+
+#: LiveKit refuses more than this many tracks announced but not yet negotiated.
+MAX_PENDING_TRACKS = 20
+_SOURCES = {
+    models.TrackSource.CAMERA: "camera",
+    models.TrackSource.MICROPHONE: "microphone",
+    models.TrackSource.SCREEN_SHARE: "screen_share",
+    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
+}
+
+
+class PublishError(Exception):
+    """An AddTrackRequest refused; ``reason`` goes back in a RequestResponse."""
+
+    def __init__(self, reason: rtc.RequestResponse.Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ParticipantTracks:
+    """Published tracks (pending until their media section is negotiated) and subscriptions.
+
+    :param subscriber: the participant's subscriber transport, where its downtracks go.
+    """
+
+    def __init__(self, publisher: PeerConnection, subscriber: SubscriberTransport) -> None:
+        self.pending: dict[str, PublishedTrack] = {}
+        """cid -> track announced by AddTrackRequest, waiting for its m= section."""
+        self.published: dict[str, PublishedTrack] = {}
+        """track sid -> published track."""
+        self._by_ssrc: dict[int, TrackReceiver] = {}
+        self.downtracks: dict[str, DownTrack] = {}
+        """track sid -> this participant's downtrack of another participant's track."""
+        self._subscriber = subscriber
+        publisher.on_rtp = self._on_rtp
+
+    def add(self, request: rtc.AddTrackRequest, can_publish_source: bool) -> models.TrackInfo:
+        """Announce a track (LiveKit ``participant.go AddTrack``); raises PublishError."""
+        if request.type == models.TrackType.DATA:
+            raise PublishError(
+                rtc.RequestResponse.UNSUPPORTED_TYPE, "data tracks are not supported"
+            )
+        if not can_publish_source:
+            raise PublishError(
+                rtc.RequestResponse.NOT_ALLOWED, "not allowed to publish this source"
+            )
+        if len(self.pending) >= MAX_PENDING_TRACKS and request.cid not in self.pending:
+            raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "too many pending tracks")
+        info = models.TrackInfo(
+            sid=new_id(TRACK_PREFIX),
+            type=request.type,
+            name=request.name,
+            muted=request.muted,
+            width=request.width,
+            height=request.height,
+            source=request.source,
+            disable_red=request.disable_red,
+            stream=request.stream,
+        )
+        self.pending[request.cid] = PublishedTrack(info=info, cid=request.cid)
+        return info
+
+    def negotiated(self, offer: str, answer: str) -> list[PublishedTrack]:
+        """Tracks whose media sections the publisher's offer and our answer just agreed."""
+        streams = sdp_media.incoming_streams(sdp.parse(offer), sdp.parse(answer))
+        ready = []
+        for stream in streams:
+            track = self.pending.pop(stream.track_id, None)
+            if track is None:
+                continue
+            track.info.mid = stream.mid
+            track.info.mime_type = stream.codec.mime
+            track.info.codecs.append(
+                models.SimulcastCodecInfo(
+                    mime_type=stream.codec.mime, mid=stream.mid, cid=track.cid
+                )
+            )
+            track.receiver = TrackReceiver(stream.codec)
+            track.ssrcs = stream.ssrcs
+            for ssrc in stream.ssrcs:
+                self._by_ssrc[ssrc] = track.receiver
+            self.published[track.sid] = track
+            ready.append(track)
+        return ready
+
+    def unpublish_all(self) -> list[PublishedTrack]:
+        tracks = list(self.published.values())
+        self.published.clear()
+        self._by_ssrc.clear()
+        return tracks
+
+    def _on_rtp(self, packet: bytes) -> None:
+        receiver = self._by_ssrc.get(int.from_bytes(packet[8:12], "big"))
+        if receiver is not None:
+            receiver.on_packet(packet, time.monotonic())
+
+    # --- subscribing -----------------------------------------------------------------------
+
+    def subscribe(self, publisher_sid: str, track: PublishedTrack, subscriber_sid: str) -> bool:
+        """Add a downtrack of ``track``; True when the subscriber needs a new offer."""
+        if track.sid in self.downtracks or track.receiver is None:
+            return False
+        codec = track.receiver.codec
+        outgoing = sdp_media.OutgoingTrack(
+            kind="audio" if track.info.type == models.TrackType.AUDIO else "video",
+            mid=self._subscriber.next_mid(),
+            codecs=(codec,),
+            extensions=((MID_EXTENSION_ID, MID_EXTENSION_URI),),
+            stream_id=f"{publisher_sid}|{track.sid}",
+            track_id=track.sid,
+            ssrc=secrets.randbelow(0xFFFFFFFE) + 1,
+        )
+        downtrack = DownTrack(outgoing, self._subscriber.pc.send_rtp)
+        self.downtracks[track.sid] = downtrack
+        track.receiver.downtracks[subscriber_sid] = downtrack
+        self._subscriber.tracks.append(outgoing)
+        return True
+
+    def unsubscribe(
+        self, track_sid: str, subscriber_sid: str, track: PublishedTrack | None
+    ) -> bool:
+        downtrack = self.downtracks.pop(track_sid, None)
+        if downtrack is None:
+            return False
+        if track is not None and track.receiver is not None:
+            track.receiver.downtracks.pop(subscriber_sid, None)
+        tracks = self._subscriber.tracks
+        index = tracks.index(downtrack.outgoing)
+        tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)
+        return True
+
+
+def source_name(source: models.TrackSource) -> str:
+    return _SOURCES.get(source, "unknown")

@@ -1,0 +1,101 @@
+"""Media between real SDK participants: a tone published by one is heard by the others."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from livekit import rtc
+
+from tests.e2e.harness import ServerProcess
+from tests.e2e.sdk import EventLog, joined
+
+pytestmark = pytest.mark.sdk
+
+SAMPLE_RATE = 48000
+TONE_HZ = 440.0
+
+
+@asynccontextmanager
+async def publishing_tone(room: rtc.Room) -> AsyncIterator[rtc.LocalTrackPublication]:
+    """Publish a 440 Hz sine as a microphone track for as long as the block runs."""
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("tone", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    publication = await room.local_participant.publish_track(track, options)
+
+    async def feed() -> None:
+        samples = SAMPLE_RATE // 100  # 10 ms frames
+        phase = 0
+        while True:
+            frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, samples)
+            data = frame.data
+            for index in range(samples):
+                value = math.sin(2 * math.pi * TONE_HZ * (phase + index) / SAMPLE_RATE)
+                data[index] = int(value * 12000)
+            phase += samples
+            await source.capture_frame(frame)
+
+    task = asyncio.get_running_loop().create_task(feed())
+    try:
+        yield publication
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def dominant_frequency(samples: list[int], rate: int) -> float:
+    """Frequency from zero crossings: enough to tell a 440 Hz tone from noise or silence."""
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if a < 0 <= b)
+    return crossings * rate / len(samples)
+
+
+async def hear(track: rtc.Track, seconds: float) -> list[int]:
+    stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+    collected: list[int] = []
+    try:
+        async with asyncio.timeout(seconds + 10):
+            async for event in stream:
+                collected.extend(event.frame.data)
+                if len(collected) >= seconds * SAMPLE_RATE:
+                    break
+    finally:
+        await stream.aclose()
+    return collected
+
+
+async def test_tone_reaches_subscribers_including_a_late_joiner(server: ServerProcess) -> None:
+    async with joined(server, "speaker", "audio") as speaker:
+        listener = rtc.Room()
+        subscribed = EventLog(listener, "track_subscribed")
+        await asyncio.wait_for(listener.connect(server.ws_url, _token("listener", "audio")), 15)
+        try:
+            async with publishing_tone(speaker) as publication:
+                assert publication.sid.startswith("TR_")
+                track, _, participant = await subscribed.wait_for()
+                assert participant.identity == "speaker"
+                samples = await hear(track, 1.0)
+                tail = samples[len(samples) // 2 :]  # past the decoder's start-up
+                assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+                # A participant joining after the track was published gets it at once.
+                late = rtc.Room()
+                late_subscribed = EventLog(late, "track_subscribed")
+                await asyncio.wait_for(late.connect(server.ws_url, _token("late", "audio")), 15)
+                try:
+                    late_track, _, _ = await late_subscribed.wait_for()
+                    late_tail = (await hear(late_track, 1.0))[SAMPLE_RATE // 2 :]
+                    assert abs(dominant_frequency(late_tail, SAMPLE_RATE) - TONE_HZ) < 15
+                finally:
+                    await late.disconnect()
+        finally:
+            await listener.disconnect()
+
+
+def _token(identity: str, room: str) -> str:
+    from tests.e2e.harness import make_token
+
+    return make_token(identity, room)
