@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import models
 
-from protocol import rtp
+from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
 from sfu.munger import RtpMunger
 
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 MID_EXTENSION_ID = 1
 MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _MAX_PACKET = 1500
+#: Minimum time between two keyframe requests for one track (LiveKit's pli_throttle, 500 ms
+#: for low quality).
+KEYFRAME_REQUEST_INTERVAL_S = 0.5
 
 
 class DownTrack:
@@ -33,12 +36,30 @@ class DownTrack:
     :param send: protects and sends a finished RTP packet on the subscriber's transport.
     """
 
-    __slots__ = ("_buffer", "_extension", "_munger", "_send", "enabled", "outgoing")
+    __slots__ = (
+        "_buffer",
+        "_extension",
+        "_munger",
+        "_needs_keyframe",
+        "_request_keyframe",
+        "_send",
+        "enabled",
+        "outgoing",
+    )
 
-    def __init__(self, outgoing: OutgoingTrack, send: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        outgoing: OutgoingTrack,
+        send: Callable[[bytes], bool],
+        request_keyframe: Callable[[], None],
+    ) -> None:
         self.outgoing = outgoing
         self.enabled = True
         self._send = send
+        self._request_keyframe = request_keyframe
+        # Video cannot be decoded from the middle of a GOP: once packets really flow to this
+        # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
+        self._needs_keyframe = outgoing.kind == "video"
         self._munger = RtpMunger(
             outgoing.codecs[0].clock_rate,
             first_sequence=secrets.randbelow(1 << 15),
@@ -67,23 +88,42 @@ class DownTrack:
             payload_start=payload_start,
             payload_end=payload_end,
         )
-        self._send(bytes(self._buffer[:size]))
+        if self._send(bytes(self._buffer[:size])) and self._needs_keyframe:
+            self._needs_keyframe = False
+            self._request_keyframe()
 
 
 class TrackReceiver:
-    """Fans one published track's packets out to its downtracks."""
+    """Fans one published track's packets out to its downtracks, and asks its publisher for
+    keyframes on their behalf.
 
-    __slots__ = ("codec", "downtracks")
+    :param send_rtcp: sends an RTCP packet to the publisher.
+    """
 
-    def __init__(self, codec: Codec) -> None:
+    __slots__ = ("_last_keyframe_request", "_send_rtcp", "codec", "downtracks", "media_ssrc")
+
+    def __init__(self, codec: Codec, media_ssrc: int, send_rtcp: Callable[[bytes], None]) -> None:
         self.codec = codec
+        self.media_ssrc = media_ssrc
         self.downtracks: dict[str, DownTrack] = {}
         """Subscriber participant sid -> its downtrack."""
+        self._send_rtcp = send_rtcp
+        self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL_S
+
+    def request_keyframe(self, now: float) -> None:
+        """Send a PLI upstream, at most once per interval (LiveKit throttles PLIs per track:
+        ``rtc.pli_throttle``)."""
+        if now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL_S or not self.media_ssrc:
+            return
+        self._last_keyframe_request = now
+        self._send_rtcp(rtcp.pli(1, self.media_ssrc))
 
     def on_packet(self, packet: bytes, now: float) -> None:
         # Only the primary payload type is forwarded; RTX and RED need their own handling.
         if rtp.payload_type(packet) != self.codec.payload_type:
             return
+        if not self.media_ssrc:
+            self.media_ssrc = rtp.ssrc(packet)
         try:
             _, header, end = rtp.header_end(packet)
         except ValueError:

@@ -287,14 +287,18 @@ class PeerConnection:
         except pylibsrtp.Error:
             return  # replayed or forged: RFC 3711 says drop silently
 
-    def send_rtp(self, packet: bytes) -> None:
-        """Protect and send one RTP packet on the selected path (dropped until connected)."""
+    def send_rtp(self, packet: bytes) -> bool:
+        """Protect and send one RTP packet on the selected path; False when it was dropped
+        (not connected yet, or refused by libsrtp)."""
         sessions = self.srtp_sessions()
-        if sessions is not None:
-            try:
-                self._ice.send(sessions[1].protect(packet))
-            except pylibsrtp.Error:
-                logger.debug("x %s: SRTP protect refused a packet", self.name)
+        if sessions is None:
+            return False
+        try:
+            self._ice.send(sessions[1].protect(packet))
+        except pylibsrtp.Error:
+            logger.debug("x %s: SRTP protect refused a packet", self.name)
+            return False
+        return True
 
     def send_rtcp(self, packet: bytes) -> None:
         sessions = self.srtp_sessions()

@@ -9,7 +9,7 @@ import time
 
 from livekit.protocol import models, rtc
 
-from protocol import sdp, sdp_media
+from protocol import rtcp, sdp, sdp_media
 from protocol.ids import TRACK_PREFIX, new_id
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
@@ -49,8 +49,11 @@ class ParticipantTracks:
         self._by_ssrc: dict[int, TrackReceiver] = {}
         self.downtracks: dict[str, DownTrack] = {}
         """track sid -> this participant's downtrack of another participant's track."""
+        self._receiver_by_downtrack_ssrc: dict[int, TrackReceiver] = {}
         self._subscriber = subscriber
+        self._publisher = publisher
         publisher.on_rtp = self._on_rtp
+        subscriber.pc.on_rtcp = self._on_subscriber_rtcp
 
     def add(self, request: rtc.AddTrackRequest, can_publish_source: bool) -> models.TrackInfo:
         """Announce a track (LiveKit ``participant.go AddTrack``); raises PublishError."""
@@ -93,7 +96,8 @@ class ParticipantTracks:
                     mime_type=stream.codec.mime, mid=stream.mid, cid=track.cid
                 )
             )
-            track.receiver = TrackReceiver(stream.codec)
+            primary = stream.ssrcs[0] if stream.ssrcs else 0
+            track.receiver = TrackReceiver(stream.codec, primary, self._publisher.send_rtcp)
             track.ssrcs = stream.ssrcs
             for ssrc in stream.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
@@ -112,6 +116,14 @@ class ParticipantTracks:
         if receiver is not None:
             receiver.on_packet(packet, time.monotonic())
 
+    def _on_subscriber_rtcp(self, packet: bytes) -> None:
+        """A subscriber's keyframe request goes to the publisher of that track."""
+        now = time.monotonic()
+        for media_ssrc in rtcp.keyframe_requests(packet):
+            receiver = self._receiver_by_downtrack_ssrc.get(media_ssrc)
+            if receiver is not None:
+                receiver.request_keyframe(now)
+
     # --- subscribing -----------------------------------------------------------------------
 
     def subscribe(self, publisher_sid: str, track: PublishedTrack, subscriber_sid: str) -> bool:
@@ -128,9 +140,15 @@ class ParticipantTracks:
             track_id=track.sid,
             ssrc=secrets.randbelow(0xFFFFFFFE) + 1,
         )
-        downtrack = DownTrack(outgoing, self._subscriber.pc.send_rtp)
+        receiver = track.receiver
+        downtrack = DownTrack(
+            outgoing,
+            self._subscriber.pc.send_rtp,
+            lambda: receiver.request_keyframe(time.monotonic()),
+        )
         self.downtracks[track.sid] = downtrack
         track.receiver.downtracks[subscriber_sid] = downtrack
+        self._receiver_by_downtrack_ssrc[outgoing.ssrc] = track.receiver
         self._subscriber.tracks.append(outgoing)
         return True
 
@@ -142,6 +160,7 @@ class ParticipantTracks:
             return False
         if track is not None and track.receiver is not None:
             track.receiver.downtracks.pop(subscriber_sid, None)
+        self._receiver_by_downtrack_ssrc.pop(downtrack.outgoing.ssrc, None)
         tracks = self._subscriber.tracks
         index = tracks.index(downtrack.outgoing)
         tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)

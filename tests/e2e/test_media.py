@@ -99,3 +99,72 @@ def _token(identity: str, room: str) -> str:
     from tests.e2e.harness import make_token
 
     return make_token(identity, room)
+
+
+WIDTH, HEIGHT = 320, 240
+COLOUR = (200, 40, 90)  # RGB, far from any codec's grey
+
+
+@asynccontextmanager
+async def publishing_colour(room: rtc.Room) -> AsyncIterator[rtc.LocalTrackPublication]:
+    """Publish a solid-colour 320x240 camera track at 15 fps for as long as the block runs."""
+    source = rtc.VideoSource(WIDTH, HEIGHT)
+    track = rtc.LocalVideoTrack.create_video_track("colour", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+    publication = await room.local_participant.publish_track(track, options)
+    pixel = bytes((*COLOUR, 255))
+
+    async def feed() -> None:
+        while True:
+            frame = rtc.VideoFrame(
+                WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, pixel * (WIDTH * HEIGHT)
+            )
+            source.capture_frame(frame)
+            await asyncio.sleep(1 / 15)
+
+    task = asyncio.get_running_loop().create_task(feed())
+    try:
+        yield publication
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def first_frames(track: rtc.Track, count: int) -> list[rtc.VideoFrame]:
+    stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
+    frames: list[rtc.VideoFrame] = []
+    try:
+        async with asyncio.timeout(15):
+            async for event in stream:
+                frames.append(event.frame)
+                if len(frames) >= count:
+                    break
+    finally:
+        await stream.aclose()
+    return frames
+
+
+def centre_colour(frame: rtc.VideoFrame) -> tuple[int, int, int]:
+    data = bytes(frame.data)
+    offset = 4 * (frame.height // 2 * frame.width + frame.width // 2)
+    return data[offset], data[offset + 1], data[offset + 2]
+
+
+async def test_video_reaches_subscribers_with_size_and_colour(server: ServerProcess) -> None:
+    async with joined(server, "camera", "video") as camera:
+        async with publishing_colour(camera):
+            # Joins seconds after the publisher's first keyframe: needs a keyframe request.
+            await asyncio.sleep(2)
+            viewer = rtc.Room()
+            subscribed = EventLog(viewer, "track_subscribed")
+            await asyncio.wait_for(viewer.connect(server.ws_url, _token("viewer", "video")), 15)
+            try:
+                track, _, participant = await subscribed.wait_for()
+                assert participant.identity == "camera"
+                frames = await first_frames(track, 10)
+                last = frames[-1]
+                assert (last.width, last.height) == (WIDTH, HEIGHT)
+                for got, want in zip(centre_colour(last), COLOUR, strict=True):
+                    assert abs(got - want) < 16, (centre_colour(last), COLOUR)
+            finally:
+                await viewer.disconnect()
