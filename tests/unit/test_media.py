@@ -43,14 +43,14 @@ def test_fan_out_rewrites_per_subscriber_and_requests_one_keyframe() -> None:
     receiver.on_packet(_packet(13, pt=97), now=0.0)  # RTX is not forwarded as media
     assert len(upstream) == 1, "both downtracks asked, one PLI within the throttle"
     assert list(rtcp.keyframe_requests(upstream[0])) == [5555]
-    for name, ssrc, mid in (("a", 111, b"1"), ("b", 222, b"3")):
+    for name, ssrc, mid_value in (("a", 111, b"1"), ("b", 222, b"3")):
         packets = sent[name].packets
         assert [rtp.ssrc(p) for p in packets] == [ssrc] * 3
         assert {rtp.payload_type(p) for p in packets} == {100}
         sequences = [rtp.sequence_number(p) for p in packets]
         assert sequences == [sequences[0], sequences[0] + 1, sequences[0] + 2]
         extension, header, end = rtp.header_end(packets[0])
-        assert rtp.extensions(packets[0], extension, header) == [(MID_EXTENSION_ID, mid)]
+        assert rtp.extensions(packets[0], extension, header) == [(MID_EXTENSION_ID, mid_value)]
         assert packets[0][header:end] == b"frame-data"
 
 
