@@ -55,6 +55,8 @@ class ParticipantListener(Protocol):
 
     def on_track_published(self, participant: Participant, track: PublishedTrack) -> None: ...
 
+    def on_track_unpublished(self, participant: Participant, track: PublishedTrack) -> None: ...
+
     def on_participant_changed(self, participant: Participant) -> None: ...
 
     def on_participant_data(
@@ -187,7 +189,11 @@ class Participant:
         answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         self.send(rtc.SignalResponse(answer=answer))
         self._trickle(self.publisher.pc, rtc.SignalTarget.PUBLISHER)
-        for track in self.tracks.negotiated(offer.sdp, sdp):
+        ready, removed = self.tracks.negotiated(offer.sdp, sdp)
+        for track in removed:
+            self.log.info("track unpublished: %s", track.sid)
+            self._listener.on_track_unpublished(self, track)
+        for track in ready:
             self.log.info("track published: %s (%s)", track.sid, track.info.mime_type)
             self._listener.on_track_published(self, track)
 
@@ -225,6 +231,14 @@ class Participant:
             return
         if self.tracks.subscribe(publisher.sid, track, self.sid) and negotiate:
             self.subscriber.negotiate()
+
+    def update_track_settings(self, request: rtc.UpdateTrackSettings) -> None:
+        """``disabled`` pauses forwarding of a subscribed track (LiveKit: the client's
+        adaptive stream hides it)."""
+        for track_sid in request.track_sids:
+            downtrack = self.tracks.downtracks.get(track_sid)
+            if downtrack is not None:
+                downtrack.enabled = not request.disabled
 
     def unsubscribe_from(self, track: PublishedTrack) -> None:
         if self.tracks.unsubscribe(track.sid, self.sid, track) and not self.is_closed:

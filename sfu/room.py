@@ -199,6 +199,43 @@ class Room:
             if other is not participant and other.params.auto_subscribe:
                 other.subscribe_to(participant, track, negotiate=True)
 
+    def on_track_unpublished(self, participant: Participant, track: PublishedTrack) -> None:
+        participant.version += 1
+        self.broadcast_participant(participant)
+        for other in list(self.participants.values()):
+            other.unsubscribe_from(track)
+
+    def find_track(self, track_sid: str) -> tuple[Participant, PublishedTrack] | None:
+        for participant in self.participants.values():
+            track = participant.tracks.published.get(track_sid)
+            if track is not None:
+                return participant, track
+        return None
+
+    def update_subscription(self, subscriber: Participant, request: rtc.UpdateSubscription) -> None:
+        """Manual (un)subscription (LiveKit ``UpdateSubscription``); unknown tracks and missing
+        permission are answered, not ignored."""
+        sids = list(request.track_sids)
+        sids += [sid for tracks in request.participant_tracks for sid in tracks.track_sids]
+        for track_sid in sids:
+            found = self.find_track(track_sid)
+            if found is None:
+                error = rtc.SubscriptionResponse(
+                    track_sid=track_sid, err=models.SubscriptionError.SE_TRACK_NOTFOUND
+                )
+                subscriber.send(rtc.SignalResponse(subscription_response=error))
+                continue
+            publisher, track = found
+            if not request.subscribe:
+                subscriber.unsubscribe_from(track)
+            elif not subscriber.grant.can_subscribe:
+                update = rtc.SubscriptionPermissionUpdate(
+                    participant_sid=publisher.sid, track_sid=track_sid, allowed=False
+                )
+                subscriber.send(rtc.SignalResponse(subscription_permission_update=update))
+            else:
+                subscriber.subscribe_to(publisher, track, negotiate=True)
+
     def on_participant_failed(self, participant: Participant) -> None:
         participant.tasks.spawn(
             self.remove(participant, models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True),

@@ -81,9 +81,16 @@ class ParticipantTracks:
         self.pending[request.cid] = PublishedTrack(info=info, cid=request.cid)
         return info
 
-    def negotiated(self, offer: str, answer: str) -> list[PublishedTrack]:
-        """Tracks whose media sections the publisher's offer and our answer just agreed."""
+    def negotiated(
+        self, offer: str, answer: str
+    ) -> tuple[list[PublishedTrack], list[PublishedTrack]]:
+        """(tracks whose media sections the publisher's offer and our answer just agreed,
+        published tracks whose section no longer sends: the client removed the transceiver)."""
         streams = sdp_media.incoming_streams(sdp.parse(offer), sdp.parse(answer))
+        sending = {stream.mid for stream in streams}
+        removed = [t for t in self.published.values() if t.info.mid not in sending]
+        for gone in removed:
+            self.unpublish(gone)
         ready = []
         for stream in streams:
             track = self.pending.pop(stream.track_id, None)
@@ -103,7 +110,12 @@ class ParticipantTracks:
                 self._by_ssrc[ssrc] = track.receiver
             self.published[track.sid] = track
             ready.append(track)
-        return ready
+        return ready, removed
+
+    def unpublish(self, track: PublishedTrack) -> None:
+        self.published.pop(track.sid, None)
+        for ssrc in track.ssrcs:
+            self._by_ssrc.pop(ssrc, None)
 
     def unpublish_all(self) -> list[PublishedTrack]:
         tracks = list(self.published.values())

@@ -150,6 +150,10 @@ class SignalSession:
                     participant.handle_add_track(request.add_track)
                 case "mute":
                     participant.handle_mute(request.mute)
+                case "subscription":
+                    self._room.update_subscription(participant, request.subscription)
+                case "track_setting":
+                    participant.update_track_settings(request.track_setting)
                 case "update_metadata":
                     self._update_metadata(request.update_metadata)
                 case "ping":

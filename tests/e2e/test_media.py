@@ -168,3 +168,48 @@ async def test_video_reaches_subscribers_with_size_and_colour(server: ServerProc
                     assert abs(got - want) < 16, (centre_colour(last), COLOUR)
             finally:
                 await viewer.disconnect()
+
+
+async def test_mute_unmute_and_unpublish_reach_subscribers(server: ServerProcess) -> None:
+    async with joined(server, "muter", "mute") as muter:
+        watcher = rtc.Room()
+        muted = EventLog(watcher, "track_muted")
+        unmuted = EventLog(watcher, "track_unmuted")
+        unpublished = EventLog(watcher, "track_unpublished")
+        subscribed = EventLog(watcher, "track_subscribed")
+        await asyncio.wait_for(watcher.connect(server.ws_url, _token("watcher", "mute")), 15)
+        try:
+            async with publishing_tone(muter) as publication:
+                await subscribed.wait_for()
+                local_track = publication.track
+                assert local_track is not None
+                local_track.mute()
+                await muted.wait_for(lambda e: e[1].sid == publication.sid)
+                local_track.unmute()
+                await unmuted.wait_for(lambda e: e[1].sid == publication.sid)
+                await muter.local_participant.unpublish_track(publication.sid)
+                gone = await unpublished.wait_for()
+                assert gone[0].sid == publication.sid
+        finally:
+            await watcher.disconnect()
+
+
+async def test_manual_subscription_without_auto_subscribe(server: ServerProcess) -> None:
+    async with joined(server, "radio", "manual") as radio:
+        listener = rtc.Room()
+        published = EventLog(listener, "track_published")
+        subscribed = EventLog(listener, "track_subscribed")
+        token = _token("tuner", "manual")
+        options = rtc.RoomOptions(auto_subscribe=False)
+        await asyncio.wait_for(listener.connect(server.ws_url, token, options), 15)
+        try:
+            async with publishing_tone(radio):
+                publication, _ = await published.wait_for()
+                await asyncio.sleep(0.5)
+                assert not subscribed.items, "auto_subscribe=false must not subscribe"
+                publication.set_subscribed(True)
+                track, _, _ = await subscribed.wait_for()
+                tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
+                assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+        finally:
+            await listener.disconnect()
