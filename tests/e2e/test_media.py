@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -208,6 +208,85 @@ async def test_manual_subscription_without_auto_subscribe(server: ServerProcess)
                 await asyncio.sleep(0.5)
                 assert not subscribed.items, "auto_subscribe=false must not subscribe"
                 publication.set_subscribed(True)
+                track, _, _ = await subscribed.wait_for()
+                tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
+                assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+        finally:
+            await listener.disconnect()
+
+
+class FrameCounter:
+    """Counts decoded frames of one subscriber's video stream in the background."""
+
+    def __init__(self, track: rtc.Track) -> None:
+        self.count = 0
+        self._stream = rtc.VideoStream(track)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        async for _ in self._stream:
+            self.count += 1
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._stream.aclose()
+
+
+async def test_one_publisher_ten_subscribers_miss_no_frames(server: ServerProcess) -> None:
+    async with joined(server, "caster", "fanout") as caster:
+        viewers: list[rtc.Room] = []
+        logs: list[EventLog] = []
+        counters: list[FrameCounter] = []
+        try:
+            for index in range(10):
+                viewer = rtc.Room()
+                logs.append(EventLog(viewer, "track_subscribed"))
+                token = _token(f"viewer{index}", "fanout")
+                await asyncio.wait_for(viewer.connect(server.ws_url, token), 15)
+                viewers.append(viewer)
+            async with publishing_colour(caster) as publication:
+                for log in logs:
+                    track, _, _ = await log.wait_for()
+                    counters.append(FrameCounter(track))
+                await asyncio.wait_for(_all_flowing(counters), 15)
+                start = [c.count for c in counters]
+                sent_before = await _frames_sent(publication)
+                await asyncio.sleep(10)
+                sent = await _frames_sent(publication) - sent_before
+                received = [c.count - s for c, s in zip(counters, start, strict=True)]
+                assert sent > 100, sent
+                for got in received:
+                    # Edges of the window may differ by a frame or two; 2 % may be lost.
+                    assert got >= sent * 0.98 - 2, (got, sent, received)
+        finally:
+            for counter in counters:
+                await counter.close()
+            for viewer in viewers:
+                await viewer.disconnect()
+
+
+async def _all_flowing(counters: list[FrameCounter]) -> None:
+    while not all(c.count > 0 for c in counters):  # noqa: ASYNC110 - frames have no event
+        await asyncio.sleep(0.05)
+
+
+async def _frames_sent(publication: rtc.LocalTrackPublication) -> int:
+    """Frames the publisher's encoder sent, from libwebrtc's outbound-rtp stats."""
+    track = publication.track
+    assert track is not None
+    stats = await track.get_stats()
+    return sum(s.outbound_rtp.outbound.frames_sent for s in stats if s.HasField("outbound_rtp"))
+
+
+async def test_tone_with_the_plain_asyncio_loop(start: Callable[..., ServerProcess]) -> None:
+    server = start(args=("--no-uvloop",))
+    async with joined(server, "speaker", "plain-audio") as speaker:
+        listener = rtc.Room()
+        subscribed = EventLog(listener, "track_subscribed")
+        await asyncio.wait_for(listener.connect(server.ws_url, _token("ear", "plain-audio")), 15)
+        try:
+            async with publishing_tone(speaker):
                 track, _, _ = await subscribed.wait_for()
                 tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
                 assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
