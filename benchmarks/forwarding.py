@@ -32,6 +32,10 @@ KEY = bytes(range(30))  # AES_CM_128 key (16) + salt (14)
 CODEC = Codec(111, "audio/opus", 48000, 2)
 
 
+def _ignore(_: bytes) -> None:
+    return None
+
+
 def _session(direction: int) -> Session:
     policy = Policy(
         key=KEY, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80
@@ -73,7 +77,7 @@ async def run(subscribers: int, size: int, packets: int) -> tuple[float, int]:
             return True
 
         outgoing = OutgoingTrack("audio", "1", (CODEC,), (), "PA|TR", "TR", ssrc=100 + index)
-        receiver.downtracks[str(index)] = DownTrack(outgoing, send, lambda: None)
+        receiver.downtracks[str(index)] = DownTrack(outgoing, send, _ignore, receiver)
     publisher_tx, rx = _session(Policy.SSRC_ANY_OUTBOUND), _session(Policy.SSRC_ANY_INBOUND)
     payload = os.urandom(size - 12)
     incoming = [

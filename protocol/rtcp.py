@@ -45,3 +45,83 @@ def pli(sender_ssrc: int, media_ssrc: int) -> bytes:
 def fir(sender_ssrc: int, media_ssrc: int, sequence: int) -> bytes:
     fci = struct.pack("!IB3x", media_ssrc, sequence & 0xFF)
     return _HEADER.pack(0x80 | FMT_FIR, PSFB, 4) + struct.pack("!II", sender_ssrc, 0) + fci
+
+
+SR = 200
+RR = 201
+FMT_NACK = 1
+FMT_REMB = 15
+
+
+def sender_reports(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(sender SSRC, NTP timestamp as 64 bits, RTP timestamp) of each SR (RFC 3550 6.4.1)."""
+    for packet_type, _, body in packets(data):
+        if packet_type == SR and len(body) >= 20:
+            ssrc, ntp, rtp_ts = struct.unpack_from("!IQI", body)
+            yield ssrc, ntp, rtp_ts
+
+
+def receiver_report(
+    sender_ssrc: int,
+    media_ssrc: int,
+    *,
+    fraction_lost: int,
+    cumulative_lost: int,
+    highest_sequence: int,
+    jitter: int,
+    last_sr: int,
+    delay_since_last_sr: int,
+) -> bytes:
+    """An RR with one report block (RFC 3550 6.4.2)."""
+    block = struct.pack(
+        "!IIIIII",
+        media_ssrc,
+        ((fraction_lost & 0xFF) << 24) | (cumulative_lost & 0xFFFFFF),
+        highest_sequence & 0xFFFFFFFF,
+        jitter & 0xFFFFFFFF,
+        last_sr & 0xFFFFFFFF,
+        delay_since_last_sr & 0xFFFFFFFF,
+    )
+    return _HEADER.pack(0x81, RR, 7) + struct.pack("!I", sender_ssrc) + block
+
+
+def remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes:
+    """Receiver Estimated Maximum Bitrate (draft-alvestrand-rmcat-remb-03 section 2.2)."""
+    exponent = 0
+    mantissa = max(0, bitrate)
+    while mantissa >= 1 << 18:
+        mantissa >>= 1
+        exponent += 1
+    body = struct.pack("!II4sB", sender_ssrc, 0, b"REMB", len(ssrcs))
+    body += struct.pack("!I", (exponent << 18) | mantissa)[1:]
+    body += b"".join(struct.pack("!I", ssrc) for ssrc in ssrcs)
+    return _HEADER.pack(0x80 | FMT_REMB, PSFB, len(body) // 4) + body
+
+
+def nacked_sequences(data: bytes) -> Iterator[tuple[int, int]]:
+    """(media SSRC, lost sequence number) for each Generic NACK entry (RFC 4585 6.2.1)."""
+    for packet_type, fmt, body in packets(data):
+        if packet_type != RTPFB or fmt != FMT_NACK or len(body) < 8:
+            continue
+        media_ssrc = int.from_bytes(body[4:8], "big")
+        for index in range(8, len(body) - 3, 4):
+            pid, bitmask = struct.unpack_from("!HH", body, index)
+            yield media_ssrc, pid
+            for bit in range(16):
+                if bitmask & (1 << bit):
+                    yield media_ssrc, (pid + bit + 1) & 0xFFFF
+
+
+def nack(sender_ssrc: int, media_ssrc: int, sequences: list[int]) -> bytes:
+    """A Generic NACK (RFC 4585 6.2.1) covering ``sequences`` (16-bit values, ascending)."""
+    fci = bytearray()
+    index = 0
+    while index < len(sequences):
+        pid, bitmask = sequences[index], 0
+        index += 1
+        while index < len(sequences) and 0 < (sequences[index] - pid) & 0xFFFF <= 16:
+            bitmask |= 1 << (((sequences[index] - pid) & 0xFFFF) - 1)
+            index += 1
+        fci += struct.pack("!HH", pid, bitmask)
+    body = struct.pack("!II", sender_ssrc, media_ssrc) + bytes(fci)
+    return _HEADER.pack(0x80 | FMT_NACK, RTPFB, len(body) // 4) + body

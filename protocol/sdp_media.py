@@ -299,6 +299,8 @@ class IncomingStream:
     codec: Codec
     """The first codec of our answer, which the publisher sends."""
     extensions: tuple[tuple[int, str], ...]
+    rtx: tuple[int, int] | None = None
+    """(payload type, SSRC) of its retransmissions (RFC 4588), when negotiated."""
 
 
 def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> list[IncomingStream]:
@@ -320,9 +322,19 @@ def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> l
                 ssrcs=_primary_ssrcs(offered),
                 codec=codecs[0],
                 extensions=tuple(select_extensions(offered)),
+                rtx=_rtx(offered, codecs),
             )
         )
     return found
+
+
+def _rtx(offered: MediaSection, codecs: Sequence[Codec]) -> tuple[int, int] | None:
+    rtx_pt = next((c.payload_type for c in codecs if c.apt == codecs[0].payload_type), None)
+    for group in offered.values("ssrc-group"):
+        semantics, *ssrcs = group.split()
+        if semantics == "FID" and len(ssrcs) == 2 and rtx_pt is not None:
+            return rtx_pt, int(ssrcs[1])
+    return None
 
 
 def _primary_ssrcs(section: MediaSection) -> tuple[int, ...]:

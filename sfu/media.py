@@ -4,12 +4,16 @@ A :class:`TrackReceiver` takes each decrypted RTP packet of a published track an
 every :class:`DownTrack`; each downtrack translates sequence numbers and timestamps
 (``sfu/munger.py``), writes the subscriber's header into its own preallocated buffer
 (``protocol/rtp.py``) and sends it. No awaits, queues or per-packet objects on this path.
+RTCP: keyframe requests and NACKs go upstream, Receiver Reports and REMB go to the publisher
+once a second, Sender Reports are translated for each subscriber.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +21,7 @@ from livekit.protocol import models
 
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
+from sfu.buffer import PacketCache, ReceiveStats
 from sfu.munger import RtpMunger
 
 logger = logging.getLogger(__name__)
@@ -28,12 +33,19 @@ _MAX_PACKET = 1500
 #: Minimum time between two keyframe requests for one track (LiveKit's pli_throttle, 500 ms
 #: for low quality).
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
+#: Packet cache sizes (LiveKit's rtc.packet_buffer_size_video / _audio).
+VIDEO_CACHE, AUDIO_CACHE = 500, 200
+#: The SSRC our RTCP is sent from (the SFU has no media of its own towards a publisher).
+RTCP_SENDER_SSRC = 1
+#: REMB floor and ceiling; the estimate offers twice the measured rate so encoders ramp up.
+REMB_MIN_BPS, REMB_MAX_BPS = 300_000, 10_000_000
 
 
 class DownTrack:
     """One published track as one subscriber receives it.
 
-    :param send: protects and sends a finished RTP packet on the subscriber's transport.
+    :param send: protects and sends a finished RTP packet; False when it was dropped.
+    :param receiver: the track's receiver, for keyframe requests and retransmissions.
     """
 
     __slots__ = (
@@ -41,25 +53,29 @@ class DownTrack:
         "_extension",
         "_munger",
         "_needs_keyframe",
-        "_request_keyframe",
+        "_receiver",
         "_send",
+        "_send_rtcp",
         "enabled",
+        "octets",
         "outgoing",
+        "packets",
     )
 
     def __init__(
         self,
         outgoing: OutgoingTrack,
         send: Callable[[bytes], bool],
-        request_keyframe: Callable[[], None],
+        send_rtcp: Callable[[bytes], None],
+        receiver: TrackReceiver,
     ) -> None:
         self.outgoing = outgoing
+        self._send_rtcp = send_rtcp
         self.enabled = True
+        self.packets = 0
+        self.octets = 0
         self._send = send
-        self._request_keyframe = request_keyframe
-        # Video cannot be decoded from the middle of a GOP: once packets really flow to this
-        # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
-        self._needs_keyframe = outgoing.kind == "video"
+        self._receiver = receiver
         self._munger = RtpMunger(
             outgoing.codecs[0].clock_rate,
             first_sequence=secrets.randbelow(1 << 15),
@@ -68,6 +84,9 @@ class DownTrack:
         # Only the mid travels with each packet: it must name the subscriber's m= section.
         self._extension = rtp.build_extension_block([(MID_EXTENSION_ID, outgoing.mid.encode())])
         self._buffer = bytearray(_MAX_PACKET + len(self._extension))
+        # Video cannot be decoded from the middle of a GOP: once packets really flow to this
+        # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
+        self._needs_keyframe = outgoing.kind == "video"
 
     def write(self, packet: bytes, payload_start: int, payload_end: int, now: float) -> None:
         if not self.enabled:
@@ -88,27 +107,68 @@ class DownTrack:
             payload_start=payload_start,
             payload_end=payload_end,
         )
-        if self._send(bytes(self._buffer[:size])) and self._needs_keyframe:
-            self._needs_keyframe = False
-            self._request_keyframe()
+        if self._send(bytes(self._buffer[:size])):
+            self.packets += 1
+            self.octets += payload_end - payload_start
+            if self._needs_keyframe:
+                self._needs_keyframe = False
+                self._receiver.request_keyframe(time.monotonic())
+
+    def retransmit(self, sequence: int, now: float) -> bool:
+        """Answer a subscriber's NACK from the receiver's cache (same sequence number again,
+        RFC 4585 allows plain retransmission when RTX is not in use)."""
+        original = self._receiver.cache.get(self._munger.original_sequence(sequence))
+        if original is None:
+            return False
+        _, header, end = rtp.header_end(original)
+        self.write(original, header, end, now)
+        return True
+
+    def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+        """Send the publisher's SR mapped onto this subscriber's timestamps (lip sync needs
+        the NTP/RTP pair of each stream, RFC 3550 6.4.1)."""
+        if not self.packets:
+            return
+        translated = self._munger.translate_timestamp(rtp_timestamp)
+        report = struct.pack(
+            "!BBHIQIII",
+            0x80,
+            rtcp.SR,
+            6,
+            self.outgoing.ssrc,
+            ntp,
+            translated,
+            self.packets & 0xFFFFFFFF,
+            self.octets & 0xFFFFFFFF,
+        )
+        self._send_rtcp(report)
 
 
 class TrackReceiver:
-    """Fans one published track's packets out to its downtracks, and asks its publisher for
-    keyframes on their behalf.
+    """Fans one published track's packets out to its downtracks, and speaks RTCP with its
+    publisher on their behalf.
 
+    :param rtx: (payload type, SSRC) of the publisher's retransmissions (RFC 4588), if any.
     :param send_rtcp: sends an RTCP packet to the publisher.
     """
 
-    __slots__ = ("_last_keyframe_request", "_send_rtcp", "codec", "downtracks", "media_ssrc")
-
-    def __init__(self, codec: Codec, media_ssrc: int, send_rtcp: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        media_ssrc: int,
+        send_rtcp: Callable[[bytes], None],
+        rtx: tuple[int, int] | None = None,
+    ) -> None:
         self.codec = codec
         self.media_ssrc = media_ssrc
+        self.rtx = rtx
         self.downtracks: dict[str, DownTrack] = {}
         """Subscriber participant sid -> its downtrack."""
+        self.cache = PacketCache(VIDEO_CACHE if codec.mime.startswith("video") else AUDIO_CACHE)
+        self.stats = ReceiveStats()
         self._send_rtcp = send_rtcp
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL_S
+        self._last_tick = 0.0
 
     def request_keyframe(self, now: float) -> None:
         """Send a PLI upstream, at most once per interval (LiveKit throttles PLIs per track:
@@ -116,20 +176,79 @@ class TrackReceiver:
         if now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL_S or not self.media_ssrc:
             return
         self._last_keyframe_request = now
-        self._send_rtcp(rtcp.pli(1, self.media_ssrc))
+        self._send_rtcp(rtcp.pli(RTCP_SENDER_SSRC, self.media_ssrc))
 
     def on_packet(self, packet: bytes, now: float) -> None:
-        # Only the primary payload type is forwarded; RTX and RED need their own handling.
-        if rtp.payload_type(packet) != self.codec.payload_type:
-            return
-        if not self.media_ssrc:
-            self.media_ssrc = rtp.ssrc(packet)
+        pt = rtp.payload_type(packet)
+        if self.rtx is not None and pt == self.rtx[0]:
+            packet = self._from_rtx(packet)
+        elif pt != self.codec.payload_type:
+            return  # RED and other payload types need their own handling
         try:
             _, header, end = rtp.header_end(packet)
         except ValueError:
             return
+        if not self.media_ssrc:
+            self.media_ssrc = rtp.ssrc(packet)
+        sequence = rtp.sequence_number(packet)
+        highest = self.stats.highest
+        self.stats.on_packet(sequence, end - header)
+        if self.stats.highest > highest + 1 and highest >= 0:
+            self._nack(self.stats.nacks_due())
+        self.cache.put(sequence, packet)
         for downtrack in self.downtracks.values():
             downtrack.write(packet, header, end, now)
+
+    def _from_rtx(self, packet: bytes) -> bytes:
+        """Unwrap an RTX packet (RFC 4588 section 4): the original sequence number leads the
+        payload; payload type and SSRC become the primary's again."""
+        try:
+            _, header, end = rtp.header_end(packet)
+        except ValueError:
+            return b""
+        if end - header < 2:
+            return b""
+        original = bytearray(packet[:header]) + packet[header + 2 : end]
+        original[1] = (original[1] & 0x80) | self.codec.payload_type
+        original[2:4] = packet[header : header + 2]
+        original[8:12] = self.media_ssrc.to_bytes(4, "big")
+        original[0] &= 0xDF  # padding was removed with the tail
+        return bytes(original)
+
+    def _nack(self, sequences: list[int]) -> None:
+        if sequences and self.media_ssrc:
+            self._send_rtcp(rtcp.nack(RTCP_SENDER_SSRC, self.media_ssrc, sequences))
+
+    def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
+        """Remember the publisher's SR (for our RR's LSR) and translate it per subscriber."""
+        self.stats.last_sr_ntp = ntp
+        self.stats.last_sr_arrival = now
+        for downtrack in self.downtracks.values():
+            downtrack.sender_report(ntp, rtp_timestamp)
+
+    def tick(self, now: float) -> None:
+        """Once a second: Receiver Report, REMB and NACK retries to the publisher."""
+        elapsed = now - self._last_tick if self._last_tick else 1.0
+        self._last_tick = now
+        if not self.media_ssrc:
+            return
+        fraction, lost, highest = self.stats.report()
+        last_sr = (self.stats.last_sr_ntp >> 16) & 0xFFFFFFFF
+        delay = int((now - self.stats.last_sr_arrival) * 65536) if last_sr else 0
+        report = rtcp.receiver_report(
+            RTCP_SENDER_SSRC,
+            self.media_ssrc,
+            fraction_lost=fraction,
+            cumulative_lost=lost,
+            highest_sequence=highest,
+            jitter=0,
+            last_sr=last_sr,
+            delay_since_last_sr=delay,
+        )
+        bitrate = int(self.stats.take_bytes() * 8 / max(elapsed, 0.001))
+        estimate = min(REMB_MAX_BPS, max(REMB_MIN_BPS, 2 * bitrate))
+        self._send_rtcp(report + rtcp.remb(RTCP_SENDER_SSRC, estimate, [self.media_ssrc]))
+        self._nack(self.stats.nacks_due())
 
 
 @dataclass

@@ -94,6 +94,14 @@ class RtpMunger:
             self._last_now = now
         return out_seq & 0xFFFF, out_ts & 0xFFFFFFFF
 
+    def original_sequence(self, sequence: int) -> int:
+        """The publisher's 16-bit sequence number behind one we sent (for NACKs)."""
+        return (sequence - self._seq_offset) & 0xFFFF
+
+    def translate_timestamp(self, timestamp: int) -> int:
+        """A publisher timestamp (from its Sender Report) in the subscriber's timeline."""
+        return (timestamp + self._ts_offset) & 0xFFFFFFFF
+
     def _switch_source(self, sequence: int, timestamp: int, ssrc: int, now: float) -> None:
         """Continue the outgoing numbering: next sequence number, and a timestamp advanced by
         the wall-clock time since the last forwarded packet (at least one tick)."""

@@ -134,6 +134,11 @@ class Room:
             await self.remove(participant, reason, send_leave=True)
         self.log.info("room closed")
 
+    def tick(self, now: float) -> None:
+        """Once a second: RTCP feedback to every publisher."""
+        for participant in list(self.participants.values()):
+            participant.tracks.tick(now)
+
     def idle_expired(self, now: float) -> bool:
         """Whether the room should close: nobody came within ``empty_timeout``, or everyone left
         more than ``departure_timeout`` ago (LiveKit ``room.go CloseIfEmpty``)."""

@@ -13,7 +13,8 @@ from sfu.room import Room, RoomSettings
 
 logger = logging.getLogger(__name__)
 
-#: How often idle rooms are looked for (LiveKit runs CloseIdleRooms every second).
+#: How often idle rooms are looked for (LiveKit runs CloseIdleRooms every second) and RTCP
+#: feedback is sent to publishers.
 IDLE_CHECK_INTERVAL_S = 1.0
 
 
@@ -76,6 +77,8 @@ class RoomManager:
         while True:
             await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
             now = time.monotonic()
+            for room in list(self.rooms.values()):
+                room.tick(now)
             for room in [r for r in self.rooms.values() if r.idle_expired(now)]:
                 room.log.info("closing idle room")
                 await self.close_room(room, models.DisconnectReason.ROOM_CLOSED)

@@ -50,9 +50,11 @@ class ParticipantTracks:
         self.downtracks: dict[str, DownTrack] = {}
         """track sid -> this participant's downtrack of another participant's track."""
         self._receiver_by_downtrack_ssrc: dict[int, TrackReceiver] = {}
+        self._downtrack_by_ssrc: dict[int, DownTrack] = {}
         self._subscriber = subscriber
         self._publisher = publisher
         publisher.on_rtp = self._on_rtp
+        publisher.on_rtcp = self._on_publisher_rtcp
         subscriber.pc.on_rtcp = self._on_subscriber_rtcp
 
     def add(self, request: rtc.AddTrackRequest, can_publish_source: bool) -> models.TrackInfo:
@@ -104,8 +106,10 @@ class ParticipantTracks:
                 )
             )
             primary = stream.ssrcs[0] if stream.ssrcs else 0
-            track.receiver = TrackReceiver(stream.codec, primary, self._publisher.send_rtcp)
-            track.ssrcs = stream.ssrcs
+            track.receiver = TrackReceiver(
+                stream.codec, primary, self._publisher.send_rtcp, rtx=stream.rtx
+            )
+            track.ssrcs = stream.ssrcs + ((stream.rtx[1],) if stream.rtx else ())
             for ssrc in stream.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
             self.published[track.sid] = track
@@ -129,12 +133,29 @@ class ParticipantTracks:
             receiver.on_packet(packet, time.monotonic())
 
     def _on_subscriber_rtcp(self, packet: bytes) -> None:
-        """A subscriber's keyframe request goes to the publisher of that track."""
+        """A subscriber's keyframe request goes to the publisher of that track; its NACKs are
+        answered from the track's packet cache."""
         now = time.monotonic()
         for media_ssrc in rtcp.keyframe_requests(packet):
             receiver = self._receiver_by_downtrack_ssrc.get(media_ssrc)
             if receiver is not None:
                 receiver.request_keyframe(now)
+        for media_ssrc, sequence in rtcp.nacked_sequences(packet):
+            downtrack = self._downtrack_by_ssrc.get(media_ssrc)
+            if downtrack is not None:
+                downtrack.retransmit(sequence, now)
+
+    def _on_publisher_rtcp(self, packet: bytes) -> None:
+        now = time.monotonic()
+        for ssrc, ntp, rtp_timestamp in rtcp.sender_reports(packet):
+            receiver = self._by_ssrc.get(ssrc)
+            if receiver is not None:
+                receiver.on_sender_report(ntp, rtp_timestamp, now)
+
+    def tick(self, now: float) -> None:
+        for track in self.published.values():
+            if track.receiver is not None:
+                track.receiver.tick(now)
 
     # --- subscribing -----------------------------------------------------------------------
 
@@ -154,13 +175,12 @@ class ParticipantTracks:
         )
         receiver = track.receiver
         downtrack = DownTrack(
-            outgoing,
-            self._subscriber.pc.send_rtp,
-            lambda: receiver.request_keyframe(time.monotonic()),
+            outgoing, self._subscriber.pc.send_rtp, self._subscriber.pc.send_rtcp, receiver
         )
         self.downtracks[track.sid] = downtrack
         track.receiver.downtracks[subscriber_sid] = downtrack
         self._receiver_by_downtrack_ssrc[outgoing.ssrc] = track.receiver
+        self._downtrack_by_ssrc[outgoing.ssrc] = downtrack
         self._subscriber.tracks.append(outgoing)
         return True
 
@@ -173,6 +193,7 @@ class ParticipantTracks:
         if track is not None and track.receiver is not None:
             track.receiver.downtracks.pop(subscriber_sid, None)
         self._receiver_by_downtrack_ssrc.pop(downtrack.outgoing.ssrc, None)
+        self._downtrack_by_ssrc.pop(downtrack.outgoing.ssrc, None)
         tracks = self._subscriber.tracks
         index = tracks.index(downtrack.outgoing)
         tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)

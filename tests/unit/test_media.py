@@ -11,6 +11,10 @@ from sfu.media import KEYFRAME_REQUEST_INTERVAL_S, MID_EXTENSION_ID, DownTrack, 
 VP8 = Codec(96, "video/VP8", 90000)
 
 
+def _drop(_: bytes) -> None:
+    return None
+
+
 class Sink:
     """Collects what a downtrack sends; reports every packet as sent."""
 
@@ -35,9 +39,7 @@ def test_fan_out_rewrites_per_subscriber_and_requests_one_keyframe() -> None:
     receiver = TrackReceiver(VP8, 5555, upstream.append)
     sent = {"a": Sink(), "b": Sink()}
     for name, mid, ssrc in (("a", "1", 111), ("b", "3", 222)):
-        receiver.downtracks[name] = DownTrack(
-            _outgoing(mid, ssrc), sent[name], lambda: receiver.request_keyframe(0.0)
-        )
+        receiver.downtracks[name] = DownTrack(_outgoing(mid, ssrc), sent[name], _drop, receiver)
     for seq in (10, 11, 12):
         receiver.on_packet(_packet(seq), now=0.0)
     receiver.on_packet(_packet(13, pt=97), now=0.0)  # RTX is not forwarded as media
@@ -65,7 +67,7 @@ def test_keyframe_requests_are_throttled() -> None:
 def test_disabled_downtrack_sends_nothing() -> None:
     receiver = TrackReceiver(VP8, 5555, lambda _: None)
     sent = Sink()
-    downtrack = DownTrack(_outgoing("1", 1), sent, lambda: None)
+    downtrack = DownTrack(_outgoing("1", 1), sent, _drop, receiver)
     downtrack.enabled = False
     receiver.downtracks["x"] = downtrack
     receiver.on_packet(_packet(1), now=0.0)
@@ -78,3 +80,79 @@ def test_rtcp_parsing_and_building() -> None:
     assert [(t, f) for t, f, _ in rtcp.packets(compound)] == [(206, 1), (206, 4)]
     assert list(rtcp.keyframe_requests(b"\x80\xce\x00\x09garbage")) == []
     assert list(rtcp.packets(b"")) == []
+
+
+def test_subscriber_nack_answered_from_the_cache() -> None:
+    receiver = TrackReceiver(VP8, 5555, _drop)
+    sink = Sink()
+    downtrack = DownTrack(_outgoing("1", 9), sink, _drop, receiver)
+    receiver.downtracks["s"] = downtrack
+    for seq in (100, 101, 102):
+        receiver.on_packet(_packet(seq), now=0.0)
+    lost = rtp.sequence_number(sink.packets[1])
+    assert downtrack.retransmit(lost, now=0.1)
+    again = sink.packets[-1]
+    assert (rtp.sequence_number(again), rtp.ssrc(again)) == (lost, 9)
+    assert again == sink.packets[1], "the same packet, byte for byte"
+    assert not downtrack.retransmit((lost + 1000) & 0xFFFF, now=0.1)
+
+
+def test_rtx_unwrapped_and_gaps_nacked_upstream() -> None:
+    upstream: list[bytes] = []
+    receiver = TrackReceiver(VP8, 5555, upstream.append, rtx=(97, 6666))
+    sink = Sink()
+    receiver.downtracks["s"] = DownTrack(_outgoing("1", 9), sink, _drop, receiver)
+    receiver.on_packet(_packet(10), now=0.0)
+    receiver.on_packet(_packet(13), now=0.0)  # 11 and 12 lost
+    nacks = [list(rtcp.nacked_sequences(p)) for p in upstream if p[1] == rtcp.RTPFB]
+    assert nacks == [[(5555, 11), (5555, 12)]]
+    rtx = (
+        struct.pack("!BBHII", 0x80, 97, 500, 11 * 3000, 6666)
+        + struct.pack("!H", 11)
+        + b"frame-data"
+    )
+    receiver.on_packet(rtx, now=0.1)
+    repaired = sink.packets[-1]
+    assert rtp.timestamp(repaired) - rtp.timestamp(sink.packets[0]) == 3000
+    _, header, end = rtp.header_end(repaired)
+    assert repaired[header:end] == b"frame-data"
+    assert 11 not in [s & 0xFFFF for s in receiver.stats.missing]
+
+
+def test_tick_sends_receiver_report_and_remb() -> None:
+    upstream: list[bytes] = []
+    receiver = TrackReceiver(VP8, 5555, upstream.append)
+    for seq in (1, 2, 4):
+        receiver.on_packet(_packet(seq), now=0.0)
+    upstream.clear()
+    receiver.tick(1.0)
+    compound, retry = upstream  # the report, then a second NACK for the still-missing 3
+    assert [s for _, s in rtcp.nacked_sequences(retry)] == [3]
+    kinds = [(t, f) for t, f, _ in rtcp.packets(compound)]
+    assert kinds == [(rtcp.RR, 1), (rtcp.PSFB, rtcp.FMT_REMB)]
+    _, _, block = next(rtcp.packets(compound))
+    media_ssrc, loss_word, highest = struct.unpack_from("!III", block, 4)
+    assert media_ssrc == 5555 and highest == 4
+    assert loss_word & 0xFFFFFF == 1  # one packet lost in total
+    assert b"REMB" in compound
+
+
+def test_sender_report_translated_per_subscriber() -> None:
+    receiver = TrackReceiver(VP8, 5555, _drop)
+    reports: list[bytes] = []
+    downtrack = DownTrack(_outgoing("1", 9), Sink(), reports.append, receiver)
+    receiver.downtracks["s"] = downtrack
+    receiver.on_packet(_packet(10), now=0.0)
+    sink_ts = rtp.timestamp(struct.pack("!BBHII", 0x80, 96, 0, 0, 0))
+    receiver.on_sender_report(ntp=123 << 32, rtp_timestamp=10 * 3000, now=0.5)
+    (report,) = reports
+    ssrc, ntp, rtp_ts, packets, _ = struct.unpack_from("!IQIII", report, 4)
+    assert (ssrc, ntp, packets) == (9, 123 << 32, 1)
+    assert rtp_ts != sink_ts
+    assert receiver.stats.last_sr_ntp == 123 << 32
+
+
+def test_nack_builder_round_trips() -> None:
+    sequences = [65534, 65535, 0, 5, 40]
+    packet = rtcp.nack(1, 77, sequences)
+    assert [s for _, s in rtcp.nacked_sequences(packet)] == sequences
