@@ -49,21 +49,23 @@ class Codec:
         return None
 
 
-#: Header extensions LiveKit negotiates, per kind (``pkg/rtc/mediaengine.go``).
+#: Header extensions we negotiate, per kind (LiveKit's set, ``pkg/rtc/mediaengine.go``, minus
+#: transport-wide-cc: once it is negotiated libwebrtc's congestion controller waits for
+#: transport-cc feedback and ignores REMB, and we do not produce that feedback yet).
 AUDIO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
 )
 VIDEO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
 )
+#: RTCP feedback we do not answer, so never negotiate (see above).
+UNSUPPORTED_FEEDBACK = frozenset({"transport-cc"})
 
 
 def offered_codecs(section: MediaSection) -> list[Codec]:
@@ -138,7 +140,11 @@ def codec_attributes(codecs: Sequence[Codec]) -> list[tuple[str, str]]:
     for codec in codecs:
         rate = f"{codec.clock_rate}/{codec.channels}" if codec.channels else str(codec.clock_rate)
         attributes.append(("rtpmap", f"{codec.payload_type} {codec.name}/{rate}"))
-        attributes += [("rtcp-fb", f"{codec.payload_type} {fb}") for fb in codec.rtcp_fb]
+        attributes += [
+            ("rtcp-fb", f"{codec.payload_type} {fb}")
+            for fb in codec.rtcp_fb
+            if fb not in UNSUPPORTED_FEEDBACK
+        ]
         if codec.fmtp:
             attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
     return attributes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -292,3 +293,44 @@ async def test_tone_with_the_plain_asyncio_loop(start: Callable[..., ServerProce
                 assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
         finally:
             await listener.disconnect()
+
+
+async def test_publisher_bitrate_ramps_up_with_our_feedback(server: ServerProcess) -> None:
+    """Receiver Reports and REMB from the server let the publisher's encoder leave its start
+    bitrate (without feedback libwebrtc stays near it)."""
+    width, height = 640, 360
+    frames = [os.urandom(width * height * 4) for _ in range(6)]  # noise: hard to compress
+    async with joined(server, "noisy", "ramp") as noisy, joined(server, "sink", "ramp"):
+        source = rtc.VideoSource(width, height)
+        track = rtc.LocalVideoTrack.create_video_track("noise", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+        publication = await noisy.local_participant.publish_track(track, options)
+
+        async def feed() -> None:
+            index = 0
+            while True:
+                frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, frames[index % 6])
+                source.capture_frame(frame)
+                index += 1
+                await asyncio.sleep(1 / 15)
+
+        task = asyncio.get_running_loop().create_task(feed())
+        try:
+            await asyncio.sleep(2)
+            early = await _target_bitrate(publication)
+            await asyncio.sleep(8)
+            late = await _target_bitrate(publication)
+            assert late > 1.5 * early, (early, late)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _target_bitrate(publication: rtc.LocalTrackPublication) -> float:
+    track = publication.track
+    assert track is not None
+    stats = await track.get_stats()
+    return max(
+        (s.outbound_rtp.outbound.target_bitrate for s in stats if s.HasField("outbound_rtp")),
+        default=0.0,
+    )
