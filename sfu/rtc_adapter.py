@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 #: Reliable messages kept for a channel that is not open yet; beyond this the peer is too slow.
 MAX_PENDING_MESSAGES = 1024
+#: Test hook (LKPY_TEST_DROP_EVERY=N): drop every Nth RTP packet arriving from a publisher and
+#: every Nth leaving for a subscriber, so end-to-end tests can show NACK/RTX recovery.
+DROP_EVERY = int(os.environ.get("LKPY_TEST_DROP_EVERY", "0") or 0)
 #: The SCTP message size we accept (aiortc's own limit).
 SCTP_MAX_MESSAGE_SIZE = 65536
 
@@ -164,6 +168,7 @@ class PeerConnection:
         self._session_id = secrets.randbelow(2**62)
         self._version = 1
         self._connect_task: asyncio.Task[None] | None = None
+        self._rtp_count = 0
         self._bundle_tag: tuple[str, int] = ("0", 0)
         self.state = ConnectionState.NEW
         self.on_state_change: Callable[[ConnectionState], None] | None = None
@@ -283,6 +288,10 @@ class PeerConnection:
                 if self.on_rtcp is not None:
                     self.on_rtcp(sessions[0].unprotect_rtcp(data))
             elif self.on_rtp is not None:
+                # A test drop happens before libsrtp sees the packet, as a network loss would
+                # (its replay window would otherwise refuse the retransmission).
+                if DROP_EVERY and self._dropped_for_test():
+                    return
                 self.on_rtp(sessions[0].unprotect(data))
         except pylibsrtp.Error:
             return  # replayed or forged: RFC 3711 says drop silently
@@ -294,11 +303,17 @@ class PeerConnection:
         if sessions is None:
             return False
         try:
-            self._ice.send(sessions[1].protect(packet))
+            protected = sessions[1].protect(packet)
+            if not (DROP_EVERY and self._dropped_for_test()):
+                self._ice.send(protected)
         except pylibsrtp.Error:
             logger.debug("x %s: SRTP protect refused a packet", self.name)
             return False
         return True
+
+    def _dropped_for_test(self) -> bool:
+        self._rtp_count += 1
+        return self._rtp_count % DROP_EVERY == 0
 
     def send_rtcp(self, packet: bytes) -> None:
         sessions = self.srtp_sessions()

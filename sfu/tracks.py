@@ -110,7 +110,7 @@ class ParticipantTracks:
                 stream.codec, primary, self._publisher.send_rtcp, rtx=stream.rtx
             )
             track.ssrcs = stream.ssrcs + ((stream.rtx[1],) if stream.rtx else ())
-            for ssrc in stream.ssrcs:
+            for ssrc in track.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
             self.published[track.sid] = track
             ready.append(track)

@@ -76,6 +76,7 @@ def start_server(
     with_keys: bool = True,
     node_ip: bool = True,
     udp_port: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Start the server with ``config_yaml`` plus our test key, and wait until it serves."""
     port = port or free_port()
@@ -88,6 +89,7 @@ def start_server(
     env = dict(os.environ)
     if IN_NETNS and node_ip:
         env["NODE_IP"] = "127.0.0.1"
+    env.update(extra_env or {})
     # Several servers run at once: each gets its own media ports.
     tcp_port = free_port()
     env["LIVEKIT_RTC_TCP_PORT"] = str(tcp_port)

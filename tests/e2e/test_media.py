@@ -339,3 +339,40 @@ async def _target_bitrate(publication: rtc.LocalTrackPublication) -> float:
         (s.outbound_rtp.outbound.target_bitrate for s in stats if s.HasField("outbound_rtp")),
         default=0.0,
     )
+
+
+async def test_nack_recovers_packets_dropped_both_ways(start: Callable[..., ServerProcess]) -> None:
+    """The transport drops every 25th RTP packet from the publisher and to the subscriber; our
+    NACKs (the SDK's publisher retransmits on its media SSRC: it offers no RTX for published
+    video) and our packet cache (answering the subscriber's NACKs) keep the frames coming."""
+    server = start(extra_env={"LKPY_TEST_DROP_EVERY": "25"})
+    async with joined(server, "lossy-cam", "nack") as camera:
+        viewer = rtc.Room()
+        subscribed = EventLog(viewer, "track_subscribed")
+        await asyncio.wait_for(viewer.connect(server.ws_url, _token("lossy-eye", "nack")), 15)
+        counter: FrameCounter | None = None
+        try:
+            async with publishing_colour(camera) as publication:
+                track, _, _ = await subscribed.wait_for()
+                counter = FrameCounter(track)
+                await asyncio.wait_for(_all_flowing([counter]), 15)
+                start_count, sent_before = counter.count, await _frames_sent(publication)
+                await asyncio.sleep(6)
+                received = counter.count - start_count
+                sent = await _frames_sent(publication) - sent_before
+                assert received >= sent * 0.95 - 2, (received, sent)
+                local = publication.track
+                assert local is not None
+                outbound = [
+                    s.outbound_rtp for s in await local.get_stats() if s.HasField("outbound_rtp")
+                ]
+                assert sum(o.outbound.nack_count for o in outbound) > 0
+                assert sum(o.outbound.retransmitted_packets_sent for o in outbound) > 0
+                inbound = [
+                    s.inbound_rtp for s in await track.get_stats() if s.HasField("inbound_rtp")
+                ]
+                assert sum(i.inbound.nack_count for i in inbound) > 0
+        finally:
+            if counter is not None:
+                await counter.close()
+            await viewer.disconnect()
