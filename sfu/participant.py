@@ -127,6 +127,8 @@ class Participant:
         self.publisher.pc.on_state_change = self._on_publisher_state
         self.publisher.pc.on_data_channel = self._on_publisher_channel
         self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
+        self.subscription_permission: rtc.SubscriptionPermission | None = None
+        """Who may subscribe to this participant's tracks; None allows everyone."""
 
     @property
     def hidden(self) -> bool:
@@ -224,10 +226,26 @@ class Participant:
         self.version += 1
         self._listener.on_participant_changed(self)
 
+    def allows(self, subscriber: Participant, track_sid: str) -> bool:
+        """Whether this publisher's SubscriptionPermission lets ``subscriber`` have the track
+        (LiveKit: everyone unless restricted; recorders are exempt)."""
+        permission = self.subscription_permission
+        if permission is None or permission.all_participants or subscriber.grant.recorder:
+            return True
+        for entry in permission.track_permissions:
+            if subscriber.sid == entry.participant_sid or (
+                entry.participant_identity and entry.participant_identity == subscriber.identity
+            ):
+                return entry.all_tracks or track_sid in entry.track_sids
+        return False
+
     def subscribe_to(
         self, publisher: Participant, track: PublishedTrack, *, negotiate: bool
     ) -> None:
         if not self.grant.can_subscribe or self.is_closed:
+            return
+        if not publisher.allows(self, track.sid):
+            self.send_permission_update(publisher, track, allowed=False)
             return
         if self.tracks.subscribe(publisher.sid, track, self.sid) and negotiate:
             self.subscriber.negotiate()
@@ -239,6 +257,14 @@ class Participant:
             downtrack = self.tracks.downtracks.get(track_sid)
             if downtrack is not None:
                 downtrack.enabled = not request.disabled
+
+    def send_permission_update(
+        self, publisher: Participant, track: PublishedTrack, *, allowed: bool
+    ) -> None:
+        update = rtc.SubscriptionPermissionUpdate(
+            participant_sid=publisher.sid, track_sid=track.sid, allowed=allowed
+        )
+        self.send(rtc.SignalResponse(subscription_permission_update=update))
 
     def unsubscribe_from(self, track: PublishedTrack) -> None:
         if self.tracks.unsubscribe(track.sid, self.sid, track) and not self.is_closed:

@@ -241,6 +241,26 @@ class Room:
             else:
                 subscriber.subscribe_to(publisher, track, negotiate=True)
 
+    def update_subscription_permission(
+        self, publisher: Participant, permission: rtc.SubscriptionPermission
+    ) -> None:
+        """Apply a publisher's allow list (LiveKit ``SubscriptionPermission``): subscribers
+        that lose access are unsubscribed, those that gain it and auto-subscribe are
+        subscribed, and each is told with ``subscription_permission_update``."""
+        publisher.subscription_permission = permission
+        for other in list(self.participants.values()):
+            if other is publisher:
+                continue
+            for track in list(publisher.tracks.published.values()):
+                allowed = publisher.allows(other, track.sid)
+                subscribed = track.sid in other.tracks.downtracks
+                if subscribed and not allowed:
+                    other.unsubscribe_from(track)
+                    other.send_permission_update(publisher, track, allowed=False)
+                elif allowed and not subscribed and other.params.auto_subscribe:
+                    other.send_permission_update(publisher, track, allowed=True)
+                    other.subscribe_to(publisher, track, negotiate=True)
+
     def on_participant_failed(self, participant: Participant) -> None:
         participant.tasks.spawn(
             self.remove(participant, models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True),

@@ -18,6 +18,8 @@ class NegotiationState(enum.Enum):
     """Offer/answer state of a server-offering (subscriber) transport."""
 
     IDLE = "idle"
+    OFFER_SCHEDULED = "offer_scheduled"
+    """An offer will be built on the next loop iteration: later changes join it."""
     OFFER_SENT = "offer_sent"
     CLOSED = "closed"
 
@@ -63,17 +65,20 @@ class SubscriberTransport:
         """Ask for an offer now, or right after the outstanding one is answered."""
         match self.state:
             case NegotiationState.IDLE:
-                self._set_state(NegotiationState.OFFER_SENT)
+                # Building the offer in a task batches every change made in this loop
+                # iteration (ten tracks published together cost one offer).
+                self._set_state(NegotiationState.OFFER_SCHEDULED)
                 self._tasks.spawn(self._offer(), name="subscriber-offer")
             case NegotiationState.OFFER_SENT:
                 self._renegotiate = True
-            case NegotiationState.CLOSED:
-                pass
+            case NegotiationState.OFFER_SCHEDULED | NegotiationState.CLOSED:
+                return
 
     async def _offer(self) -> None:
         sdp = await self.pc.create_offer(list(self.tracks))
         if self.state is NegotiationState.CLOSED:
             return
+        self._set_state(NegotiationState.OFFER_SENT)
         self._offer_id += 1
         self._send_offer(sdp, self._offer_id)
 

@@ -150,6 +150,10 @@ class SignalSession:
                     participant.handle_add_track(request.add_track)
                 case "mute":
                     participant.handle_mute(request.mute)
+                case "subscription_permission":
+                    self._room.update_subscription_permission(
+                        participant, request.subscription_permission
+                    )
                 case "subscription":
                     self._room.update_subscription(participant, request.subscription)
                 case "track_setting":

@@ -376,3 +376,33 @@ async def test_nack_recovers_packets_dropped_both_ways(start: Callable[..., Serv
             if counter is not None:
                 await counter.close()
             await viewer.disconnect()
+
+
+async def test_subscription_permissions_from_the_publisher(server: ServerProcess) -> None:
+    from livekit.rtc._proto.track_pb2 import ParticipantTrackPermission
+
+    async with joined(server, "owner", "perm-media") as owner:
+        owner.local_participant.set_track_subscription_permissions(
+            allow_all_participants=False,
+            participant_permissions=[
+                ParticipantTrackPermission(participant_identity="friend", allow_all=True)
+            ],
+        )
+        rooms = {name: rtc.Room() for name in ("friend", "stranger")}
+        logs = {name: EventLog(room, "track_subscribed") for name, room in rooms.items()}
+        for name, room in rooms.items():
+            await asyncio.wait_for(room.connect(server.ws_url, _token(name, "perm-media")), 15)
+        try:
+            async with publishing_tone(owner):
+                await logs["friend"].wait_for()
+                await asyncio.sleep(1)
+                assert not logs["stranger"].items, "not allowed, so not subscribed"
+                owner.local_participant.set_track_subscription_permissions(
+                    allow_all_participants=True
+                )
+                track, _, _ = await logs["stranger"].wait_for()
+                tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
+                assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+        finally:
+            for room in rooms.values():
+                await room.disconnect()

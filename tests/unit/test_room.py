@@ -13,6 +13,7 @@ from sfu.ice import IceRegistry, UdpMux
 from sfu.participant import JoinParams, Participant, ParticipantState
 from sfu.room import Room, RoomSettings
 from sfu.rtc_adapter import ConnectionState
+from sfu.transport import NegotiationState
 
 
 class RecordingSink:
@@ -196,4 +197,17 @@ async def test_failed_primary_connection_removes_the_participant() -> None:
     assert lost_sink.of("leave")[0].leave.reason == models.DisconnectReason.CONNECTION_TIMEOUT
     states = [p.state for r in watcher_sink.of("update") for p in r.update.participants]
     assert models.ParticipantInfo.State.DISCONNECTED in states
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_tracks_added_together_cost_one_offer() -> None:
+    room = _room()
+    subscriber, sink = await _join(room, "sub")
+    await asyncio.sleep(0.05)
+    first_offers = len(sink.of("offer"))
+    subscriber.subscriber.state = NegotiationState.IDLE  # as if the client had answered
+    for _ in range(10):
+        subscriber.subscriber.negotiate()
+    await asyncio.sleep(0.05)
+    assert len(sink.of("offer")) == first_offers + 1
     await room.close(models.DisconnectReason.ROOM_DELETED)
