@@ -80,6 +80,13 @@ class ParticipantTracks:
             disable_red=request.disable_red,
             stream=request.stream,
         )
+        kind = "audio" if request.type == models.TrackType.AUDIO else "video"
+        for codec in request.simulcast_codecs:
+            # The client names the codec it will send (LiveKit fills TrackInfo from it).
+            mime = codec.codec if "/" in codec.codec else f"{kind}/{codec.codec}"
+            info.codecs.append(models.SimulcastCodecInfo(mime_type=mime, cid=codec.cid))
+        if info.codecs:
+            info.mime_type = info.codecs[0].mime_type
         self.pending[request.cid] = PublishedTrack(info=info, cid=request.cid)
         return info
 
@@ -100,6 +107,7 @@ class ParticipantTracks:
                 continue
             track.info.mid = stream.mid
             track.info.mime_type = stream.codec.mime
+            del track.info.codecs[:]
             track.info.codecs.append(
                 models.SimulcastCodecInfo(
                     mime_type=stream.codec.mime, mid=stream.mid, cid=track.cid

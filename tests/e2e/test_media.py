@@ -107,11 +107,15 @@ COLOUR = (200, 40, 90)  # RGB, far from any codec's grey
 
 
 @asynccontextmanager
-async def publishing_colour(room: rtc.Room) -> AsyncIterator[rtc.LocalTrackPublication]:
+async def publishing_colour(
+    room: rtc.Room, codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8
+) -> AsyncIterator[rtc.LocalTrackPublication]:
     """Publish a solid-colour 320x240 camera track at 15 fps for as long as the block runs."""
     source = rtc.VideoSource(WIDTH, HEIGHT)
     track = rtc.LocalVideoTrack.create_video_track("colour", source)
-    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+    options = rtc.TrackPublishOptions(
+        source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False, video_codec=codec
+    )
     publication = await room.local_participant.publish_track(track, options)
     pixel = bytes((*COLOUR, 255))
 
@@ -151,17 +155,22 @@ def centre_colour(frame: rtc.VideoFrame) -> tuple[int, int, int]:
     return data[offset], data[offset + 1], data[offset + 2]
 
 
-async def test_video_reaches_subscribers_with_size_and_colour(server: ServerProcess) -> None:
-    async with joined(server, "camera", "video") as camera:
-        async with publishing_colour(camera):
+@pytest.mark.parametrize("codec", ["VP8", "H264", "VP9", "AV1"])
+async def test_video_reaches_subscribers_with_size_and_colour(
+    server: ServerProcess, codec: str
+) -> None:
+    room = f"video-{codec}"
+    async with joined(server, "camera", room) as camera:
+        async with publishing_colour(camera, rtc.VideoCodec.Value(codec)):
             # Joins seconds after the publisher's first keyframe: needs a keyframe request.
             await asyncio.sleep(2)
             viewer = rtc.Room()
             subscribed = EventLog(viewer, "track_subscribed")
-            await asyncio.wait_for(viewer.connect(server.ws_url, _token("viewer", "video")), 15)
+            await asyncio.wait_for(viewer.connect(server.ws_url, _token("viewer", room)), 15)
             try:
-                track, _, participant = await subscribed.wait_for()
+                track, remote, participant = await subscribed.wait_for()
                 assert participant.identity == "camera"
+                assert remote.mime_type.lower() == f"video/{codec}".lower()
                 frames = await first_frames(track, 10)
                 last = frames[-1]
                 assert (last.width, last.height) == (WIDTH, HEIGHT)
