@@ -12,6 +12,30 @@ NACK_HORIZON = 200
 NACK_ATTEMPTS = 3
 
 
+class RembEstimator:
+    """The bitrate we let a publisher send (REMB), loss-driven like the loss half of Google
+    congestion control (draft-ietf-rmcat-gcc-02 section 6): grow while losses stay under 2 %,
+    hold between 2 and 10 %, cut in proportion above. Growth is from the previous estimate, not
+    from what arrived, so an encoder that undershoots (static content, a busy CPU) is not
+    pushed down."""
+
+    __slots__ = ("estimate", "maximum", "minimum")
+
+    def __init__(self, *, minimum: int, maximum: int, start: int) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.estimate = start
+
+    def update(self, fraction_lost: int, received_bps: int) -> int:
+        """``fraction_lost`` in 1/256 since the last update (an RR's field)."""
+        if fraction_lost > 26:  # over 10 %
+            reduced = received_bps * (1 - fraction_lost / 512)
+            self.estimate = max(self.minimum, int(min(self.estimate, reduced)))
+        elif fraction_lost < 5:  # under 2 %
+            self.estimate = min(self.maximum, int(self.estimate * 1.5))
+        return self.estimate
+
+
 class PacketCache:
     """The most recent packets by 16-bit sequence number, in a power-of-two ring."""
 

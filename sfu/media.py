@@ -21,7 +21,7 @@ from livekit.protocol import models
 
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
-from sfu.buffer import PacketCache, ReceiveStats
+from sfu.buffer import PacketCache, ReceiveStats, RembEstimator
 from sfu.munger import RtpMunger
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ KEYFRAME_REQUEST_INTERVAL_S = 0.5
 VIDEO_CACHE, AUDIO_CACHE = 500, 200
 #: The SSRC our RTCP is sent from (the SFU has no media of its own towards a publisher).
 RTCP_SENDER_SSRC = 1
-#: REMB floor and ceiling; the estimate offers twice the measured rate so encoders ramp up.
-REMB_MIN_BPS, REMB_MAX_BPS = 300_000, 10_000_000
+#: REMB floor, start and ceiling (``sfu/buffer.py RembEstimator``).
+REMB_MIN_BPS, REMB_START_BPS, REMB_MAX_BPS = 150_000, 1_000_000, 10_000_000
 
 
 class DownTrack:
@@ -166,6 +166,9 @@ class TrackReceiver:
         """Subscriber participant sid -> its downtrack."""
         self.cache = PacketCache(VIDEO_CACHE if codec.mime.startswith("video") else AUDIO_CACHE)
         self.stats = ReceiveStats()
+        self.estimator = RembEstimator(
+            minimum=REMB_MIN_BPS, maximum=REMB_MAX_BPS, start=REMB_START_BPS
+        )
         self._send_rtcp = send_rtcp
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL_S
         self._last_tick = 0.0
@@ -246,7 +249,7 @@ class TrackReceiver:
             delay_since_last_sr=delay,
         )
         bitrate = int(self.stats.take_bytes() * 8 / max(elapsed, 0.001))
-        estimate = min(REMB_MAX_BPS, max(REMB_MIN_BPS, 2 * bitrate))
+        estimate = self.estimator.update(fraction, bitrate)
         self._send_rtcp(report + rtcp.remb(RTCP_SENDER_SSRC, estimate, [self.media_ssrc]))
         self._nack(self.stats.nacks_due())
 

@@ -8,7 +8,7 @@ import pytest
 from tests.e2e.harness import ServerProcess, start_server
 
 
-def _assert_clean_exit(server: ServerProcess) -> None:
+def assert_clean_exit(server: ServerProcess) -> None:
     code = server.stop()
     logs = server.logs()
     assert "Traceback" not in logs, logs
@@ -20,7 +20,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server per test module, default configuration plus the test key."""
     proc = start_server(tmp_path_factory.mktemp("server"))
     yield proc
-    _assert_clean_exit(proc)
+    assert_clean_exit(proc)
 
 
 @pytest.fixture
@@ -35,4 +35,4 @@ def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     yield start_with
     for proc in started:
-        _assert_clean_exit(proc)
+        assert_clean_exit(proc)

@@ -6,16 +6,29 @@ import asyncio
 import itertools
 import math
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
 from livekit import rtc
 
-from tests.e2e.harness import ServerProcess
+from tests.e2e.conftest import assert_clean_exit
+from tests.e2e.harness import ServerProcess, start_server
 from tests.e2e.sdk import EventLog, joined
 
 pytestmark = pytest.mark.sdk
+
+
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Every media test runs against the server on uvloop and on asyncio's own loop."""
+    args = ("--no-uvloop",) if request.param == "asyncio" else ()
+    proc = start_server(tmp_path_factory.mktemp("server"), args=args)
+    yield proc
+    assert_clean_exit(proc)
+
 
 SAMPLE_RATE = 48000
 TONE_HZ = 440.0
@@ -287,21 +300,6 @@ async def _frames_sent(publication: rtc.LocalTrackPublication) -> int:
     assert track is not None
     stats = await track.get_stats()
     return sum(s.outbound_rtp.outbound.frames_sent for s in stats if s.HasField("outbound_rtp"))
-
-
-async def test_tone_with_the_plain_asyncio_loop(start: Callable[..., ServerProcess]) -> None:
-    server = start(args=("--no-uvloop",))
-    async with joined(server, "speaker", "plain-audio") as speaker:
-        listener = rtc.Room()
-        subscribed = EventLog(listener, "track_subscribed")
-        await asyncio.wait_for(listener.connect(server.ws_url, _token("ear", "plain-audio")), 15)
-        try:
-            async with publishing_tone(speaker):
-                track, _, _ = await subscribed.wait_for()
-                tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
-                assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
-        finally:
-            await listener.disconnect()
 
 
 async def test_publisher_bitrate_ramps_up_with_our_feedback(server: ServerProcess) -> None:

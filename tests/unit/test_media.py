@@ -6,6 +6,7 @@ import struct
 
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
+from sfu.buffer import RembEstimator
 from sfu.media import KEYFRAME_REQUEST_INTERVAL_S, MID_EXTENSION_ID, DownTrack, TrackReceiver
 
 VP8 = Codec(96, "video/VP8", 90000)
@@ -156,3 +157,14 @@ def test_nack_builder_round_trips() -> None:
     sequences = [65534, 65535, 0, 5, 40]
     packet = rtcp.nack(1, 77, sequences)
     assert [s for _, s in rtcp.nacked_sequences(packet)] == sequences
+
+
+def test_remb_estimator_grows_holds_and_cuts() -> None:
+    estimator = RembEstimator(minimum=100, maximum=10_000, start=1_000)
+    assert estimator.update(0, 10) == 1_500, "grows from its own value, not what arrived"
+    assert estimator.update(10, 1_400) == 1_500, "holds between 2 and 10 % loss"
+    assert estimator.update(64, 1_200) == 1_050, "25 % loss: cut below what arrived"
+    for _ in range(20):
+        estimator.update(0, 0)
+    assert estimator.estimate == 10_000
+    assert estimator.update(255, 0) == 100
