@@ -67,6 +67,27 @@ async def joined(
         await participant.disconnect()
 
 
+@asynccontextmanager
+async def watching(
+    server: ServerProcess,
+    identity: str,
+    room: str,
+    *events: str,
+    options: rtc.RoomOptions | None = None,
+) -> AsyncIterator[tuple[rtc.Room, dict[str, EventLog]]]:
+    """Join with event logs registered before connecting, so no early event is missed."""
+    participant = rtc.Room()
+    logs = {event: EventLog(participant, event) for event in events}
+    token = make_token(identity, room)
+    await asyncio.wait_for(
+        participant.connect(server.ws_url, token, options or rtc.RoomOptions()), EVENT_TIMEOUT_S
+    )
+    try:
+        yield participant, logs
+    finally:
+        await participant.disconnect()
+
+
 async def wait_until(condition: Callable[[], bool], within_s: float = EVENT_TIMEOUT_S) -> None:
     async def poll() -> None:
         while not condition():  # noqa: ASYNC110 - SDK state has no event to await

@@ -14,7 +14,7 @@ from livekit import rtc
 
 from tests.e2e.conftest import assert_clean_exit
 from tests.e2e.harness import ServerProcess, start_server
-from tests.e2e.sdk import EventLog, joined
+from tests.e2e.sdk import EventLog, joined, watching
 
 pytestmark = pytest.mark.sdk
 
@@ -194,48 +194,39 @@ async def test_video_reaches_subscribers_with_size_and_colour(
 
 
 async def test_mute_unmute_and_unpublish_reach_subscribers(server: ServerProcess) -> None:
-    async with joined(server, "muter", "mute") as muter:
-        watcher = rtc.Room()
-        muted = EventLog(watcher, "track_muted")
-        unmuted = EventLog(watcher, "track_unmuted")
-        unpublished = EventLog(watcher, "track_unpublished")
-        subscribed = EventLog(watcher, "track_subscribed")
-        await asyncio.wait_for(watcher.connect(server.ws_url, _token("watcher", "mute")), 15)
-        try:
-            async with publishing_tone(muter) as publication:
-                await subscribed.wait_for()
-                local_track = publication.track
-                assert local_track is not None
-                local_track.mute()
-                await muted.wait_for(lambda e: e[1].sid == publication.sid)
-                local_track.unmute()
-                await unmuted.wait_for(lambda e: e[1].sid == publication.sid)
-                await muter.local_participant.unpublish_track(publication.sid)
-                gone = await unpublished.wait_for()
-                assert gone[0].sid == publication.sid
-        finally:
-            await watcher.disconnect()
+    events = ("track_muted", "track_unmuted", "track_unpublished", "track_subscribed")
+    async with (
+        joined(server, "muter", "mute") as muter,
+        watching(server, "watcher", "mute", *events) as (_, logs),
+        publishing_tone(muter) as publication,
+    ):
+        await logs["track_subscribed"].wait_for()
+        local_track = publication.track
+        assert local_track is not None
+        local_track.mute()
+        await logs["track_muted"].wait_for(lambda e: e[1].sid == publication.sid)
+        local_track.unmute()
+        await logs["track_unmuted"].wait_for(lambda e: e[1].sid == publication.sid)
+        await muter.local_participant.unpublish_track(publication.sid)
+        gone = await logs["track_unpublished"].wait_for()
+        assert gone[0].sid == publication.sid
 
 
 async def test_manual_subscription_without_auto_subscribe(server: ServerProcess) -> None:
-    async with joined(server, "radio", "manual") as radio:
-        listener = rtc.Room()
-        published = EventLog(listener, "track_published")
-        subscribed = EventLog(listener, "track_subscribed")
-        token = _token("tuner", "manual")
-        options = rtc.RoomOptions(auto_subscribe=False)
-        await asyncio.wait_for(listener.connect(server.ws_url, token, options), 15)
-        try:
-            async with publishing_tone(radio):
-                publication, _ = await published.wait_for()
-                await asyncio.sleep(0.5)
-                assert not subscribed.items, "auto_subscribe=false must not subscribe"
-                publication.set_subscribed(True)
-                track, _, _ = await subscribed.wait_for()
-                tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
-                assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
-        finally:
-            await listener.disconnect()
+    manual = rtc.RoomOptions(auto_subscribe=False)
+    events = ("track_published", "track_subscribed")
+    async with (
+        joined(server, "radio", "manual") as radio,
+        watching(server, "tuner", "manual", *events, options=manual) as (_, logs),
+        publishing_tone(radio),
+    ):
+        publication, _ = await logs["track_published"].wait_for()
+        await asyncio.sleep(0.5)
+        assert not logs["track_subscribed"].items, "auto_subscribe=false must not subscribe"
+        publication.set_subscribed(True)
+        track, _, _ = await logs["track_subscribed"].wait_for()
+        tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
+        assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
 
 
 class FrameCounter:
