@@ -125,3 +125,24 @@ def nack(sender_ssrc: int, media_ssrc: int, sequences: list[int]) -> bytes:
         fci += struct.pack("!HH", pid, bitmask)
     body = struct.pack("!II", sender_ssrc, media_ssrc) + bytes(fci)
     return _HEADER.pack(0x80 | FMT_NACK, RTPFB, len(body) // 4) + body
+
+
+def report_blocks(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """(source SSRC, fraction lost, cumulative lost, jitter, LSR, DLSR) of every report block
+    in the SRs and RRs of a compound packet (RFC 3550 6.4.1/6.4.2)."""
+    for packet_type, count, body in packets(data):
+        if packet_type == RR:
+            offset = 4
+        elif packet_type == SR:
+            offset = 24
+        else:
+            continue
+        for index in range(count):
+            start = offset + 24 * index
+            if start + 24 > len(body):
+                break
+            ssrc, loss, _highest, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", body, start)
+            cumulative = loss & 0xFFFFFF
+            if cumulative & 0x800000:  # signed 24-bit
+                cumulative -= 1 << 24
+            yield ssrc, loss >> 24, cumulative, jitter, lsr, dlsr

@@ -56,10 +56,14 @@ class DownTrack:
         "_receiver",
         "_send",
         "_send_rtcp",
+        "_sr_sent",
         "enabled",
+        "fraction_lost",
+        "jitter",
         "octets",
         "outgoing",
         "packets",
+        "rtt",
     )
 
     def __init__(
@@ -71,6 +75,13 @@ class DownTrack:
     ) -> None:
         self.outgoing = outgoing
         self._send_rtcp = send_rtcp
+        self.fraction_lost = 0.0
+        """Loss the subscriber reported in its last Receiver Report (0..1)."""
+        self.jitter = 0.0
+        """Interarrival jitter it reported, in seconds."""
+        self.rtt: float | None = None
+        """Round-trip time from its LSR/DLSR against our Sender Reports, in seconds."""
+        self._sr_sent: dict[int, float] = {}
         self.enabled = True
         self.packets = 0
         self.octets = 0
@@ -141,7 +152,21 @@ class DownTrack:
             self.packets & 0xFFFFFFFF,
             self.octets & 0xFFFFFFFF,
         )
+        # The subscriber echoes the middle 32 bits of the NTP time as LSR (RFC 3550 6.4.1).
+        self._sr_sent[(ntp >> 16) & 0xFFFFFFFF] = time.monotonic()
+        if len(self._sr_sent) > 8:
+            del self._sr_sent[next(iter(self._sr_sent))]
         self._send_rtcp(report)
+
+    def on_receiver_report(
+        self, fraction_lost: int, jitter: int, last_sr: int, delay: int, now: float
+    ) -> None:
+        """Read the subscriber's report: loss, jitter and, via our SR, the round trip."""
+        self.fraction_lost = fraction_lost / 256
+        self.jitter = jitter / self.outgoing.codecs[0].clock_rate
+        sent = self._sr_sent.get(last_sr)
+        if last_sr and sent is not None:
+            self.rtt = max(0.0, now - sent - delay / 65536)
 
 
 class TrackReceiver:

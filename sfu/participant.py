@@ -217,14 +217,29 @@ class Participant:
         )
 
     def handle_mute(self, request: rtc.MuteTrackRequest) -> None:
-        track = self.tracks.published.get(request.sid)
+        """The publisher muted or unmuted one of its tracks."""
+        self._set_muted(request.sid, request.muted)
+
+    def mute_by_server(self, track_sid: str, muted: bool) -> models.TrackInfo | None:
+        """Mute (or unmute) a track from the server side (RoomService.MutePublishedTrack):
+        the publisher is told with a ``mute`` response, everyone else by the update."""
+        info = self._set_muted(track_sid, muted)
+        if info is not None:
+            request = rtc.MuteTrackRequest(sid=track_sid, muted=muted)
+            self.send(rtc.SignalResponse(mute=request))
+        return info
+
+    def _set_muted(self, track_sid: str, muted: bool) -> models.TrackInfo | None:
+        track = self.tracks.published.get(track_sid)
         if track is None:
-            track = next((t for t in self.tracks.pending.values() if t.sid == request.sid), None)
-        if track is None or track.info.muted == request.muted:
-            return
-        track.info.muted = request.muted
-        self.version += 1
-        self._listener.on_participant_changed(self)
+            track = next((t for t in self.tracks.pending.values() if t.sid == track_sid), None)
+        if track is None:
+            return None
+        if track.info.muted != muted:
+            track.info.muted = muted
+            self.version += 1
+            self._listener.on_participant_changed(self)
+        return track.info
 
     def allows(self, subscriber: Participant, track_sid: str) -> bool:
         """Whether this publisher's SubscriptionPermission lets ``subscriber`` have the track

@@ -148,6 +148,10 @@ class ParticipantTracks:
             receiver = self._receiver_by_downtrack_ssrc.get(media_ssrc)
             if receiver is not None:
                 receiver.request_keyframe(now)
+        for ssrc, fraction, _lost, jitter, last_sr, delay in rtcp.report_blocks(packet):
+            reported = self._downtrack_by_ssrc.get(ssrc)
+            if reported is not None:
+                reported.on_receiver_report(fraction, jitter, last_sr, delay, now)
         for media_ssrc, sequence in rtcp.nacked_sequences(packet):
             downtrack = self._downtrack_by_ssrc.get(media_ssrc)
             if downtrack is not None:

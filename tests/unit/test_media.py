@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
@@ -168,3 +169,30 @@ def test_remb_estimator_grows_holds_and_cuts() -> None:
         estimator.update(0, 0)
     assert estimator.estimate == 10_000
     assert estimator.update(255, 0) == 100
+
+
+def test_subscriber_receiver_report_gives_loss_jitter_and_rtt() -> None:
+    receiver = TrackReceiver(VP8, 5555, _drop)
+    reports: list[bytes] = []
+    downtrack = DownTrack(_outgoing("1", 9), Sink(), reports.append, receiver)
+    receiver.downtracks["s"] = downtrack
+    receiver.on_packet(_packet(10), now=0.0)
+    ntp = (1000 << 32) | (1 << 31)
+    receiver.on_sender_report(ntp=ntp, rtp_timestamp=30000, now=0.0)
+    last_sr = (ntp >> 16) & 0xFFFFFFFF
+    rr = rtcp.receiver_report(
+        77,
+        9,
+        fraction_lost=64,
+        cumulative_lost=3,
+        highest_sequence=10,
+        jitter=900,
+        last_sr=last_sr,
+        delay_since_last_sr=0,
+    )
+    ((ssrc, fraction, lost, jitter, lsr, dlsr),) = list(rtcp.report_blocks(rr))
+    assert (ssrc, fraction, lost, jitter, lsr, dlsr) == (9, 64, 3, 900, last_sr, 0)
+    downtrack.on_receiver_report(fraction, jitter, lsr, dlsr, now=time.monotonic() + 0.05)
+    assert downtrack.fraction_lost == 0.25
+    assert downtrack.jitter == 0.01
+    assert downtrack.rtt is not None and 0.04 < downtrack.rtt < 1.0

@@ -211,3 +211,16 @@ async def test_tracks_added_together_cost_one_offer() -> None:
     await asyncio.sleep(0.05)
     assert len(sink.of("offer")) == first_offers + 1
     await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_server_side_mute_tells_publisher_and_others() -> None:
+    room = _room()
+    publisher, publisher_sink = await _join(room, "pub")
+    _, watcher_sink = await _join(room, "watcher")
+    info = publisher.tracks.add(rtc.AddTrackRequest(cid="c", type=models.TrackType.AUDIO), True)
+    assert publisher.mute_by_server(info.sid, True) is not None
+    (mute,) = publisher_sink.of("mute")
+    assert (mute.mute.sid, mute.mute.muted) == (info.sid, True)
+    assert watcher_sink.of("update")
+    assert publisher.mute_by_server("TR_unknown", True) is None
+    await room.close(models.DisconnectReason.ROOM_DELETED)
