@@ -196,6 +196,8 @@ class TrackReceiver:
         )
         self._send_rtcp = send_rtcp
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL_S
+        self._fir_only = "ccm fir" in codec.rtcp_fb and "nack pli" not in codec.rtcp_fb
+        self._fir_sequence = 0
         self._last_tick = 0.0
 
     def request_keyframe(self, now: float) -> None:
@@ -204,7 +206,12 @@ class TrackReceiver:
         if now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL_S or not self.media_ssrc:
             return
         self._last_keyframe_request = now
-        self._send_rtcp(rtcp.pli(RTCP_SENDER_SSRC, self.media_ssrc))
+        if self._fir_only:
+            # RFC 5104 FIR for publishers that negotiated "ccm fir" but not "nack pli".
+            self._fir_sequence = (self._fir_sequence + 1) & 0xFF
+            self._send_rtcp(rtcp.fir(RTCP_SENDER_SSRC, self.media_ssrc, self._fir_sequence))
+        else:
+            self._send_rtcp(rtcp.pli(RTCP_SENDER_SSRC, self.media_ssrc))
 
     def on_packet(self, packet: bytes, now: float) -> None:
         pt = rtp.payload_type(packet)

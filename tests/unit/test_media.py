@@ -196,3 +196,12 @@ def test_subscriber_receiver_report_gives_loss_jitter_and_rtt() -> None:
     assert downtrack.fraction_lost == 0.25
     assert downtrack.jitter == 0.01
     assert downtrack.rtt is not None and 0.04 < downtrack.rtt < 1.0
+
+
+def test_fir_when_only_fir_was_negotiated() -> None:
+    upstream: list[bytes] = []
+    fir_only = Codec(96, "video/VP8", 90000, rtcp_fb=("ccm fir", "nack"))
+    TrackReceiver(fir_only, 5555, upstream.append).request_keyframe(0.0)
+    ((packet_type, fmt, _),) = list(rtcp.packets(upstream[0]))
+    assert (packet_type, fmt) == (rtcp.PSFB, rtcp.FMT_FIR)
+    assert list(rtcp.keyframe_requests(upstream[0])) == [5555]
