@@ -26,7 +26,7 @@ IMPLEMENTED_KEYS = frozenset(
         "rtc.node_ip", "rtc.stun_servers", "rtc.enable_loopback_candidate", "rtc.udp_port",
         "rtc.tcp_port", "rtc.port_range_start", "rtc.port_range_end",
         "room.auto_create", "room.empty_timeout", "room.departure_timeout",
-        "room.max_participants",
+        "room.max_participants", "room.enabled_codecs",
         "logging.level", "logging.json", "logging.pion_level",
         "limit.signal_message_size_limit", "limit.max_api_request_body_size",
         "limit.max_room_name_length", "limit.max_participant_identity_length",
