@@ -140,3 +140,23 @@ def build_extension_block(elements: list[tuple[int, bytes]]) -> bytes:
     body += b"\x00" * (-len(body) % 4)
     profile = ONE_BYTE_PROFILE if one_byte else TWO_BYTE_PROFILE
     return struct.pack("!HH", profile, len(body) // 4) + bytes(body)
+
+
+def red_primary(data: bytes, payload_start: int, payload_end: int) -> tuple[int, int, int]:
+    """(payload type, start, end) of the primary block of a RED payload (RFC 2198 section 3):
+    redundant blocks have 4-byte headers (F=1, PT, timestamp offset, length), the primary a
+    1-byte header (F=0, PT) and comes last. Raises ValueError when malformed."""
+    index = payload_start
+    redundant = 0
+    while index < payload_end and data[index] & 0x80:
+        if index + 4 > payload_end:
+            raise ValueError("truncated RED block header")
+        redundant += ((data[index + 2] & 0x03) << 8) | data[index + 3]
+        index += 4
+    if index >= payload_end:
+        raise ValueError("RED payload without a primary block")
+    primary_type = data[index] & 0x7F
+    start = index + 1 + redundant
+    if start > payload_end:
+        raise ValueError("RED block lengths exceed the payload")
+    return primary_type, start, payload_end

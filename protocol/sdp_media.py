@@ -303,10 +303,12 @@ class IncomingStream:
     ssrcs: tuple[int, ...]
     """Primary SSRCs announced with ``a=ssrc`` (empty when only rids are used)."""
     codec: Codec
-    """The first codec of our answer, which the publisher sends."""
+    """The media codec the publisher sends (the first of our answer that is not RED/RTX)."""
     extensions: tuple[tuple[int, str], ...]
     rtx: tuple[int, int] | None = None
     """(payload type, SSRC) of its retransmissions (RFC 4588), when negotiated."""
+    red: Codec | None = None
+    """RED (RFC 2198) when it leads our answer: the publisher then sends redundant audio."""
 
 
 def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> list[IncomingStream]:
@@ -318,7 +320,8 @@ def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> l
         msid = offered.value("msid") or ""
         track_id = msid.split(" ")[1] if " " in msid else msid
         codecs = offered_codecs(answered)
-        if not codecs:
+        primary = next((c for c in codecs if c.name.lower() not in ("red", "rtx")), None)
+        if primary is None:
             continue
         found.append(
             IncomingStream(
@@ -326,16 +329,17 @@ def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> l
                 kind=offered.kind,
                 track_id=track_id,
                 ssrcs=_primary_ssrcs(offered),
-                codec=codecs[0],
+                codec=primary,
                 extensions=tuple(select_extensions(offered)),
-                rtx=_rtx(offered, codecs),
+                rtx=_rtx(offered, codecs, primary),
+                red=codecs[0] if codecs[0].name.lower() == "red" else None,
             )
         )
     return found
 
 
-def _rtx(offered: MediaSection, codecs: Sequence[Codec]) -> tuple[int, int] | None:
-    rtx_pt = next((c.payload_type for c in codecs if c.apt == codecs[0].payload_type), None)
+def _rtx(offered: MediaSection, codecs: Sequence[Codec], primary: Codec) -> tuple[int, int] | None:
+    rtx_pt = next((c.payload_type for c in codecs if c.apt == primary.payload_type), None)
     for group in offered.values("ssrc-group"):
         semantics, *ssrcs = group.split()
         if semantics == "FID" and len(ssrcs) == 2 and rtx_pt is not None:

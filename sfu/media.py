@@ -53,6 +53,7 @@ class DownTrack:
         "_extension",
         "_munger",
         "_needs_keyframe",
+        "_payload_types",
         "_receiver",
         "_send",
         "_send_rtcp",
@@ -63,6 +64,7 @@ class DownTrack:
         "octets",
         "outgoing",
         "packets",
+        "red_accepted",
         "rtt",
     )
 
@@ -75,6 +77,15 @@ class DownTrack:
     ) -> None:
         self.outgoing = outgoing
         self._send_rtcp = send_rtcp
+        self.red_accepted = True
+        """Whether the subscriber's answer kept RED; if not, only primary blocks are sent."""
+        # Publisher payload type -> the subscriber's, matched by codec name.
+        by_name = {c.name.lower(): c.payload_type for c in outgoing.codecs}
+        self._payload_types = {
+            c.payload_type: by_name[c.name.lower()]
+            for c in (receiver.codec, receiver.red)
+            if c is not None and c.name.lower() in by_name
+        }
         self.fraction_lost = 0.0
         """Loss the subscriber reported in its last Receiver Report (0..1)."""
         self.jitter = 0.0
@@ -102,6 +113,15 @@ class DownTrack:
     def write(self, packet: bytes, payload_start: int, payload_end: int, now: float) -> None:
         if not self.enabled:
             return
+        # RED goes to a subscriber that refused it as its primary block only.
+        payload_type = packet[1] & 0x7F
+        if payload_type == self._receiver.red_payload_type and not self.red_accepted:
+            try:
+                payload_type, payload_start, payload_end = rtp.red_primary(
+                    packet, payload_start, payload_end
+                )
+            except ValueError:
+                return
         translated = self._munger.translate(
             rtp.sequence_number(packet), rtp.timestamp(packet), rtp.ssrc(packet), now
         )
@@ -110,7 +130,7 @@ class DownTrack:
         size = rtp.write_header(
             self._buffer,
             packet,
-            payload_type_out=self.outgoing.codecs[0].payload_type,
+            payload_type_out=self._payload_types.get(payload_type, payload_type),
             sequence=translated[0],
             timestamp_out=translated[1],
             ssrc_out=self.outgoing.ssrc,
@@ -183,8 +203,11 @@ class TrackReceiver:
         media_ssrc: int,
         send_rtcp: Callable[[bytes], None],
         rtx: tuple[int, int] | None = None,
+        red: Codec | None = None,
     ) -> None:
         self.codec = codec
+        self.red = red
+        self.red_payload_type = red.payload_type if red is not None else -1
         self.media_ssrc = media_ssrc
         self.rtx = rtx
         self.downtracks: dict[str, DownTrack] = {}
@@ -217,8 +240,8 @@ class TrackReceiver:
         pt = rtp.payload_type(packet)
         if self.rtx is not None and pt == self.rtx[0]:
             packet = self._from_rtx(packet)
-        elif pt != self.codec.payload_type:
-            return  # RED and other payload types need their own handling
+        elif pt != self.codec.payload_type and pt != self.red_payload_type:
+            return  # comfort noise, DTMF and the like are not forwarded
         try:
             _, header, end = rtp.header_end(packet)
         except ValueError:

@@ -56,6 +56,7 @@ class ParticipantTracks:
         publisher.on_rtp = self._on_rtp
         publisher.on_rtcp = self._on_publisher_rtcp
         subscriber.pc.on_rtcp = self._on_subscriber_rtcp
+        subscriber.on_answer = self._on_subscriber_answer
 
     def add(self, request: rtc.AddTrackRequest, can_publish_source: bool) -> models.TrackInfo:
         """Announce a track (LiveKit ``participant.go AddTrack``); raises PublishError."""
@@ -115,7 +116,7 @@ class ParticipantTracks:
             )
             primary = stream.ssrcs[0] if stream.ssrcs else 0
             track.receiver = TrackReceiver(
-                stream.codec, primary, self._publisher.send_rtcp, rtx=stream.rtx
+                stream.codec, primary, self._publisher.send_rtcp, rtx=stream.rtx, red=stream.red
             )
             track.ssrcs = stream.ssrcs + ((stream.rtx[1],) if stream.rtx else ())
             for ssrc in track.ssrcs:
@@ -157,6 +158,16 @@ class ParticipantTracks:
             if downtrack is not None:
                 downtrack.retransmit(sequence, now)
 
+    def _on_subscriber_answer(self, answer: str) -> None:
+        """A subscriber that refused RED (Firefox, Safari) gets primary blocks only."""
+        formats = {s.mid: set(s.formats) for s in sdp.parse(answer).media if not s.rejected}
+        for downtrack in self.downtracks.values():
+            outgoing = downtrack.outgoing
+            red = [c for c in outgoing.codecs if c.name.lower() == "red"]
+            if red:
+                accepted = formats.get(outgoing.mid, set())
+                downtrack.red_accepted = str(red[0].payload_type) in accepted
+
     def _on_publisher_rtcp(self, packet: bytes) -> None:
         now = time.monotonic()
         for ssrc, ntp, rtp_timestamp in rtcp.sender_reports(packet):
@@ -176,10 +187,12 @@ class ParticipantTracks:
         if track.sid in self.downtracks or track.receiver is None:
             return False
         codec = track.receiver.codec
+        red = track.receiver.red
         outgoing = sdp_media.OutgoingTrack(
             kind="audio" if track.info.type == models.TrackType.AUDIO else "video",
             mid=self._subscriber.next_mid(),
-            codecs=(codec,),
+            # RED first when the publisher sends it, as in the publisher's answer.
+            codecs=(red, codec) if red is not None else (codec,),
             extensions=((MID_EXTENSION_ID, MID_EXTENSION_URI),),
             stream_id=f"{publisher_sid}|{track.sid}",
             track_id=track.sid,

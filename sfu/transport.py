@@ -50,6 +50,8 @@ class SubscriberTransport:
         self._offer_id = 0
         self.reliable: DataChannel = pc.create_data_channel("_reliable", reliable=True)
         self.lossy: DataChannel = pc.create_data_channel("_lossy", reliable=False)
+        self.on_answer: Callable[[str], None] | None = None
+        """Told each applied answer (to learn which codecs the subscriber kept)."""
         self.tracks: list[OutgoingTrack] = []
         """Every track section ever offered, in order (m= sections never go away)."""
 
@@ -87,6 +89,8 @@ class SubscriberTransport:
             raise ValueError(f"answer received in negotiation state {self.state.value}")
         await self.pc.set_answer(sdp)
         self._set_state(NegotiationState.IDLE)
+        if self.on_answer is not None:
+            self.on_answer(sdp)
         if self._renegotiate:
             self._renegotiate = False
             self.negotiate()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 import time
 
+import pytest
+
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
 from sfu.buffer import RembEstimator
@@ -205,3 +207,40 @@ def test_fir_when_only_fir_was_negotiated() -> None:
     ((packet_type, fmt, _),) = list(rtcp.packets(upstream[0]))
     assert (packet_type, fmt) == (rtcp.PSFB, rtcp.FMT_FIR)
     assert list(rtcp.keyframe_requests(upstream[0])) == [5555]
+
+
+OPUS = Codec(111, "audio/opus", 48000, 2)
+RED = Codec(63, "audio/red", 48000, 2, fmtp="111/111")
+
+
+def _red_packet(seq: int) -> bytes:
+    redundant, primary = b"old-frame", b"new-frame"
+    # One redundant block (F=1, PT 111, offset 960, length 9), then the primary header.
+    header = struct.pack("!BHB", 0x80 | 111, (960 << 2) | (len(redundant) >> 8), len(redundant))
+    payload = header + bytes([111]) + redundant + primary
+    return struct.pack("!BBHII", 0x80, 63, seq, seq * 960, 4444) + payload
+
+
+def test_red_primary_block() -> None:
+    packet = _red_packet(5)
+    _, header, end = rtp.header_end(packet)
+    pt, start, stop = rtp.red_primary(packet, header, end)
+    assert (pt, packet[start:stop]) == (111, b"new-frame")
+    with pytest.raises(ValueError):
+        rtp.red_primary(packet, header, header + 3)
+
+
+def test_red_passes_through_or_is_reduced_to_its_primary() -> None:
+    receiver = TrackReceiver(OPUS, 4444, _drop, red=RED)
+    outgoing = OutgoingTrack("audio", "1", (RED, OPUS), (), "PA|TR", "TR", ssrc=7)
+    keeps, refuses = Sink(), Sink()
+    receiver.downtracks["keeps"] = DownTrack(outgoing, keeps, _drop, receiver)
+    refusing = DownTrack(outgoing, refuses, _drop, receiver)
+    refusing.red_accepted = False
+    receiver.downtracks["refuses"] = refusing
+    receiver.on_packet(_red_packet(1), now=0.0)
+    (red_out,) = keeps.packets
+    assert rtp.payload_type(red_out) == 63
+    (plain,) = refuses.packets
+    _, header, end = rtp.header_end(plain)
+    assert (rtp.payload_type(plain), plain[header:end]) == (111, b"new-frame")

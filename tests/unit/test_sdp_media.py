@@ -86,3 +86,28 @@ def test_subscriber_offer_with_tracks() -> None:
 
 
 AUDIO_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+def test_incoming_stream_with_red_first() -> None:
+    sending = sdp.MediaSection(
+        kind=AUDIO.kind,
+        port=9,
+        protocol=AUDIO.protocol,
+        formats=["63", "111"],
+        attributes=[
+            ("mid", "1"),
+            ("sendonly", ""),
+            ("msid", "- cid1"),
+            ("ssrc", "42 cname:x"),
+            ("rtpmap", "63 red/48000/2"),
+            ("fmtp", "63 111/111"),
+            ("rtpmap", "111 opus/48000/2"),
+        ],
+    )
+    offer = sdp.SessionDescription(media=[sending])
+    answered = sdp_media.answer_media_section(sending, PARAMS, ["audio/opus", "audio/red"], "1")
+    assert answered is not None
+    answer = sdp.SessionDescription(media=[answered])
+    (stream,) = sdp_media.incoming_streams(offer, answer)
+    assert (stream.codec.name, stream.red and stream.red.name) == ("opus", "red")
+    assert (stream.track_id, stream.ssrcs) == ("cid1", (42,))
