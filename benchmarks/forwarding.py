@@ -27,6 +27,7 @@ from pylibsrtp import Policy, Session
 from protocol.sdp_media import Codec, OutgoingTrack
 from sfu.ice import IceRegistry, IceSession, UdpMux
 from sfu.media import DownTrack, TrackReceiver
+from sfu.rtc_adapter import SrtpProtector
 
 KEY = bytes(range(30))  # AES_CM_128 key (16) + salt (14)
 CODEC = Codec(111, "audio/opus", 48000, 2)
@@ -70,10 +71,16 @@ async def run(subscribers: int, size: int, packets: int) -> tuple[float, int]:
         _select_path(registry, mux, ice, sink.getsockname())
         if ice.selected is None:
             raise RuntimeError("benchmark set-up failed: no ICE path selected")
-        tx = _session(Policy.SSRC_ANY_OUTBOUND)
+        # The same protect-and-send as PeerConnection.send_rtp, minus the DTLS lookup.
+        protector = SrtpProtector(_session(Policy.SSRC_ANY_OUTBOUND))
 
-        def send(packet: bytes, ice: IceSession = ice, tx: Session = tx) -> bool:
-            ice.send(tx.protect(packet))
+        def send(
+            packet: memoryview, ice: IceSession = ice, protector: SrtpProtector = protector
+        ) -> bool:
+            protected = protector.protect(packet)
+            if protected is None:
+                return False
+            ice.send(protected)
             return True
 
         outgoing = OutgoingTrack("audio", "1", (CODEC,), (), "PA|TR", "TR", ssrc=100 + index)

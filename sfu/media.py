@@ -58,6 +58,7 @@ class DownTrack:
         "_send",
         "_send_rtcp",
         "_sr_sent",
+        "_view",
         "enabled",
         "fraction_lost",
         "jitter",
@@ -71,7 +72,7 @@ class DownTrack:
     def __init__(
         self,
         outgoing: OutgoingTrack,
-        send: Callable[[bytes], bool],
+        send: Callable[[memoryview], bool],
         send_rtcp: Callable[[bytes], None],
         receiver: TrackReceiver,
     ) -> None:
@@ -106,6 +107,7 @@ class DownTrack:
         # Only the mid travels with each packet: it must name the subscriber's m= section.
         self._extension = rtp.build_extension_block([(MID_EXTENSION_ID, outgoing.mid.encode())])
         self._buffer = bytearray(_MAX_PACKET + len(self._extension))
+        self._view = memoryview(self._buffer)
         # Video cannot be decoded from the middle of a GOP: once packets really flow to this
         # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
         self._needs_keyframe = outgoing.kind == "video"
@@ -138,7 +140,7 @@ class DownTrack:
             payload_start=payload_start,
             payload_end=payload_end,
         )
-        if self._send(bytes(self._buffer[:size])):
+        if self._send(self._view[:size]):
             self.packets += 1
             self.octets += payload_end - payload_start
             if self._needs_keyframe:

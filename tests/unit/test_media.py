@@ -25,8 +25,8 @@ class Sink:
     def __init__(self) -> None:
         self.packets: list[bytes] = []
 
-    def __call__(self, data: bytes) -> bool:
-        self.packets.append(data)
+    def __call__(self, data: memoryview) -> bool:
+        self.packets.append(bytes(data))  # the downtrack reuses its buffer
         return True
 
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from importlib import metadata
 
 import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from pylibsrtp import Policy, Session
 
 from sfu.endpoint import Endpoint, Endpoints
-from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection, host_addresses
+from sfu.rtc_adapter import (
+    ConnectionState,
+    DataChannel,
+    PeerConnection,
+    SrtpProtector,
+    host_addresses,
+)
 
 
 def test_pinned_versions() -> None:
@@ -123,3 +131,21 @@ async def test_bad_sdp_and_candidates_are_value_errors(endpoint: Endpoint) -> No
         await pc.add_candidate({"candidate": tcp, "sdpMid": "0", "sdpMLineIndex": 0})
     finally:
         await pc.close()
+
+
+def _srtp(direction: int) -> Session:
+    policy = Policy(key=bytes(range(30)), ssrc_type=direction)
+    return Session(policy)
+
+
+def test_srtp_protector_matches_libsrtp_and_owns_its_session() -> None:
+    # The session is referenced only by the protector: it must keep libsrtp's context alive.
+    protector = SrtpProtector(_srtp(Policy.SSRC_ANY_OUTBOUND))
+    gc.collect()
+    receiver = _srtp(Policy.SSRC_ANY_INBOUND)
+    for seq in range(3):
+        rtp = bytes([0x80, 111, 0, seq, 0, 0, 0, seq, 0, 0, 0, 7]) + b"payload"
+        protected = protector.protect(memoryview(rtp))
+        assert protected is not None and protected != rtp
+        assert receiver.unprotect(protected) == rtp
+    assert protector.protect(b"\x80" * 1500) is None, "too long for libsrtp's buffer"
