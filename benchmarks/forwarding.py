@@ -1,9 +1,11 @@
 """Forwarding benchmark: one publisher's SRTP packets to N subscribers through the real path.
 
-Per incoming packet: SRTP unprotect (libsrtp), ``TrackReceiver.on_packet``, and per subscriber
+Per incoming packet: ``UdpMux.datagram_received`` (demultiplexing by source address), SRTP
+unprotect (libsrtp), ``TrackReceiver.on_packet``, and per subscriber
 ``DownTrack.write`` (munger, header rewrite into its buffer), SRTP protect with that
 subscriber's own session, ``IceSession.send`` -> ``UdpMux.sendto`` -> the event loop's UDP
-socket on loopback. Keys are fixed instead of coming from DTLS; everything after is the
+socket on loopback. Keys are fixed instead of coming from DTLS;
+everything after is the
 server's own code. CPU time is this process's (``time.process_time``), so the figures are
 machine-independent ratios: CPU microseconds per forwarded packet and packets out per
 CPU-second.
@@ -91,9 +93,17 @@ async def run(subscribers: int, size: int, packets: int) -> tuple[float, int]:
         publisher_tx.protect(struct.pack("!BBHII", 0x80, 111, seq, seq * 960, 1234) + payload)
         for seq in range(packets)
     ]
+    # The publisher's packets enter where a real one's do: the socket's datagram handler,
+    # which routes them by source address to the publisher's ICE session.
+    publisher = registry.create_session("publisher")
+    publisher_addr = ("127.0.0.1", 9)
+    _select_path(registry, mux, publisher, publisher_addr)
+    clock = [0.0]
+    publisher.on_datagram = lambda data: receiver.on_packet(rx.unprotect(data), clock[0])
     start = time.process_time()
     for index, data in enumerate(incoming):
-        receiver.on_packet(rx.unprotect(data), index * 0.02)
+        clock[0] = index * 0.02
+        mux.datagram_received(data, publisher_addr)
     cpu = time.process_time() - start
     # Sanity check that packets really reached the socket: the sink holds some of them.
     sink.setblocking(False)
