@@ -6,8 +6,9 @@ import asyncio
 import itertools
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from livekit import rtc
@@ -35,6 +36,17 @@ TONE_HZ = 440.0
 
 
 @asynccontextmanager
+async def running(coroutine: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``coroutine`` in the background for as long as the block runs."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
 async def publishing_tone(room: rtc.Room) -> AsyncIterator[rtc.LocalTrackPublication]:
     """Publish a 440 Hz sine as a microphone track for as long as the block runs."""
     source = rtc.AudioSource(SAMPLE_RATE, 1)
@@ -54,12 +66,8 @@ async def publishing_tone(room: rtc.Room) -> AsyncIterator[rtc.LocalTrackPublica
             phase += samples
             await source.capture_frame(frame)
 
-    task = asyncio.get_running_loop().create_task(feed())
-    try:
+    async with running(feed()):
         yield publication
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def dominant_frequency(samples: list[int], rate: int) -> float:
@@ -140,12 +148,8 @@ async def publishing_colour(
             source.capture_frame(frame)
             await asyncio.sleep(1 / 15)
 
-    task = asyncio.get_running_loop().create_task(feed())
-    try:
+    async with running(feed()):
         yield publication
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def first_frames(track: rtc.Track, count: int) -> list[rtc.VideoFrame]:
@@ -315,8 +319,7 @@ async def test_publisher_bitrate_ramps_up_with_our_feedback(server: ServerProces
                 index += 1
                 await asyncio.sleep(1 / 15)
 
-        task = asyncio.get_running_loop().create_task(feed())
-        try:
+        async with running(feed()):
             await asyncio.sleep(0.5)
             early = await _target_bitrate(publication)
             await asyncio.sleep(9.5)
@@ -324,9 +327,6 @@ async def test_publisher_bitrate_ramps_up_with_our_feedback(server: ServerProces
             # libwebrtc starts near 300-700 kbps; with REMB from us it reaches the cap within
             # seconds, without feedback it creeps up by about 8 % a second.
             assert late >= 2_500_000, (early, late)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _target_bitrate(publication: rtc.LocalTrackPublication) -> float:
