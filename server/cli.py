@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from config import CliOverrides, ConfigError, LoadedConfig, load_config
+from server import tools
 from server.app import run_server
 from server.logs import setup_logging
 
@@ -66,12 +67,21 @@ def overrides_from(args: argparse.Namespace) -> CliOverrides:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    command, command_args, server_args = tools.split_subcommand(
+        sys.argv[1:] if argv is None else argv
+    )
+    if command == "generate-keys":
+        return tools.generate_keys()
+    args = build_parser().parse_args(server_args)
     try:
         loaded = load_config(overrides_from(args), os.environ)
     except ConfigError as exc:
         print(f"livekit-py-server: config error: {exc}", file=sys.stderr)
         return 2
+    if command == "create-join-token":
+        return tools.create_join_token(
+            tools.join_token_parser().parse_args(command_args), loaded.config
+        )
     config = loaded.config
     setup_logging(
         level=config.logging.level,

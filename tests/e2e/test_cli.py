@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,39 @@ def test_non_numeric_flag(flag: str) -> None:
     result = _run(flag, "abc")
     assert result.returncode != 0
     assert flag in result.stderr
+
+
+def test_generate_keys() -> None:
+    result = subprocess.run(
+        [SERVER_SCRIPT, "generate-keys"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    key_line, secret_line = result.stdout.splitlines()
+    assert key_line.startswith("API Key: API")
+    assert len(secret_line.removeprefix("API Secret: ")) >= 32
+
+
+def test_create_join_token_is_accepted(tmp_path: Path) -> None:
+    from livekit import api
+
+    from tests.e2e.harness import API_KEY, API_SECRET
+
+    keys = f"{API_KEY}: {API_SECRET}"
+    result = subprocess.run(
+        [SERVER_SCRIPT, "--keys", keys, "create-join-token", "--room", "r1", "--identity", "ann"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    claims = api.TokenVerifier(API_KEY, API_SECRET).verify(result.stdout.strip())
+    assert claims.identity == "ann"
+    assert claims.video is not None
+    assert claims.video.room == "r1" and claims.video.room_join
+    server = start_server(tmp_path)
+    try:
+        url = f"{server.http_url}/rtc/validate?access_token={result.stdout.strip()}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        assert server.stop() == 0
