@@ -223,13 +223,17 @@ class TrackReceiver:
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL_S
         self._fir_only = "ccm fir" in codec.rtcp_fb and "nack pli" not in codec.rtcp_fb
         self._fir_sequence = 0
+        self._keyframe_pending = False
         self._last_tick = 0.0
 
     def request_keyframe(self, now: float) -> None:
         """Send a PLI upstream, at most once per interval (LiveKit throttles PLIs per track:
-        ``rtc.pli_throttle``)."""
+        ``rtc.pli_throttle``). A request inside the interval is deferred, not dropped: a
+        subscriber that starts just after another must still get its keyframe."""
         if now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL_S or not self.media_ssrc:
+            self._keyframe_pending = True
             return
+        self._keyframe_pending = False
         self._last_keyframe_request = now
         if self._fir_only:
             # RFC 5104 FIR for publishers that negotiated "ccm fir" but not "nack pli".
@@ -250,6 +254,8 @@ class TrackReceiver:
             return
         if not self.media_ssrc:
             self.media_ssrc = rtp.ssrc(packet)
+        if self._keyframe_pending:
+            self.request_keyframe(now)
         sequence = rtp.sequence_number(packet)
         highest = self.stats.highest
         self.stats.on_packet(sequence, end - header)

@@ -60,12 +60,18 @@ def test_fan_out_rewrites_per_subscriber_and_requests_one_keyframe() -> None:
         assert packets[0][header:end] == b"frame-data"
 
 
-def test_keyframe_requests_are_throttled() -> None:
+def test_keyframe_requests_are_throttled_and_deferred() -> None:
     upstream: list[bytes] = []
     receiver = TrackReceiver(VP8, 5555, upstream.append)
     for now in (0.0, 0.1, KEYFRAME_REQUEST_INTERVAL_S - 0.01, KEYFRAME_REQUEST_INTERVAL_S + 0.01):
         receiver.request_keyframe(now)
     assert len(upstream) == 2
+    receiver.request_keyframe(KEYFRAME_REQUEST_INTERVAL_S + 0.2)  # inside the window: deferred
+    assert len(upstream) == 2
+    receiver.on_packet(_packet(1), now=KEYFRAME_REQUEST_INTERVAL_S + 0.3)
+    assert len(upstream) == 2, "still inside the window"
+    receiver.on_packet(_packet(2), now=2 * KEYFRAME_REQUEST_INTERVAL_S + 0.02)
+    assert len(upstream) == 3, "sent once the window has passed"
 
 
 def test_disabled_downtrack_sends_nothing() -> None:
