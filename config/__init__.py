@@ -9,9 +9,11 @@ from config.schema import (
     NodeSelectorConfig,
     PrometheusConfig,
     RedisConfig,
+    RegionConfig,
     RoomConfig,
     RTCConfig,
     TurnConfig,
+    TurnServerConfig,
     WebhookConfig,
 )
 
@@ -27,8 +29,10 @@ __all__ = [
     "PrometheusConfig",
     "RTCConfig",
     "RedisConfig",
+    "RegionConfig",
     "RoomConfig",
     "TurnConfig",
+    "TurnServerConfig",
     "WebhookConfig",
     "load_config",
 ]

@@ -32,7 +32,7 @@ def build(cls: type[T], raw: object, path: str = "") -> T:
     if raw is None:
         return cls()
     if not isinstance(raw, Mapping):
-        raise SchemaError(f"{path or 'config'}: expected a mapping, got {_shown(raw)}")
+        raise SchemaError(f"{path or 'config'}: expected a mapping, got {shown(raw)}")
     hints = field_types(cls)
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -60,7 +60,7 @@ def convert(hint: Any, value: object, path: str) -> Any:
         return float(_convert_number(float, value, path))
     if hint is str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise SchemaError(f"{path}: expected a string, got {_shown(value)}")
+            raise SchemaError(f"{path}: expected a string, got {shown(value)}")
         return str(value)
     raise SchemaError(f"{path}: unsupported type {hint}")  # a schema bug, not user input
 
@@ -71,17 +71,17 @@ def _convert_tuple(hint: Any, value: object, path: str) -> tuple[Any, ...]:
         # Env vars carry lists as comma-separated strings.
         return tuple(part.strip() for part in value.split(",") if part.strip())
     if not isinstance(value, list | tuple):
-        raise SchemaError(f"{path}: expected a list, got {_shown(value)}")
+        raise SchemaError(f"{path}: expected a list, got {shown(value)}")
     return tuple(convert(item_hint, item, f"{path}[{i}]") for i, item in enumerate(value))
 
 
 def _convert_mapping(value: object, path: str) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
-        raise SchemaError(f"{path}: expected a mapping, got {_shown(value)}")
+        raise SchemaError(f"{path}: expected a mapping, got {shown(value)}")
     result: dict[str, str] = {}
     for key, item in value.items():
         if item is None or isinstance(item, list | dict):
-            raise SchemaError(f"{path}.{key}: expected a string, got {_shown(item)}")
+            raise SchemaError(f"{path}.{key}: expected a string, got {shown(item)}")
         result[str(key)] = str(item)
     return types.MappingProxyType(result)
 
@@ -91,24 +91,36 @@ def _convert_bool(value: object, path: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
-    raise SchemaError(f"{path}: expected true or false, got {_shown(value)}")
+    raise SchemaError(f"{path}: expected true or false, got {shown(value)}")
 
 
 def _convert_number(kind: type[int] | type[float], value: object, path: str) -> int | float:
-    if isinstance(value, bool):
-        raise SchemaError(f"{path}: expected a number, got {_shown(value)}")
-    if isinstance(value, int) or (kind is float and isinstance(value, float)):
+    # bool is an int subclass in Python, but "port: true" is a mistake, not 1.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, float):
         return value
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             return kind(value.strip())
     name = "an integer" if kind is int else "a number"
-    raise SchemaError(f"{path}: expected {name}, got {_shown(value)}")
+    raise SchemaError(f"{path}: expected {name}, got {shown(value)}")
 
 
-def _shown(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
+def shown(value: object) -> str:
+    """A short, one-line rendering of a user's value for an error message."""
+    if isinstance(value, str):
+        text = " ".join(value.split())
+        return '"' + (text if len(text) <= 40 else text[:37] + "...") + '"'
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "a list"
+    return "a mapping" if isinstance(value, Mapping) else type(value).__name__
 
 
 def scalar_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, Any]]:

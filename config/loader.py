@@ -1,12 +1,14 @@
 """Where the configuration comes from, in LiveKit's order (``cmd/server/main.go getConfig``):
-defaults < YAML file or body < environment < command-line flags; then dev-mode defaults and
-validation. Every problem is a one-line :class:`ConfigError`.
+defaults < YAML file or body < environment < command-line flags; then keys, dev-mode defaults
+and validation. Every problem is a one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -14,12 +16,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
-from config.build import SchemaError, build, convert, leaf_paths, scalar_paths
+from config.build import SchemaError, build, convert, leaf_paths, scalar_paths, shown
 from config.schema import Config
+from config.yamlio import YamlError, parse_mapping
 
-#: Keys whose behaviour exists; any other key a user sets is accepted with one warning.
+logger = logging.getLogger(__name__)
+
+#: Keys whose behaviour exists (dotted prefixes); any other key a user sets to a value other
+#: than its default is accepted with one warning, so nobody believes it took effect.
 IMPLEMENTED_KEYS = frozenset(
     {
         "port", "bind_addresses", "development", "region", "keys", "key_file",
@@ -32,20 +36,38 @@ IMPLEMENTED_KEYS = frozenset(
         "limit.max_room_name_length", "limit.max_participant_identity_length",
     }
 )  # fmt: skip
-#: LiveKit sections we have no schema for yet: accepted (so LiveKit configs load), warned about.
+#: LiveKit keys we have no schema for yet. Anything under them is accepted (so a config written
+#: for livekit-server loads) and warned about; keys outside the schema and this table are errors.
 LIVEKIT_ONLY_SECTIONS = frozenset(
     {
+        # Top level.
         "audio", "video", "ingress", "sip", "signal_relay", "psrpc", "node_stats", "agents",
-        "trace", "debug_handler", "api", "metric", "rtc.congestion_control", "rtc.batch_io",
-        "rtc.interfaces", "rtc.ips", "webhook.url_notifier", "webhook.resource_url_notifier",
-        "webhook.filter_params", "enable_data_tracks", "enable_participant_data_blob",
+        "trace", "debug_handler", "api", "metric", "environment", "enable_data_tracks",
+        "enable_participant_data_blob",
+        # rtc.
+        "rtc.congestion_control", "rtc.batch_io", "rtc.interfaces", "rtc.ips",
+        "rtc.skip_external_ip_validation", "rtc.advertise_internal_ip", "rtc.external_ip_only",
+        "rtc.force_tcp", "rtc.tcp_fallback_rtt_threshold", "rtc.allow_udp_unstable_fallback",
+        "rtc.reconnect_on_publication_error", "rtc.reconnect_on_subscription_error",
+        "rtc.reconnect_on_data_channel_error", "rtc.pli_throttle", "rtc.strict_acks",
+        "rtc.packet_buffer_size", "rtc.data_channel_max_buffered_amount",
+        "rtc.datachannel_slow_threshold", "rtc.datachannel_lossy_target_latency",
+        "rtc.datachannel_data_track_target_latency", "rtc.forward_stats",
+        "rtc.enable_rtp_stream_restart_detection", "rtc.enable_warp",
+        "rtc.sctp_max_message_size", "rtc.sctp_max_receive_buffer_size",
+        # room, logging, limit.
         "room.playout_delay", "room.sync_streams", "room.room_configurations",
         "room.create_room_timeout", "room.create_room_attempts",
         "room.update_batch_target_size", "room.enable_full_room_in_webhooks",
+        "room.participant_disconnect_timeout", "logging.component_levels",
+        "limit.agent_signal_message_size_limit", "limit.max_data_blob_key_length",
+        "limit.max_data_blobs_size", "limit.max_data_track_custom_encoding_length",
+        # redis, webhook, turn.
         "redis.tls", "redis.dial_timeout", "redis.read_timeout", "redis.write_timeout",
-        "redis.pool_timeout", "redis.pool_size", "turn.bind_addresses", "turn.ttl_seconds",
-        "turn.per_user_relay_allocation_limit", "turn.allow_restricted_peer_cidrs",
-        "turn.deny_peer_cidrs",
+        "redis.pool_timeout", "redis.pool_size", "webhook.url_notifier",
+        "webhook.resource_url_notifier", "webhook.filter_params", "turn.bind_addresses",
+        "turn.ttl_seconds", "turn.per_user_relay_allocation_limit",
+        "turn.allow_restricted_peer_cidrs", "turn.deny_peer_cidrs",
     }
 )  # fmt: skip
 #: Env vars LiveKit reads by name (besides the generated ``LIVEKIT_<PATH>`` ones).
@@ -55,11 +77,26 @@ NAMED_ENV = {
     "LIVEKIT_REGION": "region",
     "REDIS_HOST": "redis.address",
     "REDIS_PASSWORD": "redis.password",
+    "LIVEKIT_TURN_CERT": "turn.cert_file",
+    "LIVEKIT_TURN_KEY": "turn.key_file",
 }
-_NOT_GENERATED = {"LIVEKIT_CONFIG", "LIVEKIT_KEYS", "LIVEKIT_REGION"}
+#: LIVEKIT_* variables that are flags' env vars, not generated from a key path.
+_NOT_GENERATED = {
+    "LIVEKIT_CONFIG",
+    "LIVEKIT_KEYS",
+    "LIVEKIT_REGION",
+    "LIVEKIT_TURN_CERT",
+    "LIVEKIT_TURN_KEY",
+}
+#: Schema fields that are not keys of their own (``udp_port_end`` comes from a "N-M" udp_port).
+_DERIVED = {"rtc.udp_port_end"}
+_UDP_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
 _LEVELS = {"debug", "info", "warn", "warning", "error"}
+# "random" is LiveKit's deprecated spelling of "any"; LiveKit configs still use it.
 _SELECTORS = {"any", "sysload", "cpuload", "regionaware", "random"}
 DEV_KEYS = {"devkey": "secret"}
+DEV_UDP_PORT = 7882
+_MIN_SECRET = 32
 
 
 class ConfigError(Exception):
@@ -71,11 +108,16 @@ class CliOverrides:
     """Command-line flags; ``None`` means not given."""
 
     config_path: str | None = None
+    """``--config``: a YAML file."""
     config_body: str | None = None
+    """``--config-body``: YAML text; wins over ``config_path``."""
     dev: bool = False
+    """``--dev``."""
     bind: tuple[str, ...] = ()
+    """``--bind``, repeatable; empty = not given."""
     port: int | None = None
     keys: str | None = None
+    """``--keys``: "key: secret" lines."""
     key_file: str | None = None
     node_ip: str | None = None
     udp_port: int | None = None
@@ -86,6 +128,8 @@ class CliOverrides:
 
 @dataclass(frozen=True)
 class LoadedConfig:
+    """The result of :func:`load_config`."""
+
     config: Config
     warnings: tuple[str, ...] = ()
     """One line each: keys accepted but not implemented yet, weak secrets."""
@@ -94,71 +138,91 @@ class LoadedConfig:
 
 
 def load_config(cli: CliOverrides, env: Mapping[str, str]) -> LoadedConfig:
-    raw = _read_yaml(cli, env)
-    if "log_level" in raw:  # LiveKit's legacy spelling of logging.level
-        raw.setdefault("logging", {}).setdefault("level", raw.pop("log_level"))
+    """Build the configuration from ``cli`` flags, ``env`` and the YAML they point at.
+
+    :raises ConfigError: on anything that cannot be used, with a one-line message.
+    """
+    raw = _read_config(cli, env)
     _apply_env(raw, env)
-    user_set = set(leaf_paths(raw))
-    warnings = [_not_implemented(path) for path in sorted(user_set) if not _implemented(path)]
-    _strip_livekit_only(raw)
     _apply_flags(raw, cli)
+    user_set = set(leaf_paths(raw))
+    warnings = [_not_implemented(path) for path in sorted(user_set) if _livekit_only(path)]
+    _strip_livekit_only(raw)
     try:
         config = build(Config, raw)
     except SchemaError as exc:
         raise ConfigError(str(exc)) from None
+    warnings += _unimplemented_warnings(config, user_set)
     config, placeholder = _with_keys(config, cli, env)
-    config = _apply_dev_defaults(config, cli, user_set, placeholder)
-    warnings += _validate(config)
+    config = _apply_dev_defaults(config, user_set, placeholder)
+    _validate(config)
+    warnings += _secret_warnings(config)
+    logger.debug("configuration loaded: %d warnings", len(warnings))
     return LoadedConfig(config, tuple(warnings), placeholder)
 
 
-def _read_yaml(cli: CliOverrides, env: Mapping[str, str]) -> dict[str, Any]:
-    # The body (flag, then LIVEKIT_CONFIG) wins over the file, as in LiveKit.
-    body = cli.config_body if cli.config_body is not None else env.get("LIVEKIT_CONFIG")
-    if body is not None:
-        return _parse_yaml(body, "--config-body")
-    if cli.config_path is None:
+def _read_config(cli: CliOverrides, env: Mapping[str, str]) -> dict[str, Any]:
+    """The YAML tree: the body (flag, then LIVEKIT_CONFIG) wins over the file, as in LiveKit,
+    where an empty body counts as none."""
+    if cli.config_body:
+        text, source = cli.config_body, "--config-body"
+    elif env.get("LIVEKIT_CONFIG"):
+        text, source = env["LIVEKIT_CONFIG"], "LIVEKIT_CONFIG"
+    elif cli.config_path is not None:
+        text, source = _read_text(cli.config_path, "config file"), f'"{cli.config_path}"'
+    else:
         return {}
+    raw = _parse_yaml(text, source)
+    if "log_level" in raw:  # LiveKit's legacy spelling of logging.level
+        level = raw.pop("log_level")
+        if raw.get("logging") is None:
+            raw["logging"] = {}
+        if isinstance(raw["logging"], dict):  # anything else is reported by the schema
+            raw["logging"].setdefault("level", level)
+    _split_udp_range(raw)
+    return raw
+
+
+def _read_text(path: str, what: str) -> str:
     try:
-        text = Path(cli.config_path).read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
-        raise ConfigError(f'config file "{cli.config_path}" not found') from None
-    except OSError as exc:
-        raise ConfigError(f'cannot read config file "{cli.config_path}": {exc.strerror}') from None
-    return _parse_yaml(text, cli.config_path)
+        raise ConfigError(f'{what} "{path}" not found') from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f'cannot read {what} "{path}": {reason}') from None
 
 
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+def _parse_yaml(text: str, source: str, *, literal: bool = False) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{source}{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a YAML mapping at the top level")
-    return data
+        raw = parse_mapping(text, literal=literal)
+        if not literal and isinstance(raw.get("keys"), dict):
+            # Secrets are taken as written: "0123" must not become the integer 83.
+            raw["keys"] = parse_mapping(text, literal=True)["keys"]
+    except YamlError as exc:
+        where = f" line {exc.line}" if exc.line else ""
+        raise ConfigError(f"{source}{where}: {exc.problem}") from None
+    return raw
 
 
-def _implemented(path: str) -> bool:
-    return any(path == key or path.startswith(key + ".") for key in IMPLEMENTED_KEYS)
+def _split_udp_range(raw: dict[str, Any]) -> None:
+    """``rtc.udp_port`` may be a range "7882-7892" (LiveKit's PortRange)."""
+    rtc = raw.get("rtc")
+    if not isinstance(rtc, dict):
+        return
+    if "udp_port_end" in rtc:  # a schema field, but not a LiveKit key
+        raise ConfigError('unknown config key "rtc.udp_port_end"')
+    if isinstance(rtc.get("udp_port"), str):
+        rtc["udp_port"], rtc["udp_port_end"] = _udp_port(rtc["udp_port"], "rtc.udp_port")
 
 
-def _not_implemented(path: str) -> str:
-    return f'config key "{path}" is accepted but not implemented yet'
-
-
-def _strip_livekit_only(raw: dict[str, Any]) -> None:
-    for section in LIVEKIT_ONLY_SECTIONS:
-        *parents, leaf = section.split(".")
-        node: Any = raw
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+def _udp_port(value: str, name: str) -> tuple[int, int]:
+    match = _UDP_RANGE.fullmatch(value)
+    if match is None:
+        raise ConfigError(
+            f'{name}: expected an integer or a range "first-last", got {shown(value)}'
+        )
+    return int(match[1]), int(match[2] or 0)
 
 
 def _set(raw: dict[str, Any], path: str, value: object) -> None:
@@ -175,25 +239,29 @@ def _set(raw: dict[str, Any], path: str, value: object) -> None:
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     for path, hint in scalar_paths(Config):
         name = "LIVEKIT_" + path.replace(".", "_").upper()
-        if name in env and name not in _NOT_GENERATED:
-            _set(raw, path, _env_value(name, hint, env[name]))
+        if name in env and name not in _NOT_GENERATED and path not in _DERIVED:
+            _set_from_env(raw, path, hint, name, env[name])
     for name, path in NAMED_ENV.items():
-        if env.get(name):
-            _set(raw, path, env[name])
+        if env.get(name):  # set but empty means unset, as with LiveKit's flag binding
+            _set_from_env(raw, path, str, name, env[name])
 
 
-def _env_value(name: str, hint: Any, value: str) -> object:
+def _set_from_env(raw: dict[str, Any], path: str, hint: Any, name: str, value: str) -> None:
+    if path == "rtc.udp_port":
+        first, last = _udp_port(value, name)
+        _set(raw, path, first)
+        _set(raw, "rtc.udp_port_end", last)  # a single port overrides a range from the file
+        return
     try:
-        return convert(hint, value, name)
+        _set(raw, path, convert(hint, value, name))
     except SchemaError as exc:
-        raise ConfigError(f"environment {exc}") from None
+        raise ConfigError(f"environment variable {exc}") from None
 
 
 def _apply_flags(raw: dict[str, Any], cli: CliOverrides) -> None:
     flags: dict[str, object | None] = {
         "port": cli.port,
         "rtc.node_ip": cli.node_ip,
-        "rtc.udp_port": cli.udp_port,
         "region": cli.region,
         "redis.address": cli.redis_host,
         "redis.password": cli.redis_password,
@@ -202,30 +270,78 @@ def _apply_flags(raw: dict[str, Any], cli: CliOverrides) -> None:
     for path, value in flags.items():
         if value is not None:
             _set(raw, path, value)
+    if cli.udp_port is not None:
+        _set(raw, "rtc.udp_port", cli.udp_port)
+        _set(raw, "rtc.udp_port_end", 0)
     if cli.bind:
         raw["bind_addresses"] = list(cli.bind)
     if cli.dev:
         raw["development"] = True
-    _split_udp_range(raw)
 
 
-def _split_udp_range(raw: dict[str, Any]) -> None:
-    """``rtc.udp_port`` may be a range "7882-7892" (LiveKit's PortRange)."""
-    rtc = raw.get("rtc")
-    if not isinstance(rtc, dict) or not isinstance(rtc.get("udp_port"), str):
-        return
-    first, sep, last = rtc["udp_port"].partition("-")
-    if sep:
-        rtc["udp_port"], rtc["udp_port_end"] = first.strip(), last.strip()
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == key or path.startswith(key + ".") for key in prefixes)
+
+
+def _livekit_only(path: str) -> bool:
+    return _under(path, LIVEKIT_ONLY_SECTIONS)
+
+
+def _not_implemented(path: str) -> str:
+    return f'config key "{path}" is accepted but not implemented yet'
+
+
+def _strip_livekit_only(raw: dict[str, Any]) -> None:
+    for section in LIVEKIT_ONLY_SECTIONS:
+        *parents, leaf = section.split(".")
+        node: Any = raw
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+
+
+_MISSING = object()
+
+
+def _value_at(config: object, path: str) -> object:
+    for name in path.split("."):
+        if not dataclasses.is_dataclass(config):
+            break  # inside a list or mapping: compare the whole container
+        config = getattr(config, name, _MISSING)
+    return config
+
+
+def _unimplemented_warnings(config: Config, user_set: Iterable[str]) -> list[str]:
+    """A warning for each schema key the user changed that has no behaviour behind it yet.
+
+    Keys left at their default warn nothing, so a sample listing every key loads quietly.
+    """
+    default = Config()
+    warnings = []
+    for path in sorted(user_set):
+        if _under(path, IMPLEMENTED_KEYS) or _livekit_only(path):
+            continue
+        if _value_at(config, path) == _value_at(default, path):
+            continue
+        if path == "rtc.udp_port_end":
+            warnings.append('config key "rtc.udp_port" is a range; only its first port is used')
+        else:
+            warnings.append(_not_implemented(path))
+    return warnings
 
 
 def _with_keys(config: Config, cli: CliOverrides, env: Mapping[str, str]) -> tuple[Config, bool]:
-    keys = dict(config.keys)
-    text = cli.keys if cli.keys is not None else env.get("LIVEKIT_KEYS")
-    if text:
-        keys = _parse_keys(text, "--keys" if cli.keys is not None else "LIVEKIT_KEYS")
+    """API keys from ``keys``, ``--keys``/LIVEKIT_KEYS (later wins) or ``key_file``; devkey
+    when in dev mode with none."""
+    keys = _checked_keys(config.keys, "keys")
+    if cli.keys is not None:
+        keys = _parse_keys(cli.keys, "--keys")
+    elif env.get("LIVEKIT_KEYS"):
+        keys = _parse_keys(env["LIVEKIT_KEYS"], "LIVEKIT_KEYS")
     if config.key_file:
         if keys:
+            # LiveKit refuses the ambiguity rather than picking one.
             raise ConfigError("both keys and key_file are set; use one of them")
         keys = _read_key_file(config.key_file)
     placeholder = not keys and config.development
@@ -239,70 +355,124 @@ def _with_keys(config: Config, cli: CliOverrides, env: Mapping[str, str]) -> tup
 
 
 def _parse_keys(text: str, source: str) -> dict[str, str]:
-    data = _parse_yaml(text, source)
-    if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in data.values()):
-        raise ConfigError(f'{source}: expected "key: secret" lines')
-    return {str(k): str(v) for k, v in data.items()}
+    data = _parse_yaml(text, source, literal=True)
+    return _checked_keys(data, source)
+
+
+def _checked_keys(data: Mapping[Any, Any], source: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for key, secret in data.items():
+        if not isinstance(secret, str):
+            raise ConfigError(f'{source}: expected "key: secret" lines, got {shown(secret)}')
+        if not secret:
+            raise ConfigError(f'{source}: API key "{key}" has an empty secret')
+        keys[str(key)] = secret
+    return keys
 
 
 def _read_key_file(path: str) -> dict[str, str]:
     try:
         mode = os.stat(path).st_mode
-        text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f'key_file "{path}" not found') from None
     except OSError as exc:
         raise ConfigError(f'cannot read key_file "{path}": {exc.strerror}') from None
-    if mode & (stat.S_IRWXO):
-        # LiveKit refuses secrets that other users can read.
+    if mode & stat.S_IRWXO:
+        # LiveKit refuses secrets that other users could read or replace.
+        how = "readable" if mode & stat.S_IROTH else "accessible"
         perms = stat.S_IMODE(mode)
-        raise ConfigError(f'key_file "{path}" is accessible by others (mode {perms:o}); chmod 600')
-    return _parse_keys(text, f'key_file "{path}"')
+        raise ConfigError(f'key_file "{path}" is {how} by others (mode {perms:04o}); chmod 600 it')
+    return _parse_keys(_read_text(path, "key_file"), f'key_file "{path}"')
 
 
-def _apply_dev_defaults(
-    config: Config, cli: CliOverrides, user_set: Iterable[str], placeholder: bool
-) -> Config:
+def _apply_dev_defaults(config: Config, user_set: Iterable[str], placeholder: bool) -> Config:
     """LiveKit's ``--dev``: debug logs, loopback candidates, UDP port 7882 unless a port or range
-    was chosen, and, with placeholder keys, listening on 127.0.0.1 only unless told otherwise."""
+    was chosen, and, with placeholder keys, listening on 127.0.0.1 only unless told otherwise.
+
+    Only IPv4 loopback: LiveKit also binds ::1, which fails on hosts without IPv6.
+    """
     if not config.development:
         return config
     chosen = set(user_set)
-    rtc = config.rtc
-    if not chosen & {"rtc.udp_port", "rtc.port_range_start", "rtc.port_range_end"}:
-        rtc = dataclasses.replace(rtc, udp_port=7882)
-    rtc = dataclasses.replace(rtc, enable_loopback_candidate=True)
-    logging = config.logging
+    rtc = dataclasses.replace(config.rtc, enable_loopback_candidate=True)
+    # As LiveKit's rtcconfig: a port written as 0 is no choice, a port range written is one.
+    if not rtc.udp_port and not chosen & {"rtc.port_range_start", "rtc.port_range_end"}:
+        rtc = dataclasses.replace(rtc, udp_port=DEV_UDP_PORT)
+    log = config.logging
     if "logging.level" not in chosen:
-        logging = dataclasses.replace(logging, level="debug")
+        log = dataclasses.replace(log, level="debug")
     bind = config.bind_addresses
     if placeholder and not bind:
         bind = ("127.0.0.1",)
-    return dataclasses.replace(config, rtc=rtc, logging=logging, bind_addresses=bind)
+    return dataclasses.replace(config, rtc=rtc, logging=log, bind_addresses=bind)
 
 
-def _validate(config: Config) -> list[str]:
-    """Refuse what cannot work; return warnings for what merely looks wrong."""
-    ports = {"port": config.port, "rtc.tcp_port": config.rtc.tcp_port}
-    ports.update({"rtc.port_range_start": config.rtc.port_range_start})
-    ports.update({"rtc.port_range_end": config.rtc.port_range_end})
-    for name, value in ports.items():
-        if not 1 <= value <= 65535:
-            raise ConfigError(f"{name}: {value} is not a port number (1-65535)")
-    if not 0 <= config.rtc.udp_port <= 65535:
-        raise ConfigError(f"rtc.udp_port: {config.rtc.udp_port} is not a port number")
-    if config.rtc.port_range_start > config.rtc.port_range_end:
-        raise ConfigError("rtc.port_range_start is greater than rtc.port_range_end")
-    if config.logging.level.lower() not in _LEVELS:
-        raise ConfigError(f'logging.level: unknown level "{config.logging.level}"')
-    if config.node_selector.kind not in _SELECTORS:
-        raise ConfigError(f'node_selector.kind: unknown kind "{config.node_selector.kind}"')
+def _check_port(name: str, value: int, *, optional: bool) -> None:
+    if not (optional and value == 0) and not 1 <= value <= 65535:
+        allowed = "0 (unset) or 1-65535" if optional else "1-65535"
+        raise ConfigError(f"{name}: {value} is not a port number ({allowed})")
+
+
+def _check_range(start_name: str, start: int, end_name: str, end: int) -> None:
+    if start > end:
+        raise ConfigError(f"{start_name} ({start}) is greater than {end_name} ({end})")
+
+
+def _validate(config: Config) -> None:
+    """Refuse what cannot work."""
+    rtc, turn = config.rtc, config.turn
+    for name, value in {
+        "port": config.port,
+        "rtc.port_range_start": rtc.port_range_start,
+        "rtc.port_range_end": rtc.port_range_end,
+    }.items():
+        _check_port(name, value, optional=False)
+    for name, value in {
+        "rtc.udp_port": rtc.udp_port,
+        "rtc.udp_port (range end)": rtc.udp_port_end,
+        "rtc.tcp_port": rtc.tcp_port,  # 0 turns ICE/TCP off
+        "prometheus_port": config.prometheus_port,
+        "prometheus.port": config.prometheus.port,
+        "turn.tls_port": turn.tls_port,
+        "turn.udp_port": turn.udp_port,
+    }.items():
+        _check_port(name, value, optional=True)
+    _check_range(
+        "rtc.port_range_start", rtc.port_range_start, "rtc.port_range_end", rtc.port_range_end
+    )
+    if rtc.udp_port_end:
+        _check_range("rtc.udp_port", rtc.udp_port, "its range end", rtc.udp_port_end)
+    _check_range(
+        "turn.relay_range_start",
+        turn.relay_range_start,
+        "turn.relay_range_end",
+        turn.relay_range_end,
+    )
+    _validate_choices(config)
+
+
+def _validate_choices(config: Config) -> None:
+    for name, level in {
+        "logging.level": config.logging.level,
+        "logging.pion_level": config.logging.pion_level,
+    }.items():
+        if level.lower() not in _LEVELS:
+            raise ConfigError(f"{name}: unknown level {shown(level)} (debug, info, warn or error)")
+    if config.node_selector.kind.lower() not in _SELECTORS:
+        raise ConfigError(
+            f"node_selector.kind: unknown kind {shown(config.node_selector.kind)}"
+            " (any, sysload, cpuload or regionaware)"
+        )
     if config.webhook.api_key and config.webhook.api_key not in config.keys:
-        raise ConfigError(f'webhook.api_key "{config.webhook.api_key}" is not one of keys')
+        raise ConfigError(f"webhook.api_key {shown(config.webhook.api_key)} is not one of keys")
+
+
+def _secret_warnings(config: Config) -> list[str]:
+    # LiveKit logs short secrets as an error but still starts; dev mode's "secret" is fine.
     if config.development:
         return []
     return [
-        f'secret of API key "{key}" is shorter than 32 characters; use a longer one'
+        f'secret of API key "{key}" is shorter than {_MIN_SECRET} characters; use a longer one'
         for key, secret in config.keys.items()
-        if len(secret) < 32
+        if len(secret) < _MIN_SECRET
     ]
