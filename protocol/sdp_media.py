@@ -52,6 +52,7 @@ class Codec:
 #: Header extensions we negotiate, per kind (LiveKit's set, ``pkg/rtc/mediaengine.go``, minus
 #: transport-wide-cc: once it is negotiated libwebrtc's congestion controller waits for
 #: transport-cc feedback and ignores REMB, and we do not produce that feedback yet).
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",

@@ -9,7 +9,7 @@ import time
 
 from livekit.protocol import models, rtc
 
-from protocol import rtcp, sdp, sdp_media
+from protocol import rtcp, rtp, sdp, sdp_media
 from protocol.ids import TRACK_PREFIX, new_id
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
@@ -47,6 +47,8 @@ class ParticipantTracks:
         self.published: dict[str, PublishedTrack] = {}
         """track sid -> published track."""
         self._by_ssrc: dict[int, TrackReceiver] = {}
+        self._by_mid: dict[str, PublishedTrack] = {}
+        self._mid_extension_id = 0
         self.downtracks: dict[str, DownTrack] = {}
         """track sid -> this participant's downtrack of another participant's track."""
         self._receiver_by_downtrack_ssrc: dict[int, TrackReceiver] = {}
@@ -118,15 +120,23 @@ class ParticipantTracks:
             track.receiver = TrackReceiver(
                 stream.codec, primary, self._publisher.send_rtcp, rtx=stream.rtx, red=stream.red
             )
-            track.ssrcs = stream.ssrcs + ((stream.rtx[1],) if stream.rtx else ())
+            # Simulcast layer selection is not implemented: one layer (the first announced, or
+            # the first to arrive for rid-only streams) is forwarded.
+            track.ssrcs = stream.ssrcs[:1] + ((stream.rtx[1],) if stream.rtx else ())
             for ssrc in track.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
+            self._by_mid[stream.mid] = track
+            for ident, uri in stream.extensions:
+                if uri == sdp_media.MID_URI:
+                    self._mid_extension_id = ident
             self.published[track.sid] = track
             ready.append(track)
         return ready, removed
 
     def unpublish(self, track: PublishedTrack) -> None:
         self.published.pop(track.sid, None)
+        if self._by_mid.get(track.info.mid) is track:
+            del self._by_mid[track.info.mid]
         for ssrc in track.ssrcs:
             self._by_ssrc.pop(ssrc, None)
 
@@ -134,12 +144,38 @@ class ParticipantTracks:
         tracks = list(self.published.values())
         self.published.clear()
         self._by_ssrc.clear()
+        self._by_mid.clear()
         return tracks
 
     def _on_rtp(self, packet: bytes) -> None:
         receiver = self._by_ssrc.get(int.from_bytes(packet[8:12], "big"))
+        if receiver is None:
+            receiver = self._adopt_ssrc(packet)
         if receiver is not None:
             receiver.on_packet(packet, time.monotonic())
+
+    def _adopt_ssrc(self, packet: bytes) -> TrackReceiver | None:
+        """An SSRC the SDP did not announce (rid-based simulcast): find its track by the mid
+        header extension and adopt it if the track has no media SSRC yet."""
+        if not self._mid_extension_id:
+            return None
+        try:
+            extension, header, _ = rtp.header_end(packet)
+        except ValueError:
+            return None
+        if extension < 0:
+            return None
+        mids = [
+            v for i, v in rtp.extensions(packet, extension, header) if i == self._mid_extension_id
+        ]
+        track = self._by_mid.get(mids[0].decode(errors="replace")) if mids else None
+        if track is None or track.receiver is None or track.receiver.media_ssrc:
+            return None
+        ssrc = rtp.ssrc(packet)
+        track.receiver.media_ssrc = ssrc
+        track.ssrcs += (ssrc,)
+        self._by_ssrc[ssrc] = track.receiver
+        return track.receiver
 
     def _on_subscriber_rtcp(self, packet: bytes) -> None:
         """A subscriber's keyframe request goes to the publisher of that track; its NACKs are

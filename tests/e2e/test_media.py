@@ -129,13 +129,17 @@ COLOUR = (200, 40, 90)  # RGB, far from any codec's grey
 
 @asynccontextmanager
 async def publishing_colour(
-    room: rtc.Room, codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8
+    room: rtc.Room,
+    codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8,
+    simulcast: bool = False,
+    size: tuple[int, int] = (WIDTH, HEIGHT),
 ) -> AsyncIterator[rtc.LocalTrackPublication]:
-    """Publish a solid-colour 320x240 camera track at 15 fps for as long as the block runs."""
-    source = rtc.VideoSource(WIDTH, HEIGHT)
+    """Publish a solid-colour camera track (320x240) at 15 fps for as long as the block runs."""
+    width, height = size
+    source = rtc.VideoSource(width, height)
     track = rtc.LocalVideoTrack.create_video_track("colour", source)
     options = rtc.TrackPublishOptions(
-        source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False, video_codec=codec
+        source=rtc.TrackSource.SOURCE_CAMERA, simulcast=simulcast, video_codec=codec
     )
     publication = await room.local_participant.publish_track(track, options)
     pixel = bytes((*COLOUR, 255))
@@ -143,7 +147,7 @@ async def publishing_colour(
     async def feed() -> None:
         while True:
             frame = rtc.VideoFrame(
-                WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, pixel * (WIDTH * HEIGHT)
+                width, height, rtc.VideoBufferType.RGBA, pixel * (width * height)
             )
             source.capture_frame(frame)
             await asyncio.sleep(1 / 15)
@@ -404,3 +408,17 @@ async def test_subscription_permissions_from_the_publisher(server: ServerProcess
         finally:
             for room in rooms.values():
                 await room.disconnect()
+
+
+async def test_simulcast_publisher_is_forwarded_one_layer(server: ServerProcess) -> None:
+    """Layer selection is not implemented yet, but a simulcast publisher (the SDK's default,
+    rid-based) must still reach subscribers: one layer is adopted by its mid."""
+    async with (
+        joined(server, "multi", "simulcast") as multi,
+        publishing_colour(multi, simulcast=True, size=(1280, 720)),  # three layers
+        watching(server, "single", "simulcast", "track_subscribed") as (_, logs),
+    ):
+        track, _, _ = await logs["track_subscribed"].wait_for()
+        frames = await first_frames(track, 10)
+        for got, want in zip(centre_colour(frames[-1]), COLOUR, strict=True):
+            assert abs(got - want) < 16
