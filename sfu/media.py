@@ -15,7 +15,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from livekit.protocol import models
 
@@ -112,7 +112,16 @@ class DownTrack:
         # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
         self._needs_keyframe = outgoing.kind == "video"
 
-    def write(self, packet: bytes, payload_start: int, payload_end: int, now: float) -> None:
+    def write(
+        self,
+        packet: bytes,
+        payload_start: int,
+        payload_end: int,
+        header_fields: tuple[int, int, int],
+        now: float,
+    ) -> None:
+        """Forward one packet; ``header_fields`` is its (sequence, timestamp, SSRC), read once
+        by the receiver for all downtracks."""
         if not self.enabled:
             return
         # RED goes to a subscriber that refused it as its primary block only.
@@ -124,9 +133,7 @@ class DownTrack:
                 )
             except ValueError:
                 return
-        translated = self._munger.translate(
-            rtp.sequence_number(packet), rtp.timestamp(packet), rtp.ssrc(packet), now
-        )
+        translated = self._munger.translate(*header_fields, now)
         if translated is None:
             return
         size = rtp.write_header(
@@ -154,7 +161,8 @@ class DownTrack:
         if original is None:
             return False
         _, header, end = rtp.header_end(original)
-        self.write(original, header, end, now)
+        fields = (rtp.sequence_number(original), rtp.timestamp(original), rtp.ssrc(original))
+        self.write(original, header, end, fields, now)
         return True
 
     def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
@@ -252,18 +260,19 @@ class TrackReceiver:
             _, header, end = rtp.header_end(packet)
         except ValueError:
             return
+        sequence, ssrc = rtp.sequence_number(packet), rtp.ssrc(packet)
+        fields = (sequence, rtp.timestamp(packet), ssrc)
         if not self.media_ssrc:
-            self.media_ssrc = rtp.ssrc(packet)
+            self.media_ssrc = ssrc
         if self._keyframe_pending:
             self.request_keyframe(now)
-        sequence = rtp.sequence_number(packet)
         highest = self.stats.highest
         self.stats.on_packet(sequence, end - header)
         if self.stats.highest > highest + 1 and highest >= 0:
             self._nack(self.stats.nacks_due())
         self.cache.put(sequence, packet)
         for downtrack in self.downtracks.values():
-            downtrack.write(packet, header, end, now)
+            downtrack.write(packet, header, end, fields, now)
 
     def _from_rtx(self, packet: bytes) -> bytes:
         """Unwrap an RTX packet (RFC 4588 section 4): the original sequence number leads the
@@ -325,7 +334,6 @@ class PublishedTrack:
     receiver: TrackReceiver | None = None
     ssrcs: tuple[int, ...] = ()
     cid: str = ""
-    subscribers: set[str] = field(default_factory=set)
 
     @property
     def sid(self) -> str:

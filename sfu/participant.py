@@ -18,7 +18,7 @@ from sfu.endpoint import Endpoint
 from sfu.media import PublishedTrack
 from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
 from sfu.tasks import TaskSet
-from sfu.tracks import ParticipantTracks, PublishError, source_name
+from sfu.tracks import SOURCES_BY_NAME, ParticipantTracks, PublishError, source_name
 from sfu.transport import PublisherTransport, SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,10 @@ class Participant:
                 can_subscribe=grant.can_subscribe,
                 can_publish=grant.can_publish,
                 can_publish_data=grant.can_publish_data,
-                can_publish_sources=[_source_enum(s) for s in grant.can_publish_sources],
+                can_publish_sources=[
+                    SOURCES_BY_NAME.get(s.lower(), models.TrackSource.UNKNOWN)
+                    for s in grant.can_publish_sources
+                ],
                 hidden=grant.hidden,
                 recorder=grant.recorder,
                 can_update_metadata=grant.can_update_own_metadata,
@@ -400,15 +403,3 @@ class Participant:
         await self.publisher.close()
         self._endpoint.release()
         self.log.info("participant closed: %s", models.DisconnectReason.Name(reason).lower())
-
-
-_SOURCES = {
-    "camera": models.TrackSource.CAMERA,
-    "microphone": models.TrackSource.MICROPHONE,
-    "screen_share": models.TrackSource.SCREEN_SHARE,
-    "screen_share_audio": models.TrackSource.SCREEN_SHARE_AUDIO,
-}
-
-
-def _source_enum(name: str) -> models.TrackSource:
-    return _SOURCES.get(name.lower(), models.TrackSource.UNKNOWN)

@@ -19,12 +19,14 @@ logger = logging.getLogger(__name__)
 
 #: LiveKit refuses more than this many tracks announced but not yet negotiated.
 MAX_PENDING_TRACKS = 20
-_SOURCES = {
-    models.TrackSource.CAMERA: "camera",
-    models.TrackSource.MICROPHONE: "microphone",
-    models.TrackSource.SCREEN_SHARE: "screen_share",
-    models.TrackSource.SCREEN_SHARE_AUDIO: "screen_share_audio",
+#: LiveKit's lower-case source names (``canPublishSources``) and the protobuf enum.
+SOURCES_BY_NAME = {
+    "camera": models.TrackSource.CAMERA,
+    "microphone": models.TrackSource.MICROPHONE,
+    "screen_share": models.TrackSource.SCREEN_SHARE,
+    "screen_share_audio": models.TrackSource.SCREEN_SHARE_AUDIO,
 }
+_NAMES_BY_SOURCE = {source: name for name, source in SOURCES_BY_NAME.items()}
 
 
 class PublishError(Exception):
@@ -262,4 +264,4 @@ class ParticipantTracks:
 
 
 def source_name(source: models.TrackSource) -> str:
-    return _SOURCES.get(source, "unknown")
+    return _NAMES_BY_SOURCE.get(source, "unknown")
