@@ -14,6 +14,7 @@ from aiohttp import web
 from config import Config
 from protocol.ids import node_id_for_host
 from sfu.endpoint import Endpoints
+from sfu.events import EventBus
 from sfu.room import RoomSettings
 from sfu.rooms import RoomManager
 from sfu.rtc_adapter import host_addresses
@@ -31,6 +32,7 @@ def server_version() -> str:
 
 def build_app(config: Config, endpoints: Endpoints) -> web.Application:
     """The aiohttp application with every route; rooms start and stop with it."""
+    events = EventBus()
     rooms = RoomManager(
         RoomSettings(
             empty_timeout=config.room.empty_timeout,
@@ -38,6 +40,7 @@ def build_app(config: Config, endpoints: Endpoints) -> web.Application:
             max_participants=config.room.max_participants,
         ),
         auto_create=config.room.auto_create,
+        events=events,
     )
     app = web.Application(client_max_size=config.limit.max_api_request_body_size)
     ctx = SignalingContext(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from livekit.protocol import models, rtc
+from livekit.protocol import agent_dispatch, models, rtc
 
+from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.media import PublishedTrack
 from sfu.participant import Participant, ParticipantState
+from sfu.tracks import source_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,15 @@ class Room:
     :param now: monotonic seconds at creation, for ``empty_timeout``.
     """
 
-    def __init__(self, *, name: str, sid: str, settings: RoomSettings, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        sid: str,
+        settings: RoomSettings,
+        now: float,
+        events: EventBus | None = None,
+    ) -> None:
         self.name = name
         self.sid = sid
         self.settings = settings
@@ -45,6 +56,9 @@ class Room:
         self._version = 0
         self._created_monotonic = now
         self._last_left_monotonic: float | None = None
+        self.events = events or EventBus()
+        self.agent_dispatches: dict[str, agent_dispatch.AgentDispatch] = {}
+        """Agent dispatches by id (AgentDispatchService), kept for the room's lifetime."""
         self.log = logging.LoggerAdapter(logger, {"room": name, "roomID": sid})
 
     # --- info ------------------------------------------------------------------------------
@@ -116,17 +130,27 @@ class Room:
                 self._last_left_monotonic = time.monotonic()
         if participant.is_closed:
             return
+        was_active = participant.state is ParticipantState.ACTIVE
         await participant.close(reason, send_leave=send_leave)
         # Everyone learns of the departure before any subscriber re-offer (LiveKit order).
         self.broadcast_participant(participant)
         self._broadcast_room_update()
-        for track in participant.tracks.unpublish_all():
-            for other in list(self.participants.values()):
-                other.unsubscribe_from(track)
+        self._unpublish_all(participant)
+        self._emit(
+            EventKind.PARTICIPANT_LEFT if was_active else EventKind.PARTICIPANT_CONNECTION_ABORTED,
+            participant,
+        )
         for other in list(self.participants.values()):
             for track in other.tracks.published.values():
                 if track.receiver is not None:
                     track.receiver.downtracks.pop(participant.sid, None)
+
+    def _unpublish_all(self, participant: Participant) -> None:
+        participant.tracks.pending.clear()
+        for track in participant.tracks.unpublish_all():
+            self._emit(EventKind.TRACK_UNPUBLISHED, participant, track)
+            for other in list(self.participants.values()):
+                other.unsubscribe_from(track)
 
     async def close(self, reason: models.DisconnectReason) -> None:
         self.closed = True
@@ -149,6 +173,18 @@ class Room:
         return now - self._last_left_monotonic >= self.settings.departure_timeout
 
     # --- updates ---------------------------------------------------------------------------
+
+    def _emit(
+        self, kind: EventKind, participant: Participant, track: PublishedTrack | None = None
+    ) -> None:
+        self.events.emit(
+            RoomEvent(
+                kind,
+                self.to_proto(),
+                participant.to_info(),
+                track.info if track is not None else None,
+            )
+        )
 
     def broadcast_participant(self, changed: Participant) -> None:
         """Send ``changed``'s current info to everyone who may see it.
@@ -174,12 +210,23 @@ class Room:
     def update_participant_metadata(
         self, participant: Participant, request: rtc.UpdateParticipantMetadata
     ) -> None:
-        """Apply an UpdateParticipantMetadata; empty attribute values delete keys (LiveKit)."""
-        if request.name:
-            participant.name = request.name
-        if request.metadata:
-            participant.metadata = request.metadata
-        for key, value in request.attributes.items():
+        """Apply an UpdateParticipantMetadata from the participant itself."""
+        self.update_participant(participant, request.name, request.metadata, request.attributes)
+
+    def update_participant(
+        self,
+        participant: Participant,
+        name: str,
+        metadata: str,
+        attributes: Mapping[str, str],
+    ) -> None:
+        """Change name, metadata and attributes (empty values change nothing, an empty
+        attribute value deletes the key, as in LiveKit) and tell everyone."""
+        if name:
+            participant.name = name
+        if metadata:
+            participant.metadata = metadata
+        for key, value in attributes.items():
             if value:
                 participant.attributes[key] = value
             else:
@@ -191,6 +238,7 @@ class Room:
 
     def on_participant_active(self, participant: Participant) -> None:
         self.broadcast_participant(participant)
+        self._emit(EventKind.PARTICIPANT_JOINED, participant)
 
     def on_participant_changed(self, participant: Participant) -> None:
         self.broadcast_participant(participant)
@@ -200,6 +248,7 @@ class Room:
         ``room.go onTrackPublished``)."""
         participant.version += 1
         self.broadcast_participant(participant)
+        self._emit(EventKind.TRACK_PUBLISHED, participant, track)
         for other in list(self.participants.values()):
             if other is not participant and other.params.auto_subscribe:
                 other.subscribe_to(participant, track, negotiate=True)
@@ -207,6 +256,7 @@ class Room:
     def on_track_unpublished(self, participant: Participant, track: PublishedTrack) -> None:
         participant.version += 1
         self.broadcast_participant(participant)
+        self._emit(EventKind.TRACK_UNPUBLISHED, participant, track)
         for other in list(self.participants.values()):
             other.unsubscribe_from(track)
 
@@ -261,6 +311,56 @@ class Room:
                     other.send_permission_update(publisher, track, allowed=True)
                     other.subscribe_to(publisher, track, negotiate=True)
 
+    # --- server API (RoomService) ------------------------------------------------------------
+
+    def update_metadata(self, metadata: str) -> None:
+        """New room metadata, announced with a RoomUpdate (LiveKit ``Room.SetMetadata``)."""
+        self.metadata = metadata
+        self._broadcast_room_update()
+
+    def update_permission(
+        self, participant: Participant, permission: models.ParticipantPermission
+    ) -> None:
+        """Replace a participant's rights (RoomService.UpdateParticipant).
+
+        As in LiveKit ``ParticipantImpl.SetPermission``: losing canPublish unpublishes its
+        tracks, losing canSubscribe drops its subscriptions, gaining canSubscribe subscribes an
+        auto-subscriber to what is already published.
+        """
+        before = participant.grant
+        participant.grant = dataclasses.replace(
+            before,
+            can_publish=permission.can_publish,
+            can_subscribe=permission.can_subscribe,
+            can_publish_data=permission.can_publish_data,
+            can_publish_sources=tuple(source_name(s) for s in permission.can_publish_sources),
+            hidden=permission.hidden,
+            can_update_own_metadata=permission.can_update_metadata,
+            can_subscribe_metrics=permission.can_subscribe_metrics,
+        )
+        participant.version += 1
+        if before.can_publish and not permission.can_publish:
+            self._unpublish_all(participant)
+        if before.can_subscribe and not permission.can_subscribe:
+            for track_sid in list(participant.tracks.downtracks):
+                found = self.find_track(track_sid)
+                if found is not None:
+                    participant.unsubscribe_from(found[1])
+        elif permission.can_subscribe and not before.can_subscribe:
+            if participant.params.auto_subscribe:
+                self._subscribe_to_all(participant)
+        self.broadcast_participant(participant)
+
+    def _subscribe_to_all(self, participant: Participant) -> None:
+        for other in list(self.participants.values()):
+            if other is not participant:
+                for track in list(other.tracks.published.values()):
+                    participant.subscribe_to(other, track, negotiate=True)
+
+    def send_server_data(self, packet: models.DataPacket, *, reliable: bool) -> None:
+        """Data from the server API (RoomService.SendData): no sender identity."""
+        self._deliver(packet, None, reliable=reliable)
+
     def on_participant_failed(self, participant: Participant) -> None:
         participant.tasks.spawn(
             self.remove(participant, models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True),
@@ -279,18 +379,25 @@ class Room:
         sid = "" if participant.hidden else participant.sid
         packet.participant_identity = identity
         packet.participant_sid = sid
-        destinations = set(packet.destination_identities)
         if packet.HasField("user"):
-            # Old clients read the sender from UserPacket and may address by sid there.
+            # Old clients read the sender from UserPacket.
             packet.user.participant_identity = identity
             packet.user.participant_sid = sid
+        self._deliver(packet, participant, reliable=reliable)
+
+    def _deliver(
+        self, packet: models.DataPacket, sender: Participant | None, *, reliable: bool
+    ) -> None:
+        """Send ``packet`` to everyone but its sender, only to ``destination_identities`` (or,
+        for old clients, the UserPacket's identities and sids) when any are given."""
+        destinations = set(packet.destination_identities)
+        destination_sids: set[str] = set()
+        if packet.HasField("user"):
             destinations.update(packet.user.destination_identities)
-            destination_sids = set(packet.user.destination_sids)
-        else:
-            destination_sids = set()
+            destination_sids.update(packet.user.destination_sids)
         payload = packet.SerializeToString()
         for other in list(self.participants.values()):
-            if other is participant or other.state is ParticipantState.JOINING:
+            if other is sender or other.state is ParticipantState.JOINING:
                 continue
             if (destinations or destination_sids) and not (
                 other.identity in destinations or other.sid in destination_sids

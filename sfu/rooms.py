@@ -9,6 +9,7 @@ import time
 from livekit.protocol import models
 
 from protocol.ids import ROOM_PREFIX, new_id
+from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.room import Room, RoomSettings
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,15 @@ class RoomManager:
 
     :param settings: defaults for rooms created by a join (``room.*`` config).
     :param auto_create: whether a join may create a room (``room.auto_create``).
+    :param events: where room, participant and track events go (webhooks, metrics).
     """
 
-    def __init__(self, settings: RoomSettings, *, auto_create: bool) -> None:
+    def __init__(
+        self, settings: RoomSettings, *, auto_create: bool, events: EventBus | None = None
+    ) -> None:
         self.settings = settings
         self.auto_create = auto_create
+        self.events = events or EventBus()
         self.rooms: dict[str, Room] = {}
         self._idle_task: asyncio.Task[None] | None = None
 
@@ -49,17 +54,30 @@ class RoomManager:
             return room
         if not (self.auto_create or may_create):
             raise RoomNotFoundError(f"room {name} does not exist")
+        return self.create(name, self.settings)
+
+    def create(self, name: str, settings: RoomSettings, metadata: str = "") -> Room:
+        """A new room called ``name`` (which must not exist yet)."""
         room = Room(
-            name=name, sid=new_id(ROOM_PREFIX), settings=self.settings, now=time.monotonic()
+            name=name,
+            sid=new_id(ROOM_PREFIX),
+            settings=settings,
+            now=time.monotonic(),
+            events=self.events,
         )
+        room.metadata = metadata
         self.rooms[name] = room
         room.log.info("room created")
+        self.events.emit(RoomEvent(EventKind.ROOM_STARTED, room.to_proto()))
         return room
 
     async def close_room(self, room: Room, reason: models.DisconnectReason) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+        if room.closed:
+            return
         await room.close(reason)
+        self.events.emit(RoomEvent(EventKind.ROOM_FINISHED, room.to_proto()))
 
     def start(self) -> None:
         self._idle_task = asyncio.get_running_loop().create_task(
