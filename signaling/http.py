@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from aiohttp import web
@@ -18,7 +19,9 @@ from sfu.participant import JoinParams, Participant
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
 from signaling.auth import ConnectRequest, HttpError, validate_connect
+from signaling.roomservice import AgentDispatchService, RoomService
 from signaling.session import SignalSession, WebSocketSink
+from signaling.twirp import TwirpServer, add_twirp_routes
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class SignalingContext:
     node_id: str
     version: str
     endpoints: Endpoints
+    twirp_stats: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
+    """Server API requests by (service, method, HTTP status, Twirp code or "")."""
 
 
 CONTEXT = web.AppKey("signaling_context", SignalingContext)
@@ -228,3 +233,7 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     app.router.add_get("/rtc/validate", validate)
     app.router.add_get("/rtc/v1", single_pc_not_supported)
     app.router.add_get("/rtc/v1/validate", single_pc_not_supported)
+    twirp = TwirpServer(ctx.config, stats=ctx.twirp_stats)
+    twirp.add(RoomService(ctx.rooms, ctx.config).twirp())
+    twirp.add(AgentDispatchService(ctx.rooms).twirp())
+    add_twirp_routes(app, twirp)

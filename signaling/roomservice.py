@@ -1,0 +1,298 @@
+"""The server API: LiveKit's ``RoomService`` and ``AgentDispatchService`` over Twirp.
+
+Grants as LiveKit checks them (``service/auth.go``): ``roomCreate`` for CreateRoom and
+DeleteRoom, ``roomList`` for ListRooms, ``roomAdmin`` with ``room`` naming the request's room
+for everything else. Errors as ``service/errors.go`` words them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from livekit.protocol import agent_dispatch, models, room, rtc
+
+from config import Config
+from protocol.ids import AGENT_DISPATCH_PREFIX, new_id
+from protocol.token import Claims
+from sfu.participant import Participant
+from sfu.room import Room
+from sfu.rooms import RoomManager
+from signaling.twirp import Handler, TwirpError, TwirpService, permission_denied
+
+logger = logging.getLogger(__name__)
+
+_Request = TypeVar("_Request", bound=Message)
+#: The raw length of a SendData nonce (LiveKit: 16 bytes or none).
+NONCE_LENGTH = 16
+
+
+def _handler(function: Callable[[Claims, _Request], Awaitable[Message]]) -> Handler:
+    # The Twirp layer decodes into the method's own input type, so the cast is safe.
+    return function  # type: ignore[return-value]
+
+
+def ensure_admin(claims: Claims, room_name: str) -> None:
+    grant = claims.video
+    if not grant.room_admin or grant.room != room_name:
+        raise permission_denied()
+
+
+def room_not_found() -> TwirpError:
+    return TwirpError("not_found", "requested room does not exist")
+
+
+class RoomService:
+    """The handlers, each one LiveKit RoomService method, acting on this node's rooms."""
+
+    def __init__(self, rooms: RoomManager, config: Config) -> None:
+        self.rooms = rooms
+        self.config = config
+
+    def twirp(self) -> TwirpService:
+        return TwirpService(
+            room.DESCRIPTOR.services_by_name["RoomService"],
+            {
+                "CreateRoom": _handler(self.create_room),
+                "ListRooms": _handler(self.list_rooms),
+                "DeleteRoom": _handler(self.delete_room),
+                "ListParticipants": _handler(self.list_participants),
+                "GetParticipant": _handler(self.get_participant),
+                "RemoveParticipant": _handler(self.remove_participant),
+                "MutePublishedTrack": _handler(self.mute_published_track),
+                "UpdateParticipant": _handler(self.update_participant),
+                "UpdateSubscriptions": _handler(self.update_subscriptions),
+                "SendData": _handler(self.send_data),
+                "UpdateRoomMetadata": _handler(self.update_room_metadata),
+            },
+        )
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def _room(self, claims: Claims, name: str) -> Room:
+        ensure_admin(claims, name)
+        found = self.rooms.get(name)
+        if found is None:
+            raise room_not_found()
+        return found
+
+    def _participant(
+        self, claims: Claims, room_name: str, identity: str
+    ) -> tuple[Room, Participant]:
+        found = self._room(claims, room_name)
+        participant = found.participants.get(identity)
+        if participant is None or participant.is_closed:
+            raise TwirpError("not_found", "participant does not exist")
+        return found, participant
+
+    def _check_metadata(self, metadata: str) -> None:
+        limit = self.config.room.max_metadata_size or self.config.limit.max_metadata_size
+        if limit and len(metadata.encode()) > limit:
+            raise TwirpError("invalid_argument", "metadata size exceeds limits", limit=str(limit))
+
+    # --- rooms -----------------------------------------------------------------------------
+
+    async def create_room(self, claims: Claims, request: room.CreateRoomRequest) -> models.Room:
+        if not claims.video.room_create:
+            raise permission_denied()
+        name = request.name
+        if not name:
+            raise TwirpError("invalid_argument", "room name cannot be empty")
+        if len(name) > self.config.limit.max_room_name_length:
+            raise TwirpError("invalid_argument", "room name length exceeds limits")
+        self._check_metadata(request.metadata)
+        settings = self.rooms.settings
+        settings = dataclasses.replace(
+            settings,
+            empty_timeout=request.empty_timeout or settings.empty_timeout,
+            departure_timeout=request.departure_timeout or settings.departure_timeout,
+            max_participants=request.max_participants or settings.max_participants,
+        )
+        existing = self.rooms.get(name)
+        if existing is None:
+            created = self.rooms.create(name, settings, request.metadata)
+        else:
+            # LiveKit's allocator applies the request's non-zero fields to an existing room.
+            created = existing
+            created.settings = settings
+            if request.metadata:
+                created.update_metadata(request.metadata)
+        for agent in request.agents:
+            _add_dispatch(created, agent.agent_name, agent.metadata)
+        return created.to_proto()
+
+    async def list_rooms(self, claims: Claims, request: room.ListRoomsRequest) -> Message:
+        if not claims.video.room_list:
+            raise permission_denied()
+        names = set(request.names)
+        listed = [r.to_proto() for r in self.rooms.rooms.values() if not names or r.name in names]
+        return room.ListRoomsResponse(rooms=listed)
+
+    async def delete_room(self, claims: Claims, request: room.DeleteRoomRequest) -> Message:
+        if not claims.video.room_create:
+            raise permission_denied()
+        found = self.rooms.get(request.room)
+        if found is None:
+            raise room_not_found()
+        await self.rooms.close_room(found, models.DisconnectReason.ROOM_DELETED)
+        return room.DeleteRoomResponse()
+
+    async def update_room_metadata(
+        self, claims: Claims, request: room.UpdateRoomMetadataRequest
+    ) -> Message:
+        self._check_metadata(request.metadata)
+        found = self._room(claims, request.room)
+        found.update_metadata(request.metadata)
+        return found.to_proto()
+
+    async def send_data(self, claims: Claims, request: room.SendDataRequest) -> Message:
+        found = self._room(claims, request.room)
+        if request.nonce and len(request.nonce) != NONCE_LENGTH:
+            raise TwirpError("invalid_argument", f"nonce must be {NONCE_LENGTH} bytes or empty")
+        user = models.UserPacket(
+            payload=request.data,
+            topic=request.topic if request.HasField("topic") else None,
+            nonce=request.nonce,
+            destination_identities=request.destination_identities,
+            destination_sids=request.destination_sids,
+        )
+        packet = models.DataPacket(
+            kind=request.kind,
+            user=user,
+            destination_identities=request.destination_identities,
+        )
+        found.send_server_data(packet, reliable=request.kind == models.DataPacket.Kind.RELIABLE)
+        return room.SendDataResponse()
+
+    # --- participants ----------------------------------------------------------------------
+
+    async def list_participants(
+        self, claims: Claims, request: room.ListParticipantsRequest
+    ) -> Message:
+        found = self._room(claims, request.room)
+        infos = [p.to_info() for p in found.participants.values() if not p.is_closed]
+        return room.ListParticipantsResponse(participants=infos)
+
+    async def get_participant(
+        self, claims: Claims, request: room.RoomParticipantIdentity
+    ) -> Message:
+        return self._participant(claims, request.room, request.identity)[1].to_info()
+
+    async def remove_participant(
+        self, claims: Claims, request: room.RoomParticipantIdentity
+    ) -> Message:
+        found, participant = self._participant(claims, request.room, request.identity)
+        await found.remove(
+            participant, models.DisconnectReason.PARTICIPANT_REMOVED, send_leave=True
+        )
+        return room.RemoveParticipantResponse()
+
+    async def mute_published_track(
+        self, claims: Claims, request: room.MuteRoomTrackRequest
+    ) -> Message:
+        _, participant = self._participant(claims, request.room, request.identity)
+        if not request.muted and not self.config.room.enable_remote_unmute:
+            raise TwirpError("failed_precondition", "remote unmute not enabled")
+        info = participant.mute_by_server(request.track_sid, request.muted)
+        if info is None:
+            raise TwirpError("not_found", "track does not exist")
+        return room.MuteRoomTrackResponse(track=info)
+
+    async def update_participant(
+        self, claims: Claims, request: room.UpdateParticipantRequest
+    ) -> Message:
+        self._check_metadata(request.metadata)
+        limits = self.config.limit
+        if len(request.name) > limits.max_participant_name_length:
+            raise TwirpError("invalid_argument", "name length exceeds limits")
+        attributes_size = sum(len(k) + len(v) for k, v in request.attributes.items())
+        if attributes_size > limits.max_attributes_size:
+            raise TwirpError("invalid_argument", "attributes size exceeds limits")
+        found, participant = self._participant(claims, request.room, request.identity)
+        if request.HasField("permission"):
+            found.update_permission(participant, request.permission)
+        found.update_participant(participant, request.name, request.metadata, request.attributes)
+        return participant.to_info()
+
+    async def update_subscriptions(
+        self, claims: Claims, request: room.UpdateSubscriptionsRequest
+    ) -> Message:
+        found, participant = self._participant(claims, request.room, request.identity)
+        update = rtc.UpdateSubscription(
+            track_sids=request.track_sids,
+            subscribe=request.subscribe,
+            participant_tracks=request.participant_tracks,
+        )
+        found.update_subscription(participant, update)
+        return room.UpdateSubscriptionsResponse()
+
+
+def _add_dispatch(target: Room, agent_name: str, metadata: str) -> agent_dispatch.AgentDispatch:
+    dispatch = agent_dispatch.AgentDispatch(
+        id=new_id(AGENT_DISPATCH_PREFIX),
+        agent_name=agent_name,
+        room=target.name,
+        metadata=metadata,
+        state=agent_dispatch.AgentDispatchState(created_at=time.time_ns()),
+    )
+    target.agent_dispatches[dispatch.id] = dispatch
+    target.log.info("agent dispatch %s created for %r", dispatch.id, agent_name)
+    return dispatch
+
+
+class AgentDispatchService:
+    """Dispatches stored per room (LiveKit ``RoomManager.CreateDispatch``); the agent worker
+    protocol that acts on them is not part of this node yet."""
+
+    def __init__(self, rooms: RoomManager) -> None:
+        self.rooms = rooms
+
+    def twirp(self) -> TwirpService:
+        return TwirpService(
+            agent_dispatch.DESCRIPTOR.services_by_name["AgentDispatchService"],
+            {
+                "CreateDispatch": _handler(self.create_dispatch),
+                "DeleteDispatch": _handler(self.delete_dispatch),
+                "ListDispatch": _handler(self.list_dispatch),
+            },
+        )
+
+    def _room(self, claims: Claims, name: str) -> Room:
+        ensure_admin(claims, name)
+        found = self.rooms.get(name)
+        if found is None:
+            raise room_not_found()
+        return found
+
+    async def create_dispatch(
+        self, claims: Claims, request: agent_dispatch.CreateAgentDispatchRequest
+    ) -> Message:
+        target = self._room(claims, request.room)
+        dispatch = _add_dispatch(target, request.agent_name, request.metadata)
+        dispatch.attributes.update(request.attributes)
+        return dispatch
+
+    async def delete_dispatch(
+        self, claims: Claims, request: agent_dispatch.DeleteAgentDispatchRequest
+    ) -> Message:
+        target = self._room(claims, request.room)
+        dispatch = target.agent_dispatches.pop(request.dispatch_id, None)
+        if dispatch is None:
+            raise TwirpError("not_found", "dispatch ID not found")
+        dispatch.state.deleted_at = time.time_ns()
+        return dispatch
+
+    async def list_dispatch(
+        self, claims: Claims, request: agent_dispatch.ListAgentDispatchRequest
+    ) -> Message:
+        target = self._room(claims, request.room)
+        dispatches = [
+            d
+            for d in target.agent_dispatches.values()
+            if not request.dispatch_id or d.id == request.dispatch_id
+        ]
+        return agent_dispatch.ListAgentDispatchResponse(agent_dispatches=dispatches)

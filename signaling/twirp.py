@@ -1,0 +1,217 @@
+"""Twirp over aiohttp: ``POST /twirp/<package>.<Service>/<Method>`` with protobuf or JSON bodies.
+
+What LiveKit's generated Twirp servers do (twitchtv/twirp, ``livekit/protocol`` ``*.twirp.go``):
+protobuf (``application/protobuf``) or protojson (``application/json``) requests, answered in
+the same encoding; JSON answers use proto field names and emit default values
+(``UseProtoNames``, ``EmitUnpopulated``) and JSON input accepts both naming styles; errors are
+JSON ``{"code", "msg", "meta"}`` with the HTTP status of the code. Bad tokens are refused by
+LiveKit's auth middleware before Twirp sees the request, as plain-text 401.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from config import Config
+from protocol.token import Claims, TokenError, verify_token
+from signaling.auth import HttpError
+
+logger = logging.getLogger(__name__)
+
+#: HTTP status per Twirp error code (twitchtv/twirp ``ServerHTTPStatusFromErrorCode``).
+STATUS_BY_CODE: Mapping[str, int] = {
+    "canceled": 408,
+    "unknown": 500,
+    "invalid_argument": 400,
+    "malformed": 400,
+    "deadline_exceeded": 408,
+    "not_found": 404,
+    "bad_route": 404,
+    "already_exists": 409,
+    "permission_denied": 403,
+    "unauthenticated": 401,
+    "resource_exhausted": 429,
+    "failed_precondition": 412,
+    "aborted": 409,
+    "out_of_range": 400,
+    "unimplemented": 501,
+    "internal": 500,
+    "unavailable": 503,
+    "dataloss": 500,
+}
+_PROTOBUF = "application/protobuf"
+_JSON = "application/json"
+_CONTENT_TYPES = {_PROTOBUF: _PROTOBUF, "application/x-protobuf": _PROTOBUF, _JSON: _JSON}
+
+
+class TwirpError(Exception):
+    """A Twirp error answer: ``code`` is one of :data:`STATUS_BY_CODE`."""
+
+    def __init__(self, code: str, msg: str, **meta: str) -> None:
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.meta = meta
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE.get(self.code, 500)
+
+
+def permission_denied() -> TwirpError:
+    # LiveKit answers a missing grant with twirp.Unauthenticated "permissions denied"
+    # (`service/auth.go twirpAuthError`).
+    return TwirpError("unauthenticated", "permissions denied")
+
+
+#: One RPC: the caller's verified claims and the decoded request -> the response message.
+Handler = Callable[[Claims, Message], Awaitable[Message]]
+
+
+@dataclass
+class TwirpService:
+    """A protobuf service descriptor and a handler per method it implements; methods without
+    one answer ``unimplemented``."""
+
+    descriptor: ServiceDescriptor
+    handlers: Mapping[str, Handler]
+
+    @property
+    def full_name(self) -> str:
+        return self.descriptor.full_name
+
+
+@dataclass
+class TwirpServer:
+    """Routes Twirp requests to services and counts outcomes for the metrics.
+
+    :param stats: requests by ``(service, method, http_status, twirp_code)``; the code is ""
+        on success. Exported as ``livekit_node_twirp_request_status``.
+    """
+
+    config: Config
+    services: dict[str, TwirpService] = field(default_factory=dict)
+    stats: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
+
+    def add(self, service: TwirpService) -> None:
+        self.services[service.full_name] = service
+
+    async def handle(self, request: web.Request) -> web.Response:
+        service_name = request.match_info.get("service", "")
+        method_name = request.match_info.get("method", "")
+        started = time.monotonic()
+        code = ""
+        try:
+            response = await self._dispatch(request, service_name, method_name)
+        except TwirpError as exc:
+            code = exc.code
+            response = _error_response(exc)
+        except HttpError as exc:
+            # Refused before Twirp (bad token), still counted.
+            self.stats[(service_name, method_name, exc.status, "unauthenticated")] += 1
+            raise
+        self.stats[(service_name, method_name, response.status, code)] += 1
+        logger.debug(
+            "twirp %s/%s -> %d %s (%.1f ms)",
+            service_name,
+            method_name,
+            response.status,
+            code,
+            (time.monotonic() - started) * 1000,
+        )
+        return response
+
+    async def _dispatch(self, request: web.Request, service_name: str, method: str) -> web.Response:
+        service = self.services.get(service_name)
+        descriptor = service.descriptor.methods_by_name.get(method) if service else None
+        if service is None or descriptor is None:
+            raise TwirpError("bad_route", f"no handler for path {request.path}")
+        content_type = _CONTENT_TYPES.get(request.content_type)
+        if request.method != "POST" or content_type is None:
+            raise TwirpError(
+                "bad_route",
+                f"unexpected {request.method} {request.content_type!r}: "
+                "POST with application/protobuf or application/json",
+            )
+        claims = self._authenticate(request)
+        body = await _read_body(request)
+        message = message_factory.GetMessageClass(descriptor.input_type)()
+        _decode(message, body, content_type)
+        handler = service.handlers.get(method)
+        if handler is None:
+            raise TwirpError("unimplemented", f"{service_name}/{method} is not implemented")
+        try:
+            result = await handler(claims, message)
+        except TwirpError:
+            raise
+        except Exception:
+            logger.exception("twirp %s/%s failed", service_name, method)
+            raise TwirpError("internal", "internal error") from None
+        return _encode(result, content_type)
+
+    def _authenticate(self, request: web.Request) -> Claims:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise permission_denied()
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HttpError(401, "invalid authorization header: must start with Bearer")
+        try:
+            return verify_token(token.strip(), self.config.keys)
+        except TokenError as exc:
+            raise HttpError(401, f"invalid authorization token: {exc}") from exc
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise TwirpError(
+            "resource_exhausted",
+            f"request body exceeds limit.max_api_request_body_size ({exc.text})",
+        ) from None
+
+
+def _decode(message: Message, body: bytes, content_type: str) -> None:
+    try:
+        if content_type == _PROTOBUF:
+            message.ParseFromString(body)
+        else:
+            # protojson accepts both the proto names and the lowerCamelCase JSON names.
+            json_format.Parse(body or b"{}", message, ignore_unknown_fields=True)
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
+        raise TwirpError("malformed", f"the request body could not be decoded: {exc}") from None
+
+
+def _encode(message: Message, content_type: str) -> web.Response:
+    if content_type == _PROTOBUF:
+        return web.Response(body=message.SerializeToString(), content_type=_PROTOBUF)
+    text = json_format.MessageToJson(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        indent=None,
+    )
+    return web.Response(text=text, content_type=_JSON)
+
+
+def _error_response(error: TwirpError) -> web.Response:
+    body: dict[str, object] = {"code": error.code, "msg": error.msg}
+    if error.meta:
+        body["meta"] = dict(error.meta)
+    return web.json_response(body, status=error.status)
+
+
+def add_twirp_routes(app: web.Application, server: TwirpServer) -> None:
+    # LiveKit normalises `//twirp/...`; the prefix variable soaks up extra slashes.
+    app.router.add_route("*", "/twirp/{service}/{method}", server.handle)
+    app.router.add_route("*", "/{slashes:/+}twirp/{service}/{method}", server.handle)
