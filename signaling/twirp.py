@@ -10,6 +10,7 @@ LiveKit's auth middleware before Twirp sees the request, as plain-text 401.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -201,14 +202,20 @@ def _encode(message: Message, content_type: str) -> web.Response:
         always_print_fields_with_no_presence=True,
         indent=None,
     )
-    return web.Response(text=text, content_type=_JSON)
+    return _json_response(text, 200)
+
+
+def _json_response(text: str, status: int) -> web.Response:
+    # Exactly "application/json", as Go's Twirp writes it: livekit-server-sdk (npm) compares
+    # the header verbatim before reading an error's code and message.
+    return web.Response(body=text.encode(), status=status, headers={"Content-Type": _JSON})
 
 
 def _error_response(error: TwirpError) -> web.Response:
     body: dict[str, object] = {"code": error.code, "msg": error.msg}
     if error.meta:
         body["meta"] = dict(error.meta)
-    return web.json_response(body, status=error.status)
+    return _json_response(json.dumps(body), error.status)
 
 
 def add_twirp_routes(app: web.Application, server: TwirpServer) -> None:
