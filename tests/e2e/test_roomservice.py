@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -107,7 +107,7 @@ async def test_every_method_needs_its_grant(server: ServerProcess) -> None:
     no_grants = grant_token(room_join=True, room="api-guarded")
     for token in (wrong_room, no_grants):
         async with server_api(server, token) as lk:
-            calls = [
+            calls: list[Callable[[], Awaitable[object]]] = [
                 lambda: lk.room.create_room(api.CreateRoomRequest(name="api-guarded")),
                 lambda: lk.room.list_rooms(api.ListRoomsRequest()),
                 lambda: lk.room.delete_room(api.DeleteRoomRequest(room="api-guarded")),

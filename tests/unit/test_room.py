@@ -9,6 +9,7 @@ from livekit.protocol import metrics, models, rtc
 
 from protocol.token import VideoGrant
 from sfu.endpoint import Endpoint
+from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
 from sfu.participant import JoinParams, Participant, ParticipantState
 from sfu.room import Room, RoomSettings
@@ -223,4 +224,103 @@ async def test_server_side_mute_tells_publisher_and_others() -> None:
     assert (mute.mute.sid, mute.mute.muted) == (info.sid, True)
     assert watcher_sink.of("update")
     assert publisher.mute_by_server("TR_unknown", True) is None
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+class EventRecorder:
+    def __init__(self) -> None:
+        self.events: list[RoomEvent] = []
+
+    def on_room_event(self, event: RoomEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[tuple[EventKind, str]]:
+        return [(e.kind, e.participant.identity if e.participant else "") for e in self.events]
+
+
+def _observed_room() -> tuple[Room, EventRecorder]:
+    bus = EventBus()
+    recorder = EventRecorder()
+    bus.subscribe(recorder)
+    room = Room(name="r", sid="RM_test", settings=RoomSettings(), now=0.0, events=bus)
+    return room, recorder
+
+
+async def test_left_only_after_active_otherwise_connection_aborted() -> None:
+    room, recorder = _observed_room()
+    never, _ = await _join(room, "never")
+    await room.remove(never, models.DisconnectReason.CLIENT_INITIATED)
+    active, _ = await _join(room, "active")
+    active._on_primary_state(ConnectionState.CONNECTED)
+    await room.remove(active, models.DisconnectReason.CLIENT_INITIATED)
+    assert recorder.kinds() == [
+        (EventKind.PARTICIPANT_CONNECTION_ABORTED, "never"),
+        (EventKind.PARTICIPANT_JOINED, "active"),
+        (EventKind.PARTICIPANT_LEFT, "active"),
+    ]
+    left = recorder.events[-1]
+    assert left.participant is not None
+    assert left.participant.state == models.ParticipantInfo.State.DISCONNECTED
+    assert left.room.name == "r"
+
+
+async def test_a_failing_observer_does_not_affect_the_room() -> None:
+    class Broken:
+        def on_room_event(self, event: RoomEvent) -> None:
+            raise RuntimeError("observer bug")
+
+    bus = EventBus()
+    recorder = EventRecorder()
+    bus.subscribe(Broken())
+    bus.subscribe(recorder)
+    room = Room(name="r", sid="RM_test", settings=RoomSettings(), now=0.0, events=bus)
+    participant, _ = await _join(room, "p")
+    participant._on_primary_state(ConnectionState.CONNECTED)
+    assert recorder.kinds() == [(EventKind.PARTICIPANT_JOINED, "p")]
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_revoking_publish_unpublishes_and_reports_each_track() -> None:
+    room, recorder = _observed_room()
+    publisher, _ = await _join(room, "pub")
+    _, watcher_sink = await _join(room, "watcher")
+    info = publisher.tracks.add(rtc.AddTrackRequest(cid="c", type=models.TrackType.AUDIO), True)
+    publisher.tracks.published[info.sid] = publisher.tracks.pending.pop("c")
+    publisher.tracks.add(rtc.AddTrackRequest(cid="later", type=models.TrackType.VIDEO), True)
+    room.update_permission(
+        publisher, models.ParticipantPermission(can_subscribe=True, can_publish=False)
+    )
+    assert not publisher.tracks.published and not publisher.tracks.pending
+    assert not publisher.grant.can_publish
+    assert (EventKind.TRACK_UNPUBLISHED, "pub") in recorder.kinds()
+    last_seen = [p for r in watcher_sink.of("update") for p in r.update.participants][-1]
+    assert (last_seen.identity, list(last_seen.tracks)) == ("pub", [])
+    assert not last_seen.permission.can_publish
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_server_data_reaches_only_its_destinations() -> None:
+    room = _room()
+    sent: dict[str, list[tuple[bytes, bool]]] = {}
+    for name in ("a", "b"):
+        participant, _ = await _join(room, name)
+        sent[name] = []
+        participant.send_data = partial(_record, sent[name])  # type: ignore[method-assign]
+    packet = models.DataPacket(
+        kind=models.DataPacket.Kind.RELIABLE,
+        user=models.UserPacket(payload=b"x", destination_identities=["b"]),
+    )
+    room.send_server_data(packet, reliable=True)
+    assert sent["a"] == []
+    delivered = models.DataPacket()
+    delivered.ParseFromString(sent["b"][0][0])
+    assert (delivered.user.payload, delivered.participant_identity) == (b"x", "")
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_room_metadata_update_is_broadcast() -> None:
+    room = _room()
+    _, sink = await _join(room, "reader")
+    room.update_metadata("topic")
+    assert sink.of("room_update")[-1].room_update.room.metadata == "topic"
     await room.close(models.DisconnectReason.ROOM_DELETED)
