@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -105,6 +106,26 @@ def _convert_number(kind: type[int] | type[float], value: object, path: str) -> 
             return kind(value.strip())
     name = "an integer" if kind is int else "a number"
     raise SchemaError(f"{path}: expected {name}, got {shown(value)}")
+
+
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6}
+_DURATION_UNITS.update({"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0})
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Go duration such as "30s" or "1m30s" (Go's ``time.ParseDuration``, which
+    LiveKit's YAML uses for every duration key); raises ValueError for anything else."""
+    body = text.strip()
+    sign = -1.0 if body.startswith("-") else 1.0
+    if body.startswith(("-", "+")):
+        body = body[1:]
+    if body == "0":
+        return 0.0
+    parts = list(_DURATION_PART.finditer(body))
+    if not parts or "".join(part[0] for part in parts) != body:
+        raise ValueError(f'expected a duration such as "30s", got {shown(text)}')
+    return sign * sum(float(part[1]) * _DURATION_UNITS[part[2]] for part in parts)
 
 
 def shown(value: object) -> str:

@@ -15,8 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
-from config.build import SchemaError, build, convert, leaf_paths, scalar_paths, shown
+from config.build import (
+    SchemaError,
+    build,
+    convert,
+    duration_seconds,
+    leaf_paths,
+    scalar_paths,
+    shown,
+)
 from config.schema import Config
 from config.yamlio import YamlError, parse_mapping
 
@@ -30,10 +39,14 @@ IMPLEMENTED_KEYS = frozenset(
         "rtc.node_ip", "rtc.stun_servers", "rtc.enable_loopback_candidate", "rtc.udp_port",
         "rtc.tcp_port", "rtc.port_range_start", "rtc.port_range_end",
         "room.auto_create", "room.empty_timeout", "room.departure_timeout",
-        "room.max_participants", "room.enabled_codecs",
+        "room.max_participants", "room.enabled_codecs", "room.enable_remote_unmute",
+        "room.max_metadata_size", "limit.max_metadata_size", "limit.max_attributes_size",
+        "limit.max_participant_name_length",
         "logging.level", "logging.json", "logging.pion_level",
         "limit.signal_message_size_limit", "limit.max_api_request_body_size",
         "limit.max_room_name_length", "limit.max_participant_identity_length",
+        "webhook",
+        "prometheus_port", "prometheus",
     }
 )  # fmt: skip
 #: LiveKit keys we have no schema for yet. Anything under them is accepted (so a config written
@@ -64,8 +77,7 @@ LIVEKIT_ONLY_SECTIONS = frozenset(
         "limit.max_data_blobs_size", "limit.max_data_track_custom_encoding_length",
         # redis, webhook, turn.
         "redis.tls", "redis.dial_timeout", "redis.read_timeout", "redis.write_timeout",
-        "redis.pool_timeout", "redis.pool_size", "webhook.url_notifier",
-        "webhook.resource_url_notifier", "webhook.filter_params", "turn.bind_addresses",
+        "redis.pool_timeout", "redis.pool_size", "webhook.url_notifier", "turn.bind_addresses",
         "turn.ttl_seconds", "turn.per_user_relay_allocation_limit",
         "turn.allow_restricted_peer_cidrs", "turn.deny_peer_cidrs",
     }
@@ -448,6 +460,9 @@ def _validate(config: Config) -> None:
         "turn.relay_range_end",
         turn.relay_range_end,
     )
+    if bool(config.prometheus.username) != bool(config.prometheus.password):
+        # LiveKit refuses to start too (``service/server.go``): half a credential protects nothing.
+        raise ConfigError("prometheus.username and prometheus.password: set both or neither")
     _validate_choices(config)
 
 
@@ -463,8 +478,37 @@ def _validate_choices(config: Config) -> None:
             f"node_selector.kind: unknown kind {shown(config.node_selector.kind)}"
             " (any, sysload, cpuload or regionaware)"
         )
-    if config.webhook.api_key and config.webhook.api_key not in config.keys:
-        raise ConfigError(f"webhook.api_key {shown(config.webhook.api_key)} is not one of keys")
+    _validate_webhook(config)
+
+
+def _validate_webhook(config: Config) -> None:
+    webhook = config.webhook
+    if webhook.api_key and webhook.api_key not in config.keys:
+        raise ConfigError(f"webhook.api_key {shown(webhook.api_key)} is not one of keys")
+    if webhook.urls and not webhook.api_key:
+        # LiveKit refuses to start too (ErrWebHookMissingAPIKey): nothing could sign them.
+        raise ConfigError("webhook.urls are set but webhook.api_key is empty; set one of keys")
+    for index, url in enumerate(webhook.urls):
+        if not _is_http_url(url):
+            raise ConfigError(f"webhook.urls[{index}]: expected an http(s) URL, got {shown(url)}")
+    max_age = webhook.resource_url_notifier.max_age
+    try:
+        negative = duration_seconds(max_age) < 0
+    except ValueError as exc:
+        raise ConfigError(f"webhook.resource_url_notifier.max_age: {exc}") from None
+    if negative or webhook.resource_url_notifier.max_depth < 0:
+        raise ConfigError(
+            "webhook.resource_url_notifier: max_age and max_depth must not be negative"
+        )
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _secret_warnings(config: Config) -> list[str]:

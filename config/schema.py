@@ -166,6 +166,27 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class ResourceURLNotifierConfig:
+    """Per-room delivery queues (``webhook.resource_url_notifier``)."""
+
+    max_age: str = "30s"
+    """Go duration; an event waiting longer than this is dropped ("0s" = the default 30s)."""
+    max_depth: int = 200
+    """Events queued per room and URL before new ones are dropped (0 = the default 200)."""
+
+
+@dataclass(frozen=True)
+class WebhookFilterConfig:
+    """Which events are sent (``webhook.filter_params``); LiveKit's rule: an included event
+    is always sent, otherwise any event not excluded is."""
+
+    include_events: tuple[str, ...] = ()
+    """Event names always sent, even when excluded."""
+    exclude_events: tuple[str, ...] = ()
+    """Event names not sent."""
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     """Event notifications over HTTP (``webhook``)."""
 
@@ -173,6 +194,12 @@ class WebhookConfig:
     """Key (one of ``keys``) whose secret signs the requests."""
     urls: tuple[str, ...] = ()
     """Endpoints that receive every event."""
+    resource_url_notifier: ResourceURLNotifierConfig = field(
+        default_factory=ResourceURLNotifierConfig
+    )
+    """Queue limits."""
+    filter_params: WebhookFilterConfig = field(default_factory=WebhookFilterConfig)
+    """Event filter."""
 
 
 @dataclass(frozen=True)
@@ -308,5 +335,6 @@ class Config:
 
     @property
     def metrics_port(self) -> int:
-        """The metrics port from either key; 0 = metrics off."""
-        return self.prometheus.port or self.prometheus_port
+        """The metrics port from either key, the deprecated one first as LiveKit reads them
+        (``service/server.go``); 0 = metrics off."""
+        return self.prometheus_port or self.prometheus.port
