@@ -22,6 +22,7 @@ import secrets
 import socket
 import struct
 import time
+from dataclasses import dataclass
 
 from aioice import stun
 from pylibsrtp import Policy, Session
@@ -59,7 +60,35 @@ def _select_path(
     mux.datagram_received(bytes(request), sink)
 
 
-async def run(subscribers: int, size: int, packets: int) -> tuple[float, int]:
+@dataclass
+class FanOut:
+    """One publisher's track fanned out to subscribers through the real path, ready to feed."""
+
+    transport: asyncio.DatagramTransport
+    mux: UdpMux
+    sink: socket.socket
+    receiver: TrackReceiver
+    incoming: list[bytes]
+    publisher_addr: tuple[str, int]
+    clock: list[float]
+
+    def feed(self, start: int, stop: int) -> None:
+        """Deliver incoming packets ``start`` to ``stop`` (20 ms apart on the receiver's clock)."""
+        mux, incoming, address, clock = self.mux, self.incoming, self.publisher_addr, self.clock
+        for index in range(start, stop):
+            clock[0] = index * 0.02
+            mux.datagram_received(incoming[index], address)
+
+    def close(self) -> None:
+        # Sanity check that packets really reached the socket: the sink holds some of them.
+        self.sink.setblocking(False)
+        if not self.sink.recv(2048):
+            raise RuntimeError("nothing was sent")
+        self.transport.close()
+        self.sink.close()
+
+
+async def fan_out(subscribers: int, size: int, packets: int) -> FanOut:
     loop = asyncio.get_running_loop()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))  # never read: the kernel drops what does not fit
@@ -100,17 +129,15 @@ async def run(subscribers: int, size: int, packets: int) -> tuple[float, int]:
     _select_path(registry, mux, publisher, publisher_addr)
     clock = [0.0]
     publisher.on_datagram = lambda data: receiver.on_packet(rx.unprotect(data), clock[0])
+    return FanOut(transport, mux, sink, receiver, incoming, publisher_addr, clock)
+
+
+async def run(subscribers: int, size: int, packets: int) -> tuple[float, int]:
+    fan = await fan_out(subscribers, size, packets)
     start = time.process_time()
-    for index, data in enumerate(incoming):
-        clock[0] = index * 0.02
-        mux.datagram_received(data, publisher_addr)
+    fan.feed(0, packets)
     cpu = time.process_time() - start
-    # Sanity check that packets really reached the socket: the sink holds some of them.
-    sink.setblocking(False)
-    if not sink.recv(2048):
-        raise RuntimeError("nothing was sent")
-    transport.close()
-    sink.close()
+    fan.close()
     return cpu, packets * subscribers
 
 

@@ -63,6 +63,7 @@ class ReceiveStats:
     __slots__ = (
         "_base",
         "_bytes",
+        "_bytes_taken",
         "_expected_prior",
         "_received_prior",
         "_unwrap",
@@ -81,6 +82,7 @@ class ReceiveStats:
         self._expected_prior = 0
         self._received_prior = 0
         self._bytes = 0
+        self._bytes_taken = 0
         self.missing: dict[int, int] = {}
         """Extended sequence number -> NACKs sent for it so far."""
         self.last_sr_ntp = 0
@@ -131,4 +133,11 @@ class ReceiveStats:
     def take_bytes(self) -> int:
         """Bytes received since the last call (for the incoming bitrate)."""
         taken, self._bytes = self._bytes, 0
+        self._bytes_taken += taken
         return taken
+
+    @property
+    def total_bytes(self) -> int:
+        """Payload bytes received since the start (for metrics; summed once a tick, not per
+        packet)."""
+        return self._bytes_taken + self._bytes

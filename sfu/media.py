@@ -233,6 +233,11 @@ class TrackReceiver:
         self._fir_sequence = 0
         self._keyframe_pending = False
         self._last_tick = 0.0
+        # RTCP sent upstream, for metrics (LiveKit's incoming nack/pli/fir totals); counted
+        # per feedback packet, never per media packet.
+        self.nacks = 0
+        self.plis = 0
+        self.firs = 0
 
     def request_keyframe(self, now: float) -> None:
         """Send a PLI upstream, at most once per interval (LiveKit throttles PLIs per track:
@@ -246,8 +251,10 @@ class TrackReceiver:
         if self._fir_only:
             # RFC 5104 FIR for publishers that negotiated "ccm fir" but not "nack pli".
             self._fir_sequence = (self._fir_sequence + 1) & 0xFF
+            self.firs += 1
             self._send_rtcp(rtcp.fir(RTCP_SENDER_SSRC, self.media_ssrc, self._fir_sequence))
         else:
+            self.plis += 1
             self._send_rtcp(rtcp.pli(RTCP_SENDER_SSRC, self.media_ssrc))
 
     def on_packet(self, packet: bytes, now: float) -> None:
@@ -292,6 +299,7 @@ class TrackReceiver:
 
     def _nack(self, sequences: list[int]) -> None:
         if sequences and self.media_ssrc:
+            self.nacks += len(sequences)
             self._send_rtcp(rtcp.nack(RTCP_SENDER_SSRC, self.media_ssrc, sequences))
 
     def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:

@@ -401,5 +401,6 @@ class Participant:
         await self.tasks.close()
         await self.subscriber.close()
         await self.publisher.close()
+        self.tracks.close()
         self._endpoint.release()
         self.log.info("participant closed: %s", models.DisconnectReason.Name(reason).lower())

@@ -11,6 +11,7 @@ from livekit.protocol import models, rtc
 
 from protocol import rtcp, rtp, sdp, sdp_media
 from protocol.ids import TRACK_PREFIX, new_id
+from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
 from sfu.transport import SubscriberTransport
@@ -41,9 +42,16 @@ class ParticipantTracks:
     """Published tracks (pending until their media section is negotiated) and subscriptions.
 
     :param subscriber: the participant's subscriber transport, where its downtracks go.
+    :param counters: where receivers and downtracks are registered for the metrics.
     """
 
-    def __init__(self, publisher: PeerConnection, subscriber: SubscriberTransport) -> None:
+    def __init__(
+        self,
+        publisher: PeerConnection,
+        subscriber: SubscriberTransport,
+        counters: MediaCounters = NODE_COUNTERS,
+    ) -> None:
+        self._counters = counters
         self.pending: dict[str, PublishedTrack] = {}
         """cid -> track announced by AddTrackRequest, waiting for its m= section."""
         self.published: dict[str, PublishedTrack] = {}
@@ -127,6 +135,7 @@ class ParticipantTracks:
             track.ssrcs = stream.ssrcs[:1] + ((stream.rtx[1],) if stream.rtx else ())
             for ssrc in track.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
+            self._counters.add_receiver(track.receiver)
             self._by_mid[stream.mid] = track
             for ident, uri in stream.extensions:
                 if uri == sdp_media.MID_URI:
@@ -141,13 +150,27 @@ class ParticipantTracks:
             del self._by_mid[track.info.mid]
         for ssrc in track.ssrcs:
             self._by_ssrc.pop(ssrc, None)
+        if track.receiver is not None:
+            self._counters.retire_receiver(track.receiver)
 
     def unpublish_all(self) -> list[PublishedTrack]:
         tracks = list(self.published.values())
         self.published.clear()
         self._by_ssrc.clear()
         self._by_mid.clear()
+        for track in tracks:
+            if track.receiver is not None:
+                self._counters.retire_receiver(track.receiver)
         return tracks
+
+    def close(self) -> None:
+        """The participant left: its downtracks and receivers count no more packets, so their
+        counts move to the node totals now."""
+        for downtrack in self.downtracks.values():
+            self._counters.retire_downtrack(downtrack)
+        for track in self.published.values():
+            if track.receiver is not None:
+                self._counters.retire_receiver(track.receiver)
 
     def _on_rtp(self, packet: bytes) -> None:
         receiver = self._by_ssrc.get(int.from_bytes(packet[8:12], "big"))
@@ -183,9 +206,11 @@ class ParticipantTracks:
         """A subscriber's keyframe request goes to the publisher of that track; its NACKs are
         answered from the track's packet cache."""
         now = time.monotonic()
+        totals = self._counters.totals
         for media_ssrc in rtcp.keyframe_requests(packet):
             receiver = self._receiver_by_downtrack_ssrc.get(media_ssrc)
             if receiver is not None:
+                totals.plis_out += 1
                 receiver.request_keyframe(now)
         for ssrc, fraction, _lost, jitter, last_sr, delay in rtcp.report_blocks(packet):
             reported = self._downtrack_by_ssrc.get(ssrc)
@@ -194,7 +219,11 @@ class ParticipantTracks:
         for media_ssrc, sequence in rtcp.nacked_sequences(packet):
             downtrack = self._downtrack_by_ssrc.get(media_ssrc)
             if downtrack is not None:
+                totals.nacks_out += 1
+                packets, octets = downtrack.packets, downtrack.octets
                 downtrack.retransmit(sequence, now)
+                totals.retransmit_packets_out += downtrack.packets - packets
+                totals.retransmit_bytes_out += downtrack.octets - octets
 
     def _on_subscriber_answer(self, answer: str) -> None:
         """A subscriber that refused RED (Firefox, Safari) gets primary blocks only."""
@@ -242,6 +271,7 @@ class ParticipantTracks:
         )
         self.downtracks[track.sid] = downtrack
         track.receiver.downtracks[subscriber_sid] = downtrack
+        self._counters.add_downtrack(downtrack)
         self._receiver_by_downtrack_ssrc[outgoing.ssrc] = track.receiver
         self._downtrack_by_ssrc[outgoing.ssrc] = downtrack
         self._subscriber.tracks.append(outgoing)
@@ -257,6 +287,7 @@ class ParticipantTracks:
             track.receiver.downtracks.pop(subscriber_sid, None)
         self._receiver_by_downtrack_ssrc.pop(downtrack.outgoing.ssrc, None)
         self._downtrack_by_ssrc.pop(downtrack.outgoing.ssrc, None)
+        self._counters.retire_downtrack(downtrack)
         tracks = self._subscriber.tracks
         index = tracks.index(downtrack.outgoing)
         tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)
