@@ -47,6 +47,9 @@ IMPLEMENTED_KEYS = frozenset(
         "limit.max_room_name_length", "limit.max_participant_identity_length",
         "webhook",
         "prometheus_port", "prometheus",
+        "redis.address", "redis.username", "redis.password", "redis.db", "redis.use_tls",
+        "redis.sentinel_master_name", "redis.sentinel_username", "redis.sentinel_password",
+        "redis.sentinel_addresses", "node_selector",
     }
 )  # fmt: skip
 #: LiveKit keys we have no schema for yet. Anything under them is accepted (so a config written

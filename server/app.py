@@ -6,19 +6,24 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 from importlib import metadata
+from typing import Any
 
 from aiohttp import web
 
 from config import Config
-from protocol.ids import node_id_for_host
+from routing.router import Router
+from server.cluster import NodeLoad, StoreSync, WorkerIdentity, local_node, open_backends
+from server.membership import CLUSTER, Membership, install_cluster
+from server.metrics import MetricsSources
+from server.metrics_http import install_metrics
 from sfu.endpoint import Endpoints
 from sfu.events import EventBus
 from sfu.room import RoomSettings
 from sfu.rooms import RoomManager
 from sfu.rtc_adapter import host_addresses
 from signaling.http import SignalingContext, add_routes
+from signaling.webhooks import install_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +35,12 @@ def server_version() -> str:
         return "0.0.0"
 
 
-def build_app(config: Config, endpoints: Endpoints) -> web.Application:
-    """The aiohttp application with every route; rooms start and stop with it."""
+def build_app(
+    config: Config, endpoints: Endpoints, worker: WorkerIdentity | None = None
+) -> web.Application:
+    """The aiohttp application with every route; rooms and cluster membership start and stop
+    with it."""
+    worker = worker or WorkerIdentity()
     events = EventBus()
     rooms = RoomManager(
         RoomSettings(
@@ -43,14 +52,40 @@ def build_app(config: Config, endpoints: Endpoints) -> web.Application:
         events=events,
     )
     app = web.Application(client_max_size=config.limit.max_api_request_body_size)
+    backends = open_backends(config, worker)
+    advertised = endpoints.addresses[0] if endpoints.addresses else ""
+    router = Router(
+        local_node(config, worker, advertised),
+        backends.store,
+        backends.bus,
+        config.node_selector,
+        NodeLoad(rooms),
+    )
+    sync = StoreSync(rooms, router)
     ctx = SignalingContext(
         config=config,
         rooms=rooms,
-        node_id=node_id_for_host(socket.gethostname()),
+        node_id=router.node_id,
         version=server_version(),
         endpoints=endpoints,
+        router=router,
+        publish_room=sync.publish,
     )
     add_routes(app, ctx)
+    app[CLUSTER] = install_cluster(app, ctx, backends, sync)
+    notifier = install_webhooks(app, config, events)
+    install_metrics(
+        app,
+        config,
+        node_id=ctx.node_id,
+        events=events,
+        sources=MetricsSources(
+            rooms,
+            twirp_stats=lambda: ctx.twirp_stats,
+            webhook_counts=lambda: notifier.counts,
+        ),
+        port_offset=worker.index,
+    )
 
     async def start_rooms(app: web.Application) -> None:
         rooms.start()
@@ -65,49 +100,89 @@ def build_app(config: Config, endpoints: Endpoints) -> web.Application:
     return app
 
 
-async def run_server(config: Config) -> None:
-    """Serve until SIGINT or SIGTERM; a second signal exits at once."""
+async def run_server(config: Config, worker: WorkerIdentity | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, which drain the node; a second signal closes the rooms
+    (participants are told SERVER_SHUTDOWN) and exits, a third exits at once."""
+    worker = worker or WorkerIdentity()
     rtc = config.rtc
     addresses = host_addresses(
         rtc.node_ip, add_loopback=rtc.enable_loopback_candidate or config.development
     )
+    # Workers of one machine: one UDP and one ICE-TCP port each, counted up from the
+    # configured ones, so media reaches the worker hosting the room.
     endpoints = Endpoints(
         tuple(addresses),
-        udp_port=rtc.udp_port,
+        udp_port=rtc.udp_port + worker.index if rtc.udp_port else 0,
         port_range=(rtc.port_range_start, rtc.port_range_end),
-        tcp_port=rtc.tcp_port,
+        tcp_port=rtc.tcp_port + worker.index if rtc.tcp_port else 0,
         enabled_codecs=tuple(codec.mime for codec in config.room.enabled_codecs),
     )
     await endpoints.start()
-    runner = web.AppRunner(build_app(config, endpoints), handle_signals=False, access_log=None)
+    app = build_app(config, endpoints, worker)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     hosts = list(config.bind_addresses) or ["0.0.0.0"]
+    signals = SignalWatch()
     try:
         for host in hosts:
-            await web.TCPSite(runner, host, config.port).start()
+            site = web.TCPSite(runner, host, config.port, reuse_port=worker.count > 1)
+            await site.start()
         logger.info(
             "livekit-py-server %s listening on %s port %d",
             server_version(),
             ", ".join(hosts),
             config.port,
         )
-        await _wait_for_signal()
+        await signals.wait(1)
+        logger.info("signal received: draining (a second signal closes the rooms now)")
+        await _drain_or_second_signal(app[CLUSTER], signals)
         logger.info("shutting down: closing rooms")
     finally:
         await runner.cleanup()
         await endpoints.stop()
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+async def _drain_or_second_signal(membership: Membership, signals: SignalWatch) -> None:
+    drain = asyncio.ensure_future(membership.drain())
+    second = asyncio.ensure_future(signals.wait(2))
+    await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (drain, second):
+        task.cancel()
+    await asyncio.gather(drain, second, return_exceptions=True)
 
-    def on_signal() -> None:
-        if stop.is_set():
-            logger.warning("second signal: exiting now")
+
+def _log_tasks() -> None:
+    """SIGUSR1: log every asyncio task and where it waits (for a node that will not stop)."""
+    for task in asyncio.all_tasks():
+        frames: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(frames) < 30:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        logger.warning("task %s: %s", task.get_name(), " -> ".join(frames) or "(no frames)")
+
+
+class SignalWatch:
+    """Counts SIGINT/SIGTERM; the third exits the process without cleaning up."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+        loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
+
+    def _on_signal(self) -> None:
+        self.count += 1
+        if self.count >= 3:
+            logger.warning("third signal: exiting now")
             os._exit(1)
-        stop.set()
+        self._changed.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    await stop.wait()
+    async def wait(self, count: int) -> None:
+        while self.count < count:
+            self._changed.clear()
+            await self._changed.wait()

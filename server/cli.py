@@ -9,12 +9,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from config import CliOverrides, ConfigError, LoadedConfig, load_config
+from config import CliOverrides, Config, ConfigError, LoadedConfig, load_config
 from server import tools
 from server.app import run_server
-from server.logs import setup_logging
+from server.cluster import WorkerIdentity
+from server.logs import add_process_context, setup_logging
+from server.workers import Supervisor, default_worker_count, strip_worker_flags, worker_config
 
-logger = logging.getLogger(__name__)
+# Named, not __name__: workers run this module as __main__ (python -m server.cli).
+logger = logging.getLogger("server.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-host", help="Redis host:port (env REDIS_HOST)")
     parser.add_argument("--redis-password", help="Redis password (env REDIS_PASSWORD)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes, one node each, sharing the HTTP port (default: CPU count; "
+        "1 runs a single process)",
+    )
+    # Set by the supervisor for each worker it starts.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-broker", default="", help=argparse.SUPPRESS)
     return parser
 
 
@@ -89,6 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         library_level=config.logging.pion_level,
     )
     _announce(loaded)
+    count = args.workers if args.workers is not None else default_worker_count()
+    if count < 1:
+        print("livekit-py-server: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.worker_index is None and count > 1:
+        return _supervise(server_args, config, count)
+    worker = WorkerIdentity(
+        args.worker_index or 0, count if args.worker_index is not None else 1, args.worker_broker
+    )
+    if worker.count > 1:
+        add_process_context(worker=str(worker.index))
     if args.no_uvloop:
         runner = asyncio.run
     else:
@@ -96,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         runner = uvloop.run
     try:
-        runner(run_server(config))
+        runner(run_server(worker_config(config, worker), worker))
     except OSError as exc:
         # Typically a port already in use: one line, not a traceback.
         print(f"livekit-py-server: {exc}", file=sys.stderr)
@@ -104,6 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130  # interrupted before the signal handlers were installed
     return 0
+
+
+def _supervise(server_args: Sequence[str], config: Config, count: int) -> int:
+    supervisor = Supervisor(strip_worker_flags(server_args), config, count)
+    try:
+        return asyncio.run(supervisor.run())
+    except OSError as exc:
+        print(f"livekit-py-server: {exc}", file=sys.stderr)
+        return 1
 
 
 def _announce(loaded: LoadedConfig) -> None:

@@ -8,7 +8,7 @@ import sys
 import time
 
 #: Context fields attached once per object through LoggerAdapters (see ``sfu/participant.py``).
-CONTEXT_FIELDS = ("room", "roomID", "participant", "pID", "trackID", "transport")
+CONTEXT_FIELDS = ("worker", "room", "roomID", "participant", "pID", "trackID", "transport")
 #: Loggers of the WebRTC libraries follow ``logging.pion_level`` (LiveKit's name for the same).
 LIBRARY_LOGGERS = ("aiortc", "aioice", "pylibsrtp")
 _LEVELS = {
@@ -49,6 +49,24 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+class ProcessContext(logging.Filter):
+    """Fields of the whole process (which worker of ``--workers`` it is) on every record."""
+
+    def __init__(self, **fields: str) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
+def add_process_context(**fields: str) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ProcessContext(**fields))
 
 
 def level_of(name: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -10,17 +11,22 @@ from typing import cast
 
 from aiohttp import web
 from livekit.protocol import models, rtc
+from multidict import CIMultiDict, MultiDict
 
 from config import Config
 from protocol.ids import PARTICIPANT_PREFIX, new_id
 from protocol.token import Claims, refresh_token
+from routing.router import Router, RoutingError
 from sfu.endpoint import Endpoints
 from sfu.participant import JoinParams, Participant
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
 from signaling.auth import ConnectRequest, HttpError, validate_connect
+from signaling.forward import ApiForwarder
+from signaling.relay import relay_to_host
 from signaling.roomservice import AgentDispatchService, RoomService
 from signaling.session import SignalSession, WebSocketSink
+from signaling.socket import LocalSocket, SignalSocket
 from signaling.twirp import TwirpServer, add_twirp_routes
 
 logger = logging.getLogger(__name__)
@@ -51,11 +57,15 @@ class SignalingContext:
     node_id: str
     version: str
     endpoints: Endpoints
+    router: Router
+    publish_room: Callable[[str], Awaitable[None]] | None = None
+    """Writes one room's state to the cluster store at once (set by the membership)."""
     twirp_stats: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
     """Server API requests by (service, method, HTTP status, Twirp code or "")."""
 
 
 CONTEXT = web.AppKey("signaling_context", SignalingContext)
+FORWARDER = web.AppKey("api_forwarder", ApiForwarder)
 
 
 @web.middleware
@@ -96,6 +106,13 @@ async def single_pc_not_supported(request: web.Request) -> web.Response:
 async def validate(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     connect = validate_connect(request.headers, request.query, ctx.config)
+    if ctx.rooms.get(connect.room_name) is None:
+        try:
+            host = await ctx.router.room_host(connect.room_name, create=False)
+        except Exception:
+            host = None
+        if host is not None and host != ctx.router.node_id:
+            return web.Response(text="success")  # the room lives on another node
     _find_room(ctx, connect, create=False)
     return web.Response(text="success")
 
@@ -127,17 +144,52 @@ async def rtc_websocket(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise HttpError(404, "expected a WebSocket upgrade")
     connect = validate_connect(request.headers, request.query, ctx.config)
+    host = await _room_host(ctx, connect)
+    if host is not None and host != ctx.router.node_id:
+        return await relay_to_host(ctx.router.bus, ctx.router.node_id, host, request, ws)
+    await serve_session(ctx, connect, LocalSocket(ws, request))
+    return ws
+
+
+async def _room_host(ctx: SignalingContext, connect: ConnectRequest) -> str | None:
+    """The node for this join: here when the room is here, else as the cluster maps it (a
+    new room gets a node from the selector)."""
+    if ctx.rooms.get(connect.room_name) is not None:
+        return ctx.router.node_id
+    may_create = not connect.reconnect and (
+        ctx.rooms.auto_create or connect.claims.video.room_create
+    )
+    try:
+        return await ctx.router.room_host(connect.room_name, create=may_create)
+    except RoutingError as exc:
+        raise HttpError(503, f"no node can host the room: {exc}") from exc
+    except Exception as exc:  # the store is unreachable
+        logger.warning("room placement failed: %s", exc)
+        raise HttpError(503, "room placement is unavailable") from exc
+
+
+async def run_relayed_session(
+    ctx: SignalingContext, headers: CIMultiDict[str], query: MultiDict[str], socket: SignalSocket
+) -> None:
+    """A session another node relays here: validated again with the shared keys."""
+    await serve_session(ctx, validate_connect(headers, query, ctx.config), socket)
+
+
+async def serve_session(
+    ctx: SignalingContext, connect: ConnectRequest, socket: SignalSocket
+) -> None:
+    """Admit the participant and run its session until it leaves."""
     room = _find_room(ctx, connect, create=not connect.reconnect)
-    await ws.prepare(request)
+    await socket.prepare()
     if room is None or connect.reconnect:
-        await _refuse_resume(ws)
-        return ws
+        await _refuse_resume(socket)
+        return
     participant_sid = new_id(PARTICIPANT_PREFIX)
     log = logging.LoggerAdapter(
         logger, {"room": room.name, "participant": connect.claims.identity, "pID": participant_sid}
     )
-    sink = WebSocketSink(ws, log)
-    writer = request.app.loop.create_task(sink.run_writer(), name="signal-writer")
+    sink = WebSocketSink(socket, log)
+    writer = asyncio.get_running_loop().create_task(sink.run_writer(), name="signal-writer")
     participant = Participant(
         sid=participant_sid,
         params=_join_params(connect),
@@ -146,7 +198,7 @@ async def rtc_websocket(request: web.Request) -> web.StreamResponse:
         listener=room,
         endpoint=await ctx.endpoints.acquire(),
     )
-    session = SignalSession(ws, sink, room, participant, lambda: _refresh(ctx, connect.claims))
+    session = SignalSession(socket, sink, room, participant, lambda: _refresh(ctx, connect.claims))
     try:
         await room.join(participant, _join_response(ctx, participant))
         await session.run()
@@ -155,10 +207,9 @@ async def rtc_websocket(request: web.Request) -> web.StreamResponse:
     finally:
         sink.close()
         await writer
-    return ws
 
 
-async def _refuse_resume(ws: web.WebSocketResponse) -> None:
+async def _refuse_resume(ws: SignalSocket) -> None:
     """Session resumption is not implemented: tell the client to rejoin from scratch, as
     LiveKit does for a participant it no longer knows (STATE_MISMATCH + RECONNECT)."""
     leave = rtc.LeaveRequest(
@@ -234,6 +285,11 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     app.router.add_get("/rtc/v1", single_pc_not_supported)
     app.router.add_get("/rtc/v1/validate", single_pc_not_supported)
     twirp = TwirpServer(ctx.config, stats=ctx.twirp_stats)
-    twirp.add(RoomService(ctx.rooms, ctx.config).twirp())
+    store = ctx.router.store
+    service = RoomService(ctx.rooms, ctx.config, store.list_rooms, ctx.publish_room)
+    twirp.add(service.twirp())
     twirp.add(AgentDispatchService(ctx.rooms).twirp())
+    forwarder = ApiForwarder(ctx.router, ctx.rooms, twirp)
+    twirp.forward = forwarder
+    app[FORWARDER] = forwarder
     add_twirp_routes(app, twirp)

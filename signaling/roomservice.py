@@ -49,9 +49,27 @@ def room_not_found() -> TwirpError:
 class RoomService:
     """The handlers, each one LiveKit RoomService method, acting on this node's rooms."""
 
-    def __init__(self, rooms: RoomManager, config: Config) -> None:
+    def __init__(
+        self,
+        rooms: RoomManager,
+        config: Config,
+        cluster_rooms: Callable[[], Awaitable[list[models.Room]]] | None = None,
+        publish_room: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.rooms = rooms
         self.config = config
+        self._cluster_rooms = cluster_rooms
+        """The rooms every node stored (``rooms`` in Redis); ours are always fresher."""
+        self._publish_room = publish_room
+        """Writes a room's state to the store now, so other nodes see a change once the call
+        returns (LiveKit's API waits until the store confirms, ``confirmExecution``)."""
+
+    async def _published(self, name: str) -> None:
+        if self._publish_room is not None:
+            try:
+                await self._publish_room(name)
+            except Exception as exc:  # the store is away; the periodic sync catches up
+                logger.warning("room %s not yet in the store: %s", name, exc)
 
     def twirp(self) -> TwirpService:
         return TwirpService(
@@ -123,14 +141,22 @@ class RoomService:
                 created.update_metadata(request.metadata)
         for agent in request.agents:
             _add_dispatch(created, agent.agent_name, agent.metadata)
+        await self._published(name)
         return created.to_proto()
 
     async def list_rooms(self, claims: Claims, request: room.ListRoomsRequest) -> Message:
         if not claims.video.room_list:
             raise permission_denied()
         names = set(request.names)
-        listed = [r.to_proto() for r in self.rooms.rooms.values() if not names or r.name in names]
-        return room.ListRoomsResponse(rooms=listed)
+        listed = {r.name: r.to_proto() for r in self.rooms.rooms.values()}
+        if self._cluster_rooms is not None:
+            try:
+                for stored in await self._cluster_rooms():
+                    listed.setdefault(stored.name, stored)
+            except Exception as exc:  # the store is away: our own rooms are still right
+                logger.warning("ListRooms without other nodes' rooms: %s", exc)
+        rooms = [r for name, r in listed.items() if not names or name in names]
+        return room.ListRoomsResponse(rooms=rooms)
 
     async def delete_room(self, claims: Claims, request: room.DeleteRoomRequest) -> Message:
         if not claims.video.room_create:
@@ -139,6 +165,7 @@ class RoomService:
         if found is None:
             raise room_not_found()
         await self.rooms.close_room(found, models.DisconnectReason.ROOM_DELETED)
+        await self._published(request.room)
         return room.DeleteRoomResponse()
 
     async def update_room_metadata(
@@ -147,6 +174,7 @@ class RoomService:
         self._check_metadata(request.metadata)
         found = self._room(claims, request.room)
         found.update_metadata(request.metadata)
+        await self._published(request.room)
         return found.to_proto()
 
     async def send_data(self, claims: Claims, request: room.SendDataRequest) -> Message:

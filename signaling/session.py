@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from sfu.participant import Participant
 from sfu.room import Room
+from signaling.socket import SignalSocket
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class WebSocketSink:
     (LiveKit ``wsprotocol.go``).
     """
 
-    def __init__(self, ws: web.WebSocketResponse, log: logging.LoggerAdapter[logging.Logger]):
+    def __init__(self, ws: SignalSocket, log: logging.LoggerAdapter[logging.Logger]):
         self._ws = ws
         self._log = log
         self._queue: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue()
@@ -93,7 +94,7 @@ class SignalSession:
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: SignalSocket,
         sink: WebSocketSink,
         room: Room,
         participant: Participant,

@@ -76,6 +76,9 @@ def permission_denied() -> TwirpError:
 
 #: One RPC: the caller's verified claims and the decoded request -> the response message.
 Handler = Callable[[Claims, Message], Awaitable[Message]]
+#: Runs a call on the node hosting its room and returns the answer, or None to run it here:
+#: (service, method, request, Authorization header).
+Forwarder = Callable[[str, str, Message, str], Awaitable[Message | None]]
 
 
 @dataclass
@@ -102,6 +105,7 @@ class TwirpServer:
     config: Config
     services: dict[str, TwirpService] = field(default_factory=dict)
     stats: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
+    forward: Forwarder | None = None
 
     def add(self, service: TwirpService) -> None:
         self.services[service.full_name] = service
@@ -143,24 +147,54 @@ class TwirpServer:
                 f"unexpected {request.method} {request.content_type!r}: "
                 "POST with application/protobuf or application/json",
             )
-        claims = self._authenticate(request)
+        authorization = request.headers.get("Authorization", "")
+        claims = self._authenticate(authorization)
         body = await _read_body(request)
         message = message_factory.GetMessageClass(descriptor.input_type)()
         _decode(message, body, content_type)
+        result = None
+        if self.forward is not None:
+            result = await self.forward(service_name, method, message, authorization)
+        if result is None:
+            result = await self.run(service, method, claims, message)
+        return _encode(result, content_type)
+
+    async def run(
+        self, service: TwirpService, method: str, claims: Claims, message: Message
+    ) -> Message:
+        """Run a handler here (for a local request, or one another node forwarded)."""
         handler = service.handlers.get(method)
         if handler is None:
-            raise TwirpError("unimplemented", f"{service_name}/{method} is not implemented")
+            raise TwirpError("unimplemented", f"{service.full_name}/{method} is not implemented")
         try:
-            result = await handler(claims, message)
+            return await handler(claims, message)
         except TwirpError:
             raise
         except Exception:
-            logger.exception("twirp %s/%s failed", service_name, method)
+            logger.exception("twirp %s/%s failed", service.full_name, method)
             raise TwirpError("internal", "internal error") from None
-        return _encode(result, content_type)
 
-    def _authenticate(self, request: web.Request) -> Claims:
-        header = request.headers.get("Authorization", "")
+    async def run_forwarded(
+        self, service_name: str, method: str, authorization: str, body: bytes
+    ) -> tuple[int, bytes]:
+        """A call another node forwarded: (HTTP status, protobuf body or Twirp error JSON)."""
+        try:
+            service = self.services.get(service_name)
+            descriptor = service.descriptor.methods_by_name.get(method) if service else None
+            if service is None or descriptor is None:
+                raise TwirpError("bad_route", f"no handler for {service_name}/{method}")
+            try:
+                claims = self._authenticate(authorization)
+            except HttpError as exc:
+                raise TwirpError("unauthenticated", exc.reason) from None
+            message = message_factory.GetMessageClass(descriptor.input_type)()
+            _decode(message, body, _PROTOBUF)
+            result = await self.run(service, method, claims, message)
+        except TwirpError as exc:
+            return exc.status, json.dumps(_error_body(exc)).encode()
+        return 200, result.SerializeToString()
+
+    def _authenticate(self, header: str) -> Claims:
         if not header:
             raise permission_denied()
         scheme, _, token = header.partition(" ")
@@ -211,11 +245,24 @@ def _json_response(text: str, status: int) -> web.Response:
     return web.Response(body=text.encode(), status=status, headers={"Content-Type": _JSON})
 
 
-def _error_response(error: TwirpError) -> web.Response:
+def _error_body(error: TwirpError) -> dict[str, object]:
     body: dict[str, object] = {"code": error.code, "msg": error.msg}
     if error.meta:
         body["meta"] = dict(error.meta)
-    return _json_response(json.dumps(body), error.status)
+    return body
+
+
+def _error_response(error: TwirpError) -> web.Response:
+    return _json_response(json.dumps(_error_body(error)), error.status)
+
+
+def error_from_json(status: int, body: bytes) -> TwirpError:
+    """The TwirpError another node answered with."""
+    try:
+        obj = json.loads(body)
+        return TwirpError(str(obj["code"]), str(obj["msg"]), **dict(obj.get("meta") or {}))
+    except (ValueError, KeyError, TypeError):
+        return TwirpError("internal", f"remote node answered {status}")
 
 
 def add_twirp_routes(app: web.Application, server: TwirpServer) -> None:

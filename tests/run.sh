@@ -5,11 +5,14 @@ set -eu
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    # iproute2 and util-linux for the test namespace, nftables to block UDP in it.
-    if ! command -v ip >/dev/null || ! command -v unshare >/dev/null || ! command -v nft >/dev/null
+    # iproute2 and util-linux for the test namespace, nftables to block UDP in it,
+    # redis-server for the multi-node tests (each starts its own on a free port).
+    if ! command -v ip >/dev/null || ! command -v unshare >/dev/null || ! command -v nft >/dev/null \
+        || ! command -v redis-server >/dev/null
     then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux nftables >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux nftables \
+            redis-server >/dev/null
     fi
 fi
 

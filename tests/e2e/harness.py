@@ -56,9 +56,14 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        """SIGTERM, then wait; returns the exit code."""
+        """SIGTERM (the node drains), a second SIGTERM if participants are still there
+        after a few seconds (rooms closed at once), then wait; returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -83,7 +88,9 @@ def start_server(
     body = config_yaml
     if with_keys:
         body = f"keys:\n  {API_KEY}: {API_SECRET}\n" + body
-    cmd = [SERVER_SCRIPT, "--port", str(port), *args]
+    # One process unless a test asks for workers (the default is one per CPU).
+    workers = () if any(a.startswith("--workers") for a in args) else ("--workers", "1")
+    cmd = [SERVER_SCRIPT, "--port", str(port), *workers, *args]
     if body:
         cmd += ["--config-body", body]
     env = dict(os.environ)
@@ -100,7 +107,20 @@ def start_server(
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ServerProcess(proc, port, log_path, tcp_port)
     wait_until_serving(server)
+    if "--workers" in args:
+        wait_for_workers(server, int(args[args.index("--workers") + 1]))
     return server
+
+
+def wait_for_workers(server: ServerProcess, count: int, timeout: float = 20.0) -> None:
+    """Until every worker has registered (the first to start would otherwise get every
+    room created meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while server.logs().count("registered (SERVING)") < count:
+        if time.monotonic() > deadline or server.proc.poll() is not None:
+            server.stop()
+            raise RuntimeError(f"{count} workers did not start:\n{server.logs()}")
+        time.sleep(0.1)
 
 
 def wait_until_serving(server: ServerProcess, timeout: float = 20.0) -> None:

@@ -88,7 +88,11 @@ async def test_shutdown_tells_participants(start: Start) -> None:
     participant = await connect(server, "stayer", "shutdown")
     disconnected = EventLog(participant, "disconnected")
     try:
-        server.proc.terminate()
+        server.proc.terminate()  # drains: the participant stays
+        await asyncio.sleep(1.0)
+        assert not disconnected.items
+        assert server.proc.poll() is None
+        server.proc.terminate()  # the second signal closes the rooms now
         reason = await disconnected.wait_for()
         assert reason == rtc.DisconnectReason.SERVER_SHUTDOWN
         assert await asyncio.to_thread(server.proc.wait, 15) == 0

@@ -1,0 +1,139 @@
+"""``--workers N``: one process per core, as N nodes of one cluster on this machine.
+
+A Python process forwards on one core, so a machine is used by running several. The
+supervisor starts N worker processes of this same command; each is a full node with its own
+UDP and ICE-TCP port (``rtc.udp_port + index``, ``rtc.tcp_port + index``) and Prometheus port
+(``prometheus.port + index``), all sharing the HTTP port (``SO_REUSEPORT``, the kernel spreads
+connections). They meet in Redis when one is configured, otherwise in a broker the supervisor
+embeds (``routing/embedded.py``) on a Unix socket, so a single machine needs nothing else. A
+room lives in one worker; signalling that reaches another worker is relayed to it.
+
+Signals go to every worker: the first drains them, the second closes their rooms, a third
+kills them. A worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+from config import Config
+from routing.embedded import EmbeddedRedis
+from server.cluster import WorkerIdentity
+
+logger = logging.getLogger(__name__)
+
+#: A worker that keeps dying is given up on after this many restarts within a minute.
+MAX_RESTARTS_PER_MINUTE = 5
+RESTART_DELAY_S = 1.0
+
+
+def default_worker_count() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def worker_config(config: Config, worker: WorkerIdentity) -> Config:
+    """The configuration one worker runs with: its own metrics port."""
+    if worker.count == 1:
+        return config
+    prometheus = config.prometheus
+    if prometheus.port:
+        prometheus = dataclasses.replace(prometheus, port=prometheus.port + worker.index)
+    legacy = config.prometheus_port + worker.index if config.prometheus_port else 0
+    return dataclasses.replace(config, prometheus=prometheus, prometheus_port=legacy)
+
+
+class Supervisor:
+    """Runs the workers until a signal tells them to stop and they have all exited."""
+
+    def __init__(self, server_args: Sequence[str], config: Config, count: int) -> None:
+        self._args = list(server_args)
+        self._config = config
+        self._count = count
+        self._broker: EmbeddedRedis | None = None
+        self._broker_path = ""
+        self._signals = 0
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._restarts: dict[int, list[float]] = {}
+
+    async def run(self) -> int:
+        directory = tempfile.mkdtemp(prefix="lkpy-")
+        try:
+            if not self._config.redis.enabled:
+                self._broker = EmbeddedRedis()
+                self._broker_path = os.path.join(directory, "bus.sock")
+                await self._broker.start(self._broker_path)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal)
+            logger.info("starting %d workers", self._count)
+            codes = await asyncio.gather(*(self._keep(i) for i in range(self._count)))
+            return 0 if all(code == 0 for code in codes) else 1
+        finally:
+            if self._broker is not None:
+                await self._broker.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                if self._signals >= 3:
+                    proc.kill()
+                else:
+                    proc.send_signal(signal.SIGTERM)
+
+    async def _keep(self, index: int) -> int:
+        """Run worker ``index``, starting it again when it dies before we were told to stop."""
+        while True:
+            proc = await self._spawn(index)
+            self._procs[index] = proc
+            code = await proc.wait()
+            if self._signals:
+                # Killed by the SIGTERM we forwarded before it could install its handlers
+                # (still starting up): that is the stop we asked for.
+                return 0 if code == -signal.SIGTERM else code
+            logger.error("worker %d exited with %d; starting it again", index, code)
+            recent = [t for t in self._restarts.get(index, []) if time.monotonic() - t < 60]
+            if len(recent) >= MAX_RESTARTS_PER_MINUTE:
+                logger.error("worker %d keeps failing; giving up on it", index)
+                return code
+            self._restarts[index] = [*recent, time.monotonic()]
+            await asyncio.sleep(RESTART_DELAY_S)
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        args = [
+            *self._args,
+            "--workers", str(self._count),
+            "--worker-index", str(index),
+        ]  # fmt: skip
+        if self._broker_path:
+            args += ["--worker-broker", self._broker_path]
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it once.
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server.cli", *args, start_new_session=True
+        )
+
+
+def strip_worker_flags(args: Sequence[str]) -> list[str]:
+    """The command line without the worker flags the supervisor sets itself."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--workers", "--worker-index", "--worker-broker"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out

@@ -1,0 +1,257 @@
+"""Several nodes sharing a real Redis: participants on different nodes meet in one room."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api, rtc
+from redis.asyncio import Redis
+
+from tests.e2e.conftest import assert_clean_exit
+from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, start_server
+from tests.e2e.redis_server import RedisProcess, start_redis
+from tests.e2e.sdk import EventLog, connect, joined, wait_until
+from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
+
+pytestmark = pytest.mark.sdk
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    process = start_redis(tmp_path)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def nodes(redis: RedisProcess, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts nodes of one cluster; each is checked for a clean exit."""
+    started: list[ServerProcess] = []
+
+    def start_node(extra: str = "") -> ServerProcess:
+        config = f"redis:\n  address: {redis.address}\n{extra}"
+        node = start_server(tmp_path, config)
+        started.append(node)
+        return node
+
+    yield start_node
+    for node in started:
+        if node.proc.poll() is None:
+            assert_clean_exit(node)
+
+
+@asynccontextmanager
+async def server_api(node: ServerProcess) -> AsyncIterator[api.LiveKitAPI]:
+    client = api.LiveKitAPI(node.http_url, API_KEY, API_SECRET)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def room_node_of(redis: RedisProcess, room: str) -> str | None:
+    client = Redis(host="127.0.0.1", port=redis.port)
+    try:
+        value = await client.hget("room_node_map", room)
+        return value.decode() if value else None
+    finally:
+        await client.aclose()
+
+
+async def test_participants_on_different_nodes_meet(
+    nodes: Callable[..., ServerProcess], redis: RedisProcess
+) -> None:
+    first, second = nodes(), nodes()
+    async with (
+        joined(first, "alice", "cluster-meet") as alice,
+        joined(second, "bob", "cluster-meet", can_update_own_metadata=True) as bob,
+    ):
+        await wait_until(lambda: "alice" in bob.remote_participants)
+        await wait_until(lambda: "bob" in alice.remote_participants)
+        host = await room_node_of(redis, "cluster-meet")
+        assert host is not None and host.startswith("ND_")
+        # Data both ways.
+        got = EventLog(bob, "data_received")
+        await alice.local_participant.publish_data(b"across nodes", topic="x")
+        packet = await got.wait_for(lambda p: p.data == b"across nodes")
+        assert packet.participant.identity == "alice"
+        # Metadata.
+        changed = EventLog(alice, "participant_metadata_changed")
+        await bob.local_participant.set_metadata("bob's metadata")
+        await changed.wait_for(lambda e: e[2] == "bob's metadata")
+        # Media: alice's tone reaches bob.
+        subscribed = EventLog(bob, "track_subscribed")
+        async with publishing_tone(alice):
+            track, _, _ = await subscribed.wait_for()
+            tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
+            assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+
+
+async def test_room_service_calls_reach_the_hosting_node(
+    nodes: Callable[..., ServerProcess],
+) -> None:
+    first, second = nodes(), nodes()
+    async with joined(first, "member", "cluster-api") as member:
+        metadata = EventLog(member, "room_metadata_changed")
+        data = EventLog(member, "data_received")
+        for node in (first, second):
+            async with server_api(node) as lk:
+                rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=["cluster-api"]))
+                assert [r.name for r in rooms.rooms] == ["cluster-api"]
+                people = await lk.room.list_participants(
+                    api.ListParticipantsRequest(room="cluster-api")
+                )
+                assert [p.identity for p in people.participants] == ["member"]
+        async with server_api(second) as lk:
+            await lk.room.update_room_metadata(
+                api.UpdateRoomMetadataRequest(room="cluster-api", metadata="set via node 2")
+            )
+            await lk.room.send_data(
+                api.SendDataRequest(room="cluster-api", data=b"via node 2", topic="t")
+            )
+            await lk.room.update_participant(
+                api.UpdateParticipantRequest(room="cluster-api", identity="member", name="M")
+            )
+            created = await lk.room.create_room(api.CreateRoomRequest(name="cluster-made"))
+        await metadata.wait_for(lambda e: e[1] == "set via node 2")
+        await data.wait_for(lambda p: p.data == b"via node 2")
+        await wait_until(lambda: member.local_participant.name == "M")
+        async with server_api(first) as lk:
+            listed = await lk.room.list_rooms(api.ListRoomsRequest(names=["cluster-made"]))
+            assert [r.sid for r in listed.rooms] == [created.sid]
+            await lk.room.delete_room(api.DeleteRoomRequest(room="cluster-made"))
+        async with server_api(second) as lk:
+            listed = await lk.room.list_rooms(api.ListRoomsRequest(names=["cluster-made"]))
+            assert not listed.rooms
+
+
+async def test_relayed_participant_is_removed_by_the_api(
+    nodes: Callable[..., ServerProcess],
+) -> None:
+    first, second = nodes(), nodes()
+    async with joined(first, "anchor", "cluster-remove"):
+        removed = await connect(second, "leaver", "cluster-remove")
+        disconnected = EventLog(removed, "disconnected")
+        async with server_api(second) as lk:
+            await lk.room.remove_participant(
+                api.RoomParticipantIdentity(room="cluster-remove", identity="leaver")
+            )
+        assert await disconnected.wait_for() == rtc.DisconnectReason.PARTICIPANT_REMOVED
+
+
+def node_id_of(node: ServerProcess) -> str:
+    for line in node.logs().splitlines():
+        if "registered (" in line and " node ND_" in line:
+            return line.split(" node ", 1)[1].split()[0]
+    raise AssertionError(f"no node id in the log:\n{node.logs()}")
+
+
+async def listed_rooms(node: ServerProcess) -> set[str]:
+    async with server_api(node) as lk:
+        return {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
+
+
+async def eventually(check: Callable[[], Any], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+async def test_killed_node_is_cleaned_up_and_its_room_moves(
+    nodes: Callable[..., ServerProcess], redis: RedisProcess
+) -> None:
+    first, second = nodes(), nodes()
+    victim, survivor = first, second
+    async with server_api(survivor) as lk:
+        await lk.room.create_room(
+            api.CreateRoomRequest(name="cluster-kill", node_id=node_id_of(victim))
+        )
+    assert await room_node_of(redis, "cluster-kill") == node_id_of(victim)
+    participant = await connect(victim, "doomed", "cluster-kill")
+    try:
+        victim.proc.kill()
+        victim.proc.wait()
+        killed_at = time.monotonic()
+
+        async def room_gone() -> bool:
+            return "cluster-kill" not in await listed_rooms(survivor)
+
+        await eventually(room_gone, 10, "the dead node's room stayed listed")
+        assert time.monotonic() - killed_at < 10
+        async with joined(survivor, "newcomer", "cluster-kill") as newcomer:
+            assert newcomer.connection_state == rtc.ConnectionState.CONN_CONNECTED
+            assert await room_node_of(redis, "cluster-kill") == node_id_of(survivor)
+    finally:
+        await participant.disconnect()
+
+
+async def test_rooms_survive_a_redis_restart(
+    nodes: Callable[..., ServerProcess], redis: RedisProcess
+) -> None:
+    first, second = nodes(), nodes()
+    async with server_api(first) as lk:
+        await lk.room.create_room(
+            api.CreateRoomRequest(name="cluster-redis", node_id=node_id_of(first))
+        )
+    async with (
+        joined(first, "steady", "cluster-redis") as steady,
+        joined(first, "friend", "cluster-redis") as friend,
+    ):
+        got = EventLog(friend, "data_received")
+        redis.stop()
+        await asyncio.sleep(2.0)
+        await steady.local_participant.publish_data(b"while redis is down")
+        await got.wait_for(lambda p: p.data == b"while redis is down")
+        redis.start()
+
+        async def listed_everywhere() -> bool:
+            try:
+                return all(["cluster-redis" in await listed_rooms(n) for n in (first, second)])
+            except api.TwirpError:
+                return False
+
+        await eventually(listed_everywhere, 10, "the room did not come back to the store")
+        await steady.local_participant.publish_data(b"after redis is back")
+        await got.wait_for(lambda p: p.data == b"after redis is back")
+        async with joined(second, "late", "cluster-redis") as late:
+            await wait_until(lambda: "steady" in late.remote_participants)
+
+
+async def test_sigterm_drains_the_node(
+    nodes: Callable[..., ServerProcess], redis: RedisProcess
+) -> None:
+    draining, other = nodes(), nodes()
+    async with server_api(other) as lk:
+        await lk.room.create_room(
+            api.CreateRoomRequest(name="cluster-drain", node_id=node_id_of(draining))
+        )
+    stayer = await connect(draining, "stayer", "cluster-drain")
+    try:
+        draining.proc.terminate()
+
+        async def shutting_down() -> bool:
+            client = Redis(host="127.0.0.1", port=redis.port)
+            try:
+                entry = await client.hget("nodes", node_id_of(draining))
+            finally:
+                await client.aclose()
+            return entry is not None and b"SHUTTING_DOWN" in entry
+
+        await eventually(shutting_down, 5, "the node did not announce SHUTTING_DOWN")
+        # A new room is not placed on the draining node, even when asked through it.
+        async with joined(draining, "elsewhere", "cluster-drain-new"):
+            assert await room_node_of(redis, "cluster-drain-new") == node_id_of(other)
+        # The existing room keeps accepting joins, on the draining node.
+        async with joined(other, "joiner", "cluster-drain") as joiner:
+            await wait_until(lambda: "stayer" in joiner.remote_participants)
+        assert draining.proc.poll() is None, "the node must wait for its participants"
+    finally:
+        await stayer.disconnect()
+    assert await asyncio.to_thread(draining.proc.wait, 15) == 0

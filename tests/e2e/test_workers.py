@@ -1,0 +1,84 @@
+"""``--workers N``: one machine, N worker processes as N nodes, no Redis needed."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+
+import pytest
+from livekit import api, rtc
+
+from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess
+from tests.e2e.sdk import EventLog, joined, wait_until
+from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
+
+pytestmark = pytest.mark.sdk
+
+ROOMS = [f"workers-{index}" for index in range(8)]
+
+
+def worker_of_rooms(server: ServerProcess) -> dict[str, str]:
+    """Room name -> the worker whose log says it created the room."""
+    hosts = {}
+    for line in server.logs().splitlines():
+        if "room created" in line:
+            worker = re.search(r"\bworker=(\d+)", line)
+            room = re.search(r"\broom=(\S+)", line)
+            if worker and room:
+                hosts[room.group(1)] = worker.group(1)
+    return hosts
+
+
+async def test_two_workers_share_one_port_and_rooms_spread(
+    start: Callable[..., ServerProcess],
+) -> None:
+    server = start(args=("--workers", "2"))
+    async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
+        for name in ROOMS:
+            await lk.room.create_room(api.CreateRoomRequest(name=name))
+        # Every worker answers for every room, whichever worker the request reached.
+        for _ in range(4):
+            listed = await lk.room.list_rooms(api.ListRoomsRequest())
+            assert set(ROOMS) <= {r.name for r in listed.rooms}
+    hosts = worker_of_rooms(server)
+    assert set(hosts) >= set(ROOMS)
+    assert {hosts[name] for name in ROOMS} == {"0", "1"}, "rooms must spread over the workers"
+
+
+async def test_participants_reaching_different_workers_meet(
+    start: Callable[..., ServerProcess],
+) -> None:
+    server = start(args=("--workers", "2"))
+    # Several participants: the kernel spreads their connections over both workers, so some
+    # are relayed to the room's worker.
+    names = [f"member-{index}" for index in range(4)]
+    async with (
+        joined(server, names[0], "workers-meet") as first,
+        joined(server, names[1], "workers-meet") as second,
+        joined(server, names[2], "workers-meet"),
+        joined(server, names[3], "workers-meet") as last,
+    ):
+        await wait_until(lambda: set(names[1:]) <= set(first.remote_participants))
+        got = EventLog(last, "data_received")
+        await first.local_participant.publish_data(b"hello from one worker")
+        packet = await got.wait_for(lambda p: p.data == b"hello from one worker")
+        assert packet.participant.identity == names[0]
+        subscribed = EventLog(second, "track_subscribed")
+        async with publishing_tone(last):
+            track, _, _ = await subscribed.wait_for()
+            tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
+            assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+    assert len({line for line in server.logs().splitlines() if "registered (SERVING)" in line}) == 2
+
+
+async def test_workers_drain_and_exit_on_sigterm(start: Callable[..., ServerProcess]) -> None:
+    server = start(args=("--workers", "2"))
+    async with joined(server, "last-one", "workers-drain") as participant:
+        disconnected = EventLog(participant, "disconnected")
+        server.proc.terminate()
+        await asyncio.sleep(1.0)
+        assert server.proc.poll() is None, "workers wait for their participants"
+        assert not disconnected.items
+        assert participant.connection_state == rtc.ConnectionState.CONN_CONNECTED
+    assert await asyncio.to_thread(server.proc.wait, 15) == 0
