@@ -10,7 +10,7 @@ server's own code. CPU time is this process's (``time.process_time``), so the fi
 machine-independent ratios: CPU microseconds per forwarded packet and packets out per
 CPU-second.
 
-    .venv/bin/python -m benchmarks.forwarding [--packets N] [--loop uvloop|asyncio]
+    .venv/bin/python -m benchmarks.forwarding [--packets N] [--loop uvloop|asyncio] [--no-batch]
 """
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ class FanOut:
         self.sink.close()
 
 
-async def fan_out(subscribers: int, size: int, packets: int) -> FanOut:
+async def fan_out(subscribers: int, size: int, packets: int, batch: bool = True) -> FanOut:
     loop = asyncio.get_running_loop()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))  # never read: the kernel drops what does not fit
     registry = IceRegistry()
     transport, mux = await loop.create_datagram_endpoint(
-        lambda: UdpMux(registry), local_addr=("127.0.0.1", 0)
+        lambda: UdpMux(registry, batch=batch), local_addr=("127.0.0.1", 0)
     )
     receiver = TrackReceiver(CODEC, 1234, lambda _: None)
     for index in range(subscribers):
@@ -132,8 +132,8 @@ async def fan_out(subscribers: int, size: int, packets: int) -> FanOut:
     return FanOut(transport, mux, sink, receiver, incoming, publisher_addr, clock)
 
 
-async def run(subscribers: int, size: int, packets: int) -> tuple[float, int]:
-    fan = await fan_out(subscribers, size, packets)
+async def run(subscribers: int, size: int, packets: int, batch: bool) -> tuple[float, int]:
+    fan = await fan_out(subscribers, size, packets, batch)
     start = time.process_time()
     fan.feed(0, packets)
     cpu = time.process_time() - start
@@ -145,6 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--packets", type=int, default=20000)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument(
+        "--no-batch", action="store_true", help="one sendto per datagram instead of sendmmsg"
+    )
     args = parser.parse_args()
     runner = asyncio.run
     if args.loop == "uvloop":
@@ -156,7 +159,7 @@ def main() -> None:
     for size in (100, 1200):
         for subscribers in (1, 10, 100):
             packets = max(200, args.packets // subscribers)
-            cpu, out = runner(run(subscribers, size, packets))
+            cpu, out = runner(run(subscribers, size, packets, not args.no_batch))
             row = (size, f"1->{subscribers}", out, f"{cpu:.3f}", f"{cpu / out * 1e6:.2f}")
             print(" ".join(f"{value:>10}" for value in row), f"{out / cpu:>10.0f}")
 

@@ -20,7 +20,15 @@ from typing import Protocol, cast
 
 from aioice import stun
 
+try:  # the optional C accelerator (sfu/_fastsend.c); without it, one sendto per datagram
+    from sfu import _fastsend
+except ImportError:  # pragma: no cover - depends on the build
+    _fastsend = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
+
+#: Most datagrams handed to the kernel in one sendmmsg(2) (the C helper's array size).
+MAX_BATCH = 256
 
 #: RFC 7675: consent expires 30 s after the last authenticated check.
 CONSENT_TIMEOUT_S = 30.0
@@ -203,25 +211,66 @@ class _UdpPath:
 
 
 class UdpMux(asyncio.DatagramProtocol):
-    """One UDP socket: STUN to the registry, everything else by source address."""
+    """One UDP socket: STUN to the registry, everything else by source address.
 
-    def __init__(self, registry: IceRegistry) -> None:
+    While one received packet is handled, what it makes us send on this socket (a
+    publisher's packet fanned out to every subscriber sharing the port) is collected and
+    handed to the kernel in one sendmmsg(2) when the C helper is built.
+    """
+
+    def __init__(self, registry: IceRegistry, *, batch: bool = True) -> None:
         self.registry = registry
         self.routes: dict[Address, IceSession] = {}
         self._paths: dict[Address, _UdpPath] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._batching = batch and _fastsend is not None
+        self._fd = -1
+        self._batch: list[tuple[bytes, Address]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport quacks like asyncio.DatagramTransport without subclassing it.
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if self._batching and sock is not None:
+            self._fd = sock.fileno()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (a client that went away) must not stop the socket.
         logger.debug("x udp error: %s", exc)
 
     def sendto(self, data: bytes, addr: Address) -> None:
-        if self._transport is not None:
+        batch = self._batch
+        if batch is not None:
+            batch.append((data, addr))
+        elif self._transport is not None:
             self._transport.sendto(data, addr)
+
+    def _receive_batched(self, session: IceSession, data: bytes) -> None:
+        batch: list[tuple[bytes, Address]] = []
+        self._batch = batch
+        try:
+            session.receive(data)
+        finally:
+            self._batch = None
+            if batch:
+                self._flush(batch)
+
+    def _flush(self, batch: list[tuple[bytes, Address]]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        sent = 0
+        # The kernel first, unless the loop already queued datagrams (keep their order).
+        if len(batch) > 1 and not cast(asyncio.WriteTransport, transport).get_write_buffer_size():
+            while sent < len(batch):
+                chunk = batch[sent : sent + MAX_BATCH]
+                taken = _fastsend.send_batch(self._fd, chunk)
+                sent += taken
+                if taken < len(chunk):
+                    break
+        for data, addr in batch[sent:]:
+            # EAGAIN or a datagram the kernel refused: the loop buffers or reports it.
+            transport.sendto(data, addr)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if not data:
@@ -235,7 +284,10 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         session = self.routes.get(addr)
         if session is not None:
-            session.receive(data)
+            if self._fd >= 0:
+                self._receive_batched(session, data)
+            else:
+                session.receive(data)
 
     def close(self) -> None:
         if self._transport is not None:
