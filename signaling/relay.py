@@ -61,16 +61,24 @@ async def relay_to_host(
         except (TimeoutError, LinkClosedError):
             raise HttpError(503, f"node {host} hosting the room did not answer") from None
         if kind is Frame.REFUSED:
-            refusal = json.loads(payload)
-            raise HttpError(int(refusal["status"]), str(refusal["reason"]))
+            raise _refusal(payload)
         await ws.prepare(request)
         logger.debug("relaying %s to node %s", start.connection_id, host)
         await _write(ws, kind, payload)
         await _pump(ws, link)
     finally:
         await link.close()
-        await ws.close()
+        if ws.prepared:
+            await ws.close()
     return ws
+
+
+def _refusal(payload: bytes) -> HttpError:
+    try:
+        refusal = json.loads(payload)
+        return HttpError(int(refusal["status"]), str(refusal["reason"]))
+    except (ValueError, KeyError, TypeError):
+        return HttpError(502, "the node hosting the room answered garbage")
 
 
 async def _write(ws: web.WebSocketResponse, kind: Frame, payload: bytes) -> None:

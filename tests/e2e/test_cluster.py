@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from livekit import api, rtc
 from redis.asyncio import Redis
 
 from tests.e2e.conftest import assert_clean_exit
-from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, start_server
+from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, make_token, start_server
 from tests.e2e.redis_server import RedisProcess, start_redis
 from tests.e2e.sdk import EventLog, connect, joined, wait_until
 from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
@@ -255,3 +256,22 @@ async def test_sigterm_drains_the_node(
     finally:
         await stayer.disconnect()
     assert await asyncio.to_thread(draining.proc.wait, 15) == 0
+
+
+async def test_refusal_by_the_hosting_node_is_the_edges_http_status(
+    nodes: Callable[..., ServerProcess],
+) -> None:
+    first, second = nodes(), nodes()
+    async with server_api(second) as lk:
+        await lk.room.create_room(
+            api.CreateRoomRequest(
+                name="cluster-full", max_participants=1, node_id=node_id_of(first)
+            )
+        )
+    async with joined(first, "only", "cluster-full"), aiohttp.ClientSession() as http:
+        token = make_token("second", "cluster-full")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{second.ws_url}/rtc?access_token={token}&protocol=15")
+        assert refused.value.status == 500
+        async with http.get(f"{second.http_url}/rtc/validate?access_token={token}") as response:
+            assert response.status == 200  # the room exists, on the other node
