@@ -193,9 +193,7 @@ class Router:
 
     # --- placement -------------------------------------------------------------------------
 
-    async def room_host(
-        self, room_name: str, *, create: bool, preferred: str = ""
-    ) -> str | None:
+    async def room_host(self, room_name: str, *, create: bool, preferred: str = "") -> str | None:
         """The node hosting ``room_name``; with ``create``, one is chosen for a new room:
         ``preferred`` (CreateRoom's ``node_id``) when it is alive and serving, else the
         selector's choice.

@@ -84,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if command == "generate-keys":
         return tools.generate_keys()
+    if command == "load-test":
+        from server.loadtest.cli import main as load_test  # not needed to run the server
+
+        return load_test(command_args)
     args = build_parser().parse_args(server_args)
     try:
         loaded = load_config(overrides_from(args), os.environ)

@@ -49,6 +49,6 @@ def split_subcommand(argv: Sequence[str]) -> tuple[str | None, list[str], list[s
     """(subcommand, its own arguments, the server flags) from the command line; server
     flags (--config, --keys, --dev...) may come before the subcommand."""
     for index, word in enumerate(argv):
-        if word in ("generate-keys", "create-join-token"):
+        if word in ("generate-keys", "create-join-token", "load-test"):
             return word, list(argv[index + 1 :]), list(argv[:index])
     return None, [], list(argv)

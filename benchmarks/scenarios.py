@@ -1,0 +1,179 @@
+"""LiveKit's published benchmark scenarios, scaled to this machine, with our load tester.
+
+For each scenario (large audio room: 10 publishers and many listeners; large meeting:
+everyone publishes audio and video; livestream: one 720p simulcast publisher, many viewers)
+the load is stepped up, each step against a fresh server pinned to core 0 with the load
+tester (``livekit-py-server load-test``) pinned to core 1, until a step loses 1 % of its
+packets or a participant fails to join. The largest passing step is reported as packets the
+subscribers received per server CPU-second, next to LiveKit's per-vCPU figure from its
+16-vCPU benchmark (``../shared/reference/performance.md``). Traffic stays on loopback; run it
+in the test namespace like the other benchmarks:
+
+    unshare -n sh tests/netns.sh .venv/bin/python -m benchmarks.scenarios --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import API_KEY, API_SECRET, SERVER_SCRIPT, ServerProcess, start_server
+
+MAX_LOSS_PERCENT = 1.0
+SERVER_CORE, LOADER_CORE = 0, 1
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    flags: Callable[[int], list[str]]
+    steps: tuple[int, ...]
+    livekit_per_vcpu: float
+    """LiveKit's out packets per busy vCPU-second in its published run of this shape."""
+    unit: str
+
+
+SCENARIOS = (
+    Scenario(
+        "audio room",
+        lambda n: ["--audio-publishers", "10", "--subscribers", str(n)],
+        (25, 50, 100, 150, 200, 300, 400, 600),
+        74_900,
+        "listeners",
+    ),
+    Scenario(
+        "meeting",
+        lambda n: (
+            ["--audio-publishers", str(n), "--video-publishers", str(n), "--subscribers", str(n)]
+        ),
+        (2, 4, 6, 8, 10, 14, 20, 28),
+        56_100,
+        "publishers + as many subscribers",
+    ),
+    Scenario(
+        "livestream",
+        lambda n: ["--video-publishers", "1", "--subscribers", str(n)],
+        (25, 50, 100, 200, 300, 400, 600),
+        38_100,
+        "viewers",
+    ),
+)
+
+
+def pin(pid: int, core: int) -> None:
+    """Every thread of ``pid`` onto one core."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), {core})
+        except OSError:
+            continue
+
+
+def run_step(scenario: Scenario, load: int, duration: float, log_dir: Path) -> dict[str, Any]:
+    """One load test against a fresh server; its JSON summary."""
+    server: ServerProcess = start_server(log_dir, extra_env={"NODE_IP": "127.0.0.1"})
+    try:
+        pin(server.proc.pid, SERVER_CORE)
+        command = ["taskset", "-c", str(LOADER_CORE), SERVER_SCRIPT, "load-test"]
+        command += ["--url", server.ws_url, "--api-key", API_KEY, "--api-secret", API_SECRET]
+        command += [*scenario.flags(load), "--duration", str(duration), "--num-per-second", "20"]
+        command += ["--json", "--server-pid", str(server.proc.pid)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    finally:
+        server.stop()
+    try:
+        summary: dict[str, Any] = json.loads(result.stdout)
+    except ValueError:
+        raise RuntimeError(f"load test failed ({result.returncode}): {result.stderr}") from None
+    return summary
+
+
+def passed(summary: dict[str, Any]) -> bool:
+    return bool(
+        summary["joined"] == summary["participants"]
+        and summary["window_loss_percent"] < MAX_LOSS_PERCENT
+        and summary["srtp_errors"] == 0
+    )
+
+
+def describe(summary: dict[str, Any]) -> str:
+    window = summary["window"]
+    seconds = window["seconds"] or 1.0
+    cpu = summary["server_cpu_seconds"] or 0.0
+    per_cpu = window["packets_in"] / cpu if cpu else 0.0
+    return (
+        f"{window['packets_in'] / seconds:,.0f} pkt/s out, "
+        f"loss {summary['window_loss_percent']:.2f} % "
+        f"({summary['loss_percent']:.2f} % with the joins), "
+        f"server {100 * cpu / seconds:.0f} % of a core, {per_cpu:,.0f} pkt per CPU-s, "
+        f"load tester {100 * window['cpu_seconds'] / seconds:.0f} %, "
+        f"join p50/p99 {summary['connect_p50_ms'] or 0:.0f}/"
+        f"{summary['connect_p99_ms'] or 0:.0f} ms"
+    )
+
+
+def run_scenario(scenario: Scenario, duration: float, log_dir: Path) -> tuple[int, dict[str, Any]]:
+    best: tuple[int, dict[str, Any]] = (0, {})
+    for load in scenario.steps:
+        summary = run_step(scenario, load, duration, log_dir)
+        ok = passed(summary)
+        mark = "" if ok else "  <- over the limit"
+        line = f"{scenario.name}, {load} {scenario.unit}: {describe(summary)}{mark}"
+        print(line, file=sys.stderr, flush=True)
+        if not ok:
+            break
+        best = (load, summary)
+    return best
+
+
+def report(results: list[tuple[Scenario, int, dict[str, Any]]]) -> str:
+    lines = [
+        "| scenario | largest load under 1 % loss | packets out/s | server CPU | "
+        "out packets per server CPU-second | LiveKit per vCPU-second | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario, load, summary in results:
+        if not summary:
+            livekit = f"{scenario.livekit_per_vcpu:,.0f}"
+            lines.append(f"| {scenario.name} | none passed | | | | {livekit} | |")
+            continue
+        window = summary["window"]
+        seconds = window["seconds"] or 1.0
+        cpu = summary["server_cpu_seconds"] or 0.0
+        per_cpu = window["packets_in"] / cpu if cpu else 0.0
+        lines.append(
+            f"| {scenario.name} | {load} {scenario.unit} | {window['packets_in'] / seconds:,.0f} "
+            f"| {100 * cpu / seconds:.0f} % | {per_cpu:,.0f} | {scenario.livekit_per_vcpu:,.0f} "
+            f"| {per_cpu / scenario.livekit_per_vcpu:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per step")
+    parser.add_argument("--only", choices=[s.name for s in SCENARIOS], action="append")
+    args = parser.parse_args()
+    if os.environ.get("LKPY_TEST_NETNS") != "1":
+        note = "note: not in the test namespace (tests/netns.sh); the server advertises 127.0.0.1"
+        print(note, file=sys.stderr)
+    log_dir = Path(tempfile.mkdtemp(prefix="lkpy-scenarios-"))
+    results = []
+    for scenario in SCENARIOS:
+        if args.only and scenario.name not in args.only:
+            continue
+        load, summary = run_scenario(scenario, args.duration, log_dir)
+        results.append((scenario, load, summary))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
