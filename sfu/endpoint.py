@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 
 from sfu.ice import IceRegistry, TcpIceConnection, UdpMux
 
 logger = logging.getLogger(__name__)
+
+#: Socket buffers of the shared media socket. Linux's default 208 KiB receive buffer overflows
+#: in a burst of joins or a 1 -> N fan-out and drops packets before we see them (LiveKit warns
+#: below 5 MB, ``UDP receive buffer is too small``).
+SHARED_SOCKET_BUFFER = 8 * 1024 * 1024
+#: SO_RCVBUFFORCE / SO_SNDBUFFORCE (Linux): exceed net.core.[rw]mem_max with CAP_NET_ADMIN.
+_FORCE = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,8 @@ class Endpoints:
             except OSError:
                 continue
             bound = int(transport.get_extra_info("sockname")[1])
+            if not dedicated:
+                _grow_buffers(transport.get_extra_info("socket"), bound)
             return Endpoint(
                 self.registry,
                 mux,
@@ -121,3 +131,29 @@ class Endpoints:
         if self._tcp_server is not None:
             self._tcp_server.close()
             await self._tcp_server.wait_closed()
+
+
+def _grow_buffers(sock: socket.socket | None, port: int) -> None:
+    """Ask for :data:`SHARED_SOCKET_BUFFER` each way; warn, as LiveKit does, when the kernel
+    grants less (raise net.core.rmem_max / wmem_max, or run with CAP_NET_ADMIN)."""
+    if sock is None:
+        return
+    for option, name in ((socket.SO_RCVBUF, "receive"), (socket.SO_SNDBUF, "send")):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _FORCE[option], SHARED_SOCKET_BUFFER)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SHARED_SOCKET_BUFFER)
+            except OSError as exc:
+                logger.debug("x UDP %s buffer not set: %s", name, exc)
+        granted = sock.getsockopt(socket.SOL_SOCKET, option) // 2  # Linux reports double
+        if granted < SHARED_SOCKET_BUFFER:
+            logger.warning(
+                "UDP %s buffer of port %d is %d KiB, below the %d KiB asked for: raise "
+                "net.core.%smem_max",
+                name,
+                port,
+                granted // 1024,
+                SHARED_SOCKET_BUFFER // 1024,
+                "r" if option == socket.SO_RCVBUF else "w",
+            )
