@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 #: LiveKit refuses more than this many tracks announced but not yet negotiated.
 MAX_PENDING_TRACKS = 20
+#: Unforwarded simulcast SSRCs remembered per participant (a few layers per video track).
+MAX_UNFORWARDED_SSRCS = 64
 #: LiveKit's lower-case source names (``canPublishSources``) and the protobuf enum.
 SOURCES_BY_NAME = {
     "camera": models.TrackSource.CAMERA,
@@ -57,6 +59,9 @@ class ParticipantTracks:
         self.published: dict[str, PublishedTrack] = {}
         """track sid -> published track."""
         self._by_ssrc: dict[int, TrackReceiver] = {}
+        self._unforwarded_ssrcs: set[int] = set()
+        """Simulcast layers of tracks that already forward another layer: dropped at once
+        instead of parsing their header extensions on every packet."""
         self._by_mid: dict[str, PublishedTrack] = {}
         self._mid_extension_id = 0
         self.downtracks: dict[str, DownTrack] = {}
@@ -145,6 +150,7 @@ class ParticipantTracks:
         return ready, removed
 
     def unpublish(self, track: PublishedTrack) -> None:
+        self._unforwarded_ssrcs.clear()
         self.published.pop(track.sid, None)
         if self._by_mid.get(track.info.mid) is track:
             del self._by_mid[track.info.mid]
@@ -154,6 +160,7 @@ class ParticipantTracks:
             self._counters.retire_receiver(track.receiver)
 
     def unpublish_all(self) -> list[PublishedTrack]:
+        self._unforwarded_ssrcs.clear()
         tracks = list(self.published.values())
         self.published.clear()
         self._by_ssrc.clear()
@@ -173,8 +180,11 @@ class ParticipantTracks:
                 self._counters.retire_receiver(track.receiver)
 
     def _on_rtp(self, packet: bytes) -> None:
-        receiver = self._by_ssrc.get(int.from_bytes(packet[8:12], "big"))
+        ssrc = int.from_bytes(packet[8:12], "big")
+        receiver = self._by_ssrc.get(ssrc)
         if receiver is None:
+            if ssrc in self._unforwarded_ssrcs:
+                return
             receiver = self._adopt_ssrc(packet)
         if receiver is not None:
             receiver.on_packet(packet, time.monotonic())
@@ -194,9 +204,13 @@ class ParticipantTracks:
             v for i, v in rtp.extensions(packet, extension, header) if i == self._mid_extension_id
         ]
         track = self._by_mid.get(mids[0].decode(errors="replace")) if mids else None
-        if track is None or track.receiver is None or track.receiver.media_ssrc:
+        if track is None or track.receiver is None:
             return None
         ssrc = rtp.ssrc(packet)
+        if track.receiver.media_ssrc:
+            if len(self._unforwarded_ssrcs) < MAX_UNFORWARDED_SSRCS:
+                self._unforwarded_ssrcs.add(ssrc)
+            return None
         track.receiver.media_ssrc = ssrc
         track.ssrcs += (ssrc,)
         self._by_ssrc[ssrc] = track.receiver
