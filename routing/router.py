@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 #: detection within 10 s; stats come every 2 s).
 DEAD_AFTER_S = 6.0
 RPC_TIMEOUT_S = 5.0
+STATS_FRESH_S = 4.0
 
 
 class RoutingError(Exception):
@@ -123,6 +124,8 @@ class Router:
         self._rpc_handler: RpcHandler | None = None
         self._calls: set[asyncio.Task[None]] = set()
         self.registered = False
+        self.registered_at = 0.0
+        """Monotonic time this node's entry was last written (the health check reads it)."""
 
     @property
     def node_id(self) -> str:
@@ -140,6 +143,11 @@ class Router:
             loop.create_task(self._refresh_loop(), name="node-refresh"),
             loop.create_task(self._serve_rpc(self._rpc_inbox), name="node-rpc"),
         ]
+
+    def healthy(self, now: float) -> bool:
+        """LiveKit's health check: 200 while the node's stats are fresh, 406 once they are
+        older than 4 s (the store is unreachable, so other nodes will soon drop this one)."""
+        return now - self.registered_at <= STATS_FRESH_S
 
     def set_state(self, state: NodeState) -> None:
         if state is not self.node.state:
@@ -168,6 +176,7 @@ class Router:
         if not self.registered:
             logger.info("node %s registered (%s)", self.node_id, self.node.state)
         self.registered = True
+        self.registered_at = time.monotonic()
 
     async def _refresh_loop(self) -> None:
         while True:

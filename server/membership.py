@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from server.cluster import Backends, StoreSync
 from signaling.http import FORWARDER, SignalingContext, run_relayed_session
@@ -34,8 +35,12 @@ class Membership:
         ctx.rooms.events.subscribe(sync)
 
     async def start(self, app: web.Application) -> None:
-        await self.relay_host.start()
-        await self.router.start(app[FORWARDER].serve)
+        try:
+            await self.relay_host.start()
+            await self.router.start(app[FORWARDER].serve)
+        except (RedisError, OSError) as exc:
+            # One line for the operator (the CLI prints OSErrors), not a traceback.
+            raise OSError(f"cannot reach the cluster's Redis: {exc}") from exc
         self.sync.start()
 
     async def stop(self, app: web.Application) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ async def cors_and_errors(
 
 
 async def health(request: web.Request) -> web.Response:
+    if not request.app[CONTEXT].router.healthy(time.monotonic()):
+        return web.Response(status=406, text="Not Ready")
     return web.Response(text="OK")
 
 

@@ -158,6 +158,11 @@ async def listed_rooms(node: ServerProcess) -> set[str]:
         return {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
 
 
+async def health_is(node: ServerProcess, status: int) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(f"{node.http_url}/") as response:
+        return response.status == status
+
+
 async def eventually(check: Callable[[], Any], within_s: float, what: str) -> None:
     deadline = time.monotonic() + within_s
     while not await check():
@@ -207,7 +212,8 @@ async def test_rooms_survive_a_redis_restart(
     ):
         got = EventLog(friend, "data_received")
         redis.stop()
-        await asyncio.sleep(2.0)
+        # The health check says Not Ready once the node's stats are stale (LiveKit: 4 s).
+        await eventually(lambda: health_is(first, 406), 10, "health stayed OK without Redis")
         await steady.local_participant.publish_data(b"while redis is down")
         await got.wait_for(lambda p: p.data == b"while redis is down")
         redis.start()
@@ -219,6 +225,7 @@ async def test_rooms_survive_a_redis_restart(
                 return False
 
         await eventually(listed_everywhere, 10, "the room did not come back to the store")
+        await eventually(lambda: health_is(first, 200), 10, "health did not recover")
         await steady.local_participant.publish_data(b"after redis is back")
         await got.wait_for(lambda p: p.data == b"after redis is back")
         async with joined(second, "late", "cluster-redis") as late:
