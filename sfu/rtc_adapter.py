@@ -412,3 +412,84 @@ def _sctp_port(description: sdp.SessionDescription) -> int | None:
             except ValueError:
                 raise ValueError(f"bad a=sctp-port {port!r}") from None
     return None
+
+
+# --- the client side, for the load tester (server/loadtest) -------------------------------
+# The same aiortc internals as above: an ICE-transport shim for RTCDtlsTransport, its
+# _set_role, and the SRTP sessions _rx_srtp / _tx_srtp after the handshake.
+
+_certificate: RTCCertificate | None = None
+
+
+def certificate() -> RTCCertificate:
+    """One DTLS certificate for every client peer connection of the process (browsers reuse theirs
+    too); generating a key per connection would cost more than the handshake."""
+    global _certificate
+    if _certificate is None:
+        _certificate = RTCCertificate.generateCertificate()
+    return _certificate
+
+
+def local_fingerprints() -> tuple[tuple[str, str], ...]:
+    return tuple((f.algorithm, f.value) for f in certificate().getFingerprints())
+
+
+class _ClientIceShim:
+    """What ``RTCDtlsTransport`` needs of an ICE transport, over our ICE agent's path."""
+
+    def __init__(self, send: Callable[[bytes], None], controlling: bool) -> None:
+        self.role = "controlling" if controlling else "controlled"
+        self._send_datagram = send
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def _recv(self) -> bytes:
+        return await self.queue.get()
+
+    async def _send(self, data: bytes) -> None:
+        self._send_datagram(data)
+
+
+class DtlsLink:
+    """DTLS (and SCTP, when the description has data channels) for one peer connection.
+
+    :param send: sends one datagram on the selected ICE path.
+    """
+
+    def __init__(self, send: Callable[[bytes], None], *, controlling: bool) -> None:
+        self._shim = _ClientIceShim(send, controlling)
+        shim: Any = self._shim  # duck-typed RTCIceTransport
+        self._dtls = RTCDtlsTransport(shim, [certificate()])
+        self._sctp: RTCSctpTransport | None = None
+        self.rx: Session | None = None
+        self.tx: Session | None = None
+        self.protector: SrtpProtector | None = None
+
+    def feed(self, datagram: bytes) -> None:
+        """A DTLS record from the network (RFC 7983: first byte 20-63)."""
+        self._shim.queue.put_nowait(datagram)
+
+    async def connect(self, *, client: bool, fingerprints: tuple[tuple[str, str], ...]) -> bool:
+        """Run the handshake as DTLS client or server; True once the SRTP keys are set."""
+        self._dtls._set_role("client" if client else "server")
+        remote = RTCDtlsParameters(
+            fingerprints=[RTCDtlsFingerprint(algorithm=a, value=v) for a, v in fingerprints]
+        )
+        await self._dtls.start(remote)
+        if self._dtls.state != "connected":
+            return False
+        self.rx, self.tx = self._dtls._rx_srtp, self._dtls._tx_srtp
+        if self.tx is None or self.rx is None:
+            return False
+        self.protector = SrtpProtector(self.tx)
+        return True
+
+    async def start_sctp(self, port: int) -> None:
+        """Associate SCTP over DTLS (RFC 8841) so the server's data channels open; their
+        messages are not read."""
+        self._sctp = RTCSctpTransport(self._dtls)
+        await self._sctp.start(RTCSctpCapabilities(maxMessageSize=SCTP_MAX_MESSAGE_SIZE), port)
+
+    async def close(self) -> None:
+        if self._sctp is not None:
+            await self._sctp.stop()
+        await self._dtls.stop()

@@ -46,6 +46,15 @@ def room_not_found() -> TwirpError:
     return TwirpError("not_found", "requested room does not exist")
 
 
+def admin_room(rooms: RoomManager, claims: Claims, name: str) -> Room:
+    """The room a roomAdmin call acts on: the grant first, then the room."""
+    ensure_admin(claims, name)
+    found = rooms.get(name)
+    if found is None:
+        raise room_not_found()
+    return found
+
+
 class RoomService:
     """The handlers, each one LiveKit RoomService method, acting on this node's rooms."""
 
@@ -92,11 +101,7 @@ class RoomService:
     # --- lookups ---------------------------------------------------------------------------
 
     def _room(self, claims: Claims, name: str) -> Room:
-        ensure_admin(claims, name)
-        found = self.rooms.get(name)
-        if found is None:
-            raise room_not_found()
-        return found
+        return admin_room(self.rooms, claims, name)
 
     def _participant(
         self, claims: Claims, room_name: str, identity: str
@@ -290,11 +295,7 @@ class AgentDispatchService:
         )
 
     def _room(self, claims: Claims, name: str) -> Room:
-        ensure_admin(claims, name)
-        found = self.rooms.get(name)
-        if found is None:
-            raise room_not_found()
-        return found
+        return admin_room(self.rooms, claims, name)
 
     async def create_dispatch(
         self, claims: Claims, request: agent_dispatch.CreateAgentDispatchRequest

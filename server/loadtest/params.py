@@ -61,6 +61,8 @@ class Params:
     """Decrypt one packet in N per stream (0: every packet for small runs, else 1 in 16)."""
     cache_dir: Path
     join_timeout: float
+    sink: bool = False
+    """Subscribers let the kernel drop media once every track flows (``sink.py``)."""
 
     @property
     def publishers(self) -> int:
@@ -192,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--decrypt-every", type=_count, default=0, help="decrypt 1 packet in N (0: auto)")
     add("--cache-dir", type=Path, default=None, help="where encoded test clips are kept")
     add("--join-timeout", type=_positive, default=20.0, help="seconds one join may take")
+    add(
+        "--sink",
+        action="store_true",
+        help="subscribers drop media once every track flows (the server's metrics count "
+        "what it forwards; ours stop there)",
+    )
     return parser
 
 
@@ -234,4 +242,5 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Para
         decrypt_every=args.decrypt_every,
         cache_dir=args.cache_dir or default_cache_dir(),
         join_timeout=args.join_timeout,
+        sink=args.sink,
     )

@@ -21,11 +21,12 @@ from typing import cast
 import pylibsrtp
 
 from protocol import rtcp
-from server.loadtest.adapter import DtlsLink
+from server.loadtest import sink
 from server.loadtest.ice import Address, IceAgent, IceState
 from server.loadtest.pacer import MediaSource
 from server.loadtest.sdp_client import RemoteDescription, RemoteTrack
 from server.loadtest.stats import StreamCounter
+from sfu.rtc_adapter import DtlsLink
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,13 @@ class ClientPeer(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_pli: dict[int, float] = {}
         self.local_port = 0
+        self._socket: socket.socket | None = None
+        self.sinking = False
+        """RTP is dropped by the kernel (``--sink``)."""
 
     async def open(self, bind_address: str) -> None:
         sock = open_socket(bind_address)
+        self._socket = sock
         self.local_port = int(sock.getsockname()[1])
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
@@ -278,6 +283,17 @@ class ClientPeer(asyncio.DatagramProtocol):
             rtp_time = source.rtp_time(now) & 0xFFFFFFFF
             out += _SR.pack(0x80, rtcp.SR, 6, ssrc, ntp, rtp_time, writer.packets, payload)
         return out
+
+    def sink_when_flowing(self, expected_tracks: int) -> None:
+        """``--sink``: once every expected track has delivered a few packets, the kernel
+        drops RTP on this socket (``sink.py``)."""
+        if self.sinking or self._socket is None:
+            return
+        packets = {ssrc: stream.packets for ssrc, stream in self.streams.items()}
+        tracks = {ssrc: stream.track_sid for ssrc, stream in self.streams.items()}
+        if sink.media_flowing(packets, tracks, expected_tracks):
+            sink.drop_rtp(self._socket)
+            self.sinking = True
 
     # --- end -----------------------------------------------------------------------------
 

@@ -160,6 +160,7 @@ class ProcessRun:
     async def _housekeeping(self) -> None:
         """Progress twice a second; pings, consent checks and RTCP reports once a second."""
         tick = 0
+        params = self.plan.params
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             tick += 1
@@ -169,6 +170,8 @@ class ProcessRun:
                     for peer in tester.peers():
                         peer.tick(now, wall)
                     await tester.ping(now)
+                    if params.sink and tester.subscriber is not None:
+                        tester.subscriber.sink_when_flowing(params.media_tracks_per_subscriber)
             self.control.report(self.progress())
 
     def progress(self) -> Progress:

@@ -24,7 +24,7 @@ from livekit.protocol import models, rtc
 
 from protocol import sdp
 from protocol.token import VideoGrant, issue_token
-from server.loadtest import adapter, sdp_client
+from server.loadtest import sdp_client
 from server.loadtest.media import Clip
 from server.loadtest.pacer import MediaSource, Pacer
 from server.loadtest.packetizer import (
@@ -37,6 +37,7 @@ from server.loadtest.packetizer import (
 from server.loadtest.params import LAYOUTS, Params, TesterSpec
 from server.loadtest.peer import ClientPeer
 from server.loadtest.stats import TesterResult, TrackResult
+from sfu import rtc_adapter as adapter
 
 PROTOCOL_VERSION = 15
 SDK_VERSION = "0.1.0"
