@@ -15,7 +15,6 @@ kills them. A worker that dies is started again.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import shutil
@@ -41,14 +40,9 @@ def default_worker_count() -> int:
 
 
 def worker_config(config: Config, worker: WorkerIdentity) -> Config:
-    """The configuration one worker runs with: its own metrics port."""
-    if worker.count == 1:
-        return config
-    prometheus = config.prometheus
-    if prometheus.port:
-        prometheus = dataclasses.replace(prometheus, port=prometheus.port + worker.index)
-    legacy = config.prometheus_port + worker.index if config.prometheus_port else 0
-    return dataclasses.replace(config, prometheus=prometheus, prometheus_port=legacy)
+    """The configuration one worker runs with. Its metrics port is ``prometheus.port +
+    index``; ``install_metrics`` adds the index (``port_offset``), so nothing changes here."""
+    return config
 
 
 class Supervisor:

@@ -6,10 +6,11 @@ import asyncio
 import re
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 from livekit import api, rtc
 
-from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess
+from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, free_port
 from tests.e2e.sdk import EventLog, joined, wait_until
 from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
 
@@ -33,7 +34,14 @@ def worker_of_rooms(server: ServerProcess) -> dict[str, str]:
 async def test_two_workers_share_one_port_and_rooms_spread(
     start: Callable[..., ServerProcess],
 ) -> None:
-    server = start(args=("--workers", "2"))
+    metrics_port = free_port()
+    server = start(f"prometheus_port: {metrics_port}\n", args=("--workers", "2"))
+    # Worker i serves its metrics on prometheus_port + i.
+    async with aiohttp.ClientSession() as http:
+        for index in range(2):
+            async with http.get(f"http://127.0.0.1:{metrics_port + index}/metrics") as response:
+                assert response.status == 200
+                assert "livekit_room_total" in await response.text()
     async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
         for name in ROOMS:
             await lk.room.create_room(api.CreateRoomRequest(name=name))
