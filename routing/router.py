@@ -20,9 +20,16 @@ from dataclasses import dataclass, replace
 
 from config.schema import NodeSelectorConfig
 from routing.bus import BusClosedError, MessageBus, Subscription
-from routing.node import STATS_INTERVAL_S, NodeInfo, NodeState, NodeStats, select_node
+from routing.node import (
+    STATS_INTERVAL_S,
+    NodeInfo,
+    NodeState,
+    NodeStats,
+    NoNodeError,
+    select_node,
+)
 from routing.relay import rpc_channel
-from routing.store import RoomStore
+from routing.store import STORE_ERRORS, RoomStore
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +174,7 @@ class Router:
             await self._rpc_inbox.close()
         try:
             await self.store.delete_node(self.node_id)
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             logger.warning("could not unregister node %s: %s", self.node_id, exc)
 
     async def _register(self) -> None:
@@ -184,7 +191,7 @@ class Router:
             try:
                 await self._register()
                 await self._remove_dead_nodes()
-            except Exception as exc:
+            except STORE_ERRORS as exc:
                 # Redis is away: rooms here keep running; we re-register when it returns.
                 if self.registered:
                     logger.warning("node %s lost the store: %s", self.node_id, exc)
@@ -229,7 +236,7 @@ class Router:
                 chosen = select_node(
                     nodes, self.selector, now=time.time(), current_region=self.node.region
                 )
-            except Exception as exc:
+            except NoNodeError as exc:
                 raise RoutingError(str(exc)) from exc
             return await self.store.claim_room(room_name, chosen.id)
 

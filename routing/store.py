@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 
 from livekit.protocol import models
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from routing.node import NodeInfo
 
@@ -42,6 +43,11 @@ end
 
 class LockTimeoutError(Exception):
     """Another node held the room lock for longer than we wait."""
+
+
+#: What a store call raises when Redis (or the embedded broker) is away or slow: callers that
+#: keep rooms running through an outage catch exactly these.
+STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, LockTimeoutError)
 
 
 class RoomStore(Protocol):

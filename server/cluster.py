@@ -27,7 +27,7 @@ from protocol.ids import node_id_for_host
 from routing.bus import LocalBus, MessageBus, RedisBus
 from routing.node import STATS_INTERVAL_S, NodeInfo, NodeStats
 from routing.router import Router
-from routing.store import LocalStore, RedisStore, RoomStore
+from routing.store import STORE_ERRORS, LocalStore, RedisStore, RoomStore
 from sfu.events import RoomEvent
 from sfu.rooms import RoomManager
 
@@ -214,7 +214,7 @@ class StoreSync:
                 dirty, self._dirty = self._dirty, set()
                 for name in dirty:
                     await self._write(name)
-            except Exception as exc:  # the store is away; the next round retries
+            except STORE_ERRORS as exc:  # the next round retries
                 logger.debug("store sync failed: %s", exc)
                 next_full = 0.0
 
@@ -239,5 +239,5 @@ class StoreSync:
     async def _forget(self, name: str) -> None:
         try:
             await self._router.store.delete_room(name, self._router.node_id)
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             logger.debug("could not remove room %s from the store: %s", name, exc)

@@ -10,6 +10,7 @@ import logging
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from routing.store import STORE_ERRORS
 from server.cluster import Backends, StoreSync
 from signaling.http import FORWARDER, SignalingContext, run_relayed_session
 from signaling.relay import HostRelayServer
@@ -61,7 +62,7 @@ class Membership:
         """SHUTTING_DOWN, then wait for every participant to leave (forever, as LiveKit)."""
         try:
             await self.router.drain()
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             logger.warning("could not announce draining: %s", exc)
         logger.info("draining: waiting for %d participants to leave", self.participant_count())
         while self.participant_count():  # noqa: ASYNC110 - rooms have no "emptied" event

@@ -58,16 +58,31 @@ class Path(Protocol):
     def detach(self, session: IceSession) -> None: ...
 
 
-def _random_string(length: int) -> str:
+def random_string(length: int) -> str:
+    """An ICE ufrag or password (RFC 8445 5.3: ice-chars, enough randomness)."""
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def binding_success(request: stun.Message, address: Address, key: bytes) -> bytes:
+    """The success response to an authenticated binding request (RFC 8489 7.3.1), signed with
+    ``key`` and naming the address it came from."""
+    response = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.RESPONSE,
+        transaction_id=request.transaction_id,
+    )
+    response.attributes["XOR-MAPPED-ADDRESS"] = address
+    response.add_message_integrity(key)
+    response.add_fingerprint()
+    return bytes(response)
 
 
 class IceSession:
     """One ICE-lite transport: credentials, the selected path, consent."""
 
     def __init__(self, registry: IceRegistry, name: str) -> None:
-        self.local_ufrag = _random_string(8)
-        self.local_pwd = _random_string(24)
+        self.local_ufrag = random_string(8)
+        self.local_pwd = random_string(24)
         self.name = name
         self.selected: Path | None = None
         self.state = IceState.NEW
@@ -157,16 +172,8 @@ class IceRegistry:
         if not message.check_message_integrity(key):
             logger.debug("x STUN integrity check failed from %s", addr)
             return None
-        response = stun.Message(
-            message_method=stun.Method.BINDING,
-            message_class=stun.Class.RESPONSE,
-            transaction_id=message.transaction_id,
-        )
-        response.attributes["XOR-MAPPED-ADDRESS"] = addr
-        response.add_message_integrity(key)
-        response.add_fingerprint()
         session.handle_check(path, "USE-CANDIDATE" in message.attributes, time.monotonic())
-        return bytes(response)
+        return binding_success(message, addr, key)
 
     def start(self) -> None:
         self._consent_task = asyncio.get_running_loop().create_task(
@@ -226,6 +233,8 @@ class UdpMux(asyncio.DatagramProtocol):
         self._batching = batch and _fastsend is not None
         self._fd = -1
         self._batch: list[tuple[bytes, Address]] | None = None
+        self._pending: list[tuple[bytes, Address]] = []
+        """The one list every batch is collected in (no list per received packet)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport quacks like asyncio.DatagramTransport without subclassing it.
@@ -246,31 +255,37 @@ class UdpMux(asyncio.DatagramProtocol):
             self._transport.sendto(data, addr)
 
     def _receive_batched(self, session: IceSession, data: bytes) -> None:
-        batch: list[tuple[bytes, Address]] = []
-        self._batch = batch
+        batch = self._batch = self._pending
         try:
             session.receive(data)
         finally:
             self._batch = None
             if batch:
-                self._flush(batch)
+                try:
+                    self._flush(batch)
+                finally:
+                    batch.clear()
 
     def _flush(self, batch: list[tuple[bytes, Address]]) -> None:
         transport = self._transport
         if transport is None:
             return
+        count = len(batch)
         sent = 0
         # The kernel first, unless the loop already queued datagrams (keep their order).
-        if len(batch) > 1 and not cast(asyncio.WriteTransport, transport).get_write_buffer_size():
-            while sent < len(batch):
-                chunk = batch[sent : sent + MAX_BATCH]
-                taken = _fastsend.send_batch(self._fd, chunk)
-                sent += taken
-                if taken < len(chunk):
-                    break
-        for data, addr in batch[sent:]:
+        if count > 1 and not cast(asyncio.WriteTransport, transport).get_write_buffer_size():
+            if count <= MAX_BATCH:
+                sent = _fastsend.send_batch(self._fd, batch)
+            else:
+                while sent < count:
+                    chunk = batch[sent : sent + MAX_BATCH]
+                    taken = _fastsend.send_batch(self._fd, chunk)
+                    sent += taken
+                    if taken < len(chunk):
+                        break
+        for index in range(sent, count):
             # EAGAIN or a datagram the kernel refused: the loop buffers or reports it.
-            transport.sendto(data, addr)
+            transport.sendto(*batch[index])
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if not data:

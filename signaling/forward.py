@@ -14,6 +14,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from routing.router import Router, RoutingError, RpcRequest, RpcResponse
+from routing.store import STORE_ERRORS
 from sfu.rooms import RoomManager
 from signaling.twirp import TwirpError, TwirpServer, error_from_json
 
@@ -53,7 +54,7 @@ class ApiForwarder:
             host = await self._router.room_host(room, create=create, preferred=preferred)
         except RoutingError as exc:
             raise TwirpError("unavailable", f"no node can host the room: {exc}") from None
-        except Exception as exc:  # the store is unreachable
+        except STORE_ERRORS as exc:
             logger.warning("api routing failed: %s", exc)
             raise TwirpError("unavailable", "room routing is unavailable") from None
         if host is None or host == self._router.node_id:

@@ -18,6 +18,7 @@ from config import Config
 from protocol.ids import PARTICIPANT_PREFIX, new_id
 from protocol.token import Claims, refresh_token
 from routing.router import Router, RoutingError
+from routing.store import STORE_ERRORS
 from sfu.endpoint import Endpoints
 from sfu.participant import JoinParams, Participant
 from sfu.room import Room, RoomFullError
@@ -112,7 +113,8 @@ async def validate(request: web.Request) -> web.Response:
     if ctx.rooms.get(connect.room_name) is None:
         try:
             host = await ctx.router.room_host(connect.room_name, create=False)
-        except Exception:
+        except STORE_ERRORS as exc:
+            logger.warning("validate: room lookup in the store failed: %s", exc)
             host = None
         if host is not None and host != ctx.router.node_id:
             return web.Response(text="success")  # the room lives on another node
@@ -166,7 +168,7 @@ async def _room_host(ctx: SignalingContext, connect: ConnectRequest) -> str | No
         return await ctx.router.room_host(connect.room_name, create=may_create)
     except RoutingError as exc:
         raise HttpError(503, f"no node can host the room: {exc}") from exc
-    except Exception as exc:  # the store is unreachable
+    except STORE_ERRORS as exc:
         logger.warning("room placement failed: %s", exc)
         raise HttpError(503, "room placement is unavailable") from exc
 

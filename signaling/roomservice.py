@@ -19,6 +19,7 @@ from livekit.protocol import agent_dispatch, models, room, rtc
 from config import Config
 from protocol.ids import AGENT_DISPATCH_PREFIX, new_id
 from protocol.token import Claims
+from routing.store import STORE_ERRORS
 from sfu.participant import Participant
 from sfu.room import Room
 from sfu.rooms import RoomManager
@@ -77,7 +78,7 @@ class RoomService:
         if self._publish_room is not None:
             try:
                 await self._publish_room(name)
-            except Exception as exc:  # the store is away; the periodic sync catches up
+            except STORE_ERRORS as exc:  # the periodic sync catches up
                 logger.warning("room %s not yet in the store: %s", name, exc)
 
     def twirp(self) -> TwirpService:
@@ -158,7 +159,7 @@ class RoomService:
             try:
                 for stored in await self._cluster_rooms():
                     listed.setdefault(stored.name, stored)
-            except Exception as exc:  # the store is away: our own rooms are still right
+            except STORE_ERRORS as exc:  # our own rooms are still right
                 logger.warning("ListRooms without other nodes' rooms: %s", exc)
         rooms = [r for name, r in listed.items() if not names or name in names]
         return room.ListRoomsResponse(rooms=rooms)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-import string
 
 from aioice import stun
+
+from sfu.ice import binding_success, random_string
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ CONNECT_TIMEOUT_S = 15.0
 #: Peer-reflexive priority our checks announce (RFC 8445 7.1.1, type preference 110).
 _PRFLX_PRIORITY = (110 << 24) | (65535 << 8) | 255
 _MAX_PENDING = 64
-_ALPHABET = string.ascii_letters + string.digits
 
 
 class IceState(enum.Enum):
@@ -39,10 +39,6 @@ class IceState(enum.Enum):
     FAILED = "failed"
 
 
-def _random(length: int) -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
-
-
 class IceAgent:
     """Connectivity checks to the server's candidates, answers to its checks.
 
@@ -50,8 +46,8 @@ class IceAgent:
     """
 
     def __init__(self, *, controlling: bool, now: float) -> None:
-        self.local_ufrag = _random(8)
-        self.local_pwd = _random(24)
+        self.local_ufrag = random_string(8)
+        self.local_pwd = random_string(24)
         self.controlling = controlling
         self.tie_breaker = secrets.randbits(64)
         self.remote_ufrag = ""
@@ -145,18 +141,10 @@ class IceAgent:
         conflict = self._role_conflict(message)
         if conflict is not None:
             return [(conflict, address)]
-        response = stun.Message(
-            message_method=stun.Method.BINDING,
-            message_class=stun.Class.RESPONSE,
-            transaction_id=message.transaction_id,
-        )
-        response.attributes["XOR-MAPPED-ADDRESS"] = address
-        response.add_message_integrity(key)
-        response.add_fingerprint()
         if "USE-CANDIDATE" in message.attributes and not self.controlling:
             self._nominated.add(address)
             self._select(address)
-        replies = [(bytes(response), address)]
+        replies = [(binding_success(message, address, key), address)]
         if self.selected is None and address not in self.candidates:
             # A peer-reflexive candidate (RFC 8445 7.3.1.3): check it back at once.
             self.candidates.append(address)
