@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return load_test(command_args)
     args = build_parser().parse_args(server_args)
+    if args.workers is not None and args.workers < 1:
+        print("livekit-py-server: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
         loaded = load_config(overrides_from(args), os.environ)
     except ConfigError as exc:
@@ -106,9 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _announce(loaded)
     count = args.workers if args.workers is not None else default_worker_count()
-    if count < 1:
-        print("livekit-py-server: --workers must be at least 1", file=sys.stderr)
-        return 2
     if args.worker_index is None and count > 1:
         return _supervise(server_args, config, count)
     worker = WorkerIdentity(

@@ -109,3 +109,16 @@ def test_create_join_token_is_accepted(tmp_path: Path) -> None:
             assert response.status == 200
     finally:
         assert server.stop() == 0
+
+
+def test_unreachable_redis_is_one_clear_line() -> None:
+    # Nothing listens on port 1: start-up stops with a line, not a traceback.
+    result = _run("--workers", "1", "--dev", "--config-body", "redis:\n  address: 127.0.0.1:1\n")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "cannot reach the cluster's Redis" in result.stderr.strip().splitlines()[-1]
+
+
+def test_workers_must_be_positive() -> None:
+    line = _one_line_error(_run("--dev", "--workers", "0"))
+    assert "--workers must be at least 1" in line
