@@ -28,6 +28,7 @@ from aioice import stun
 from pylibsrtp import Policy, Session
 
 from protocol.sdp_media import Codec, OutgoingTrack
+from sfu.fanout import Sink
 from sfu.ice import IceRegistry, IceSession, UdpMux
 from sfu.media import DownTrack, TrackReceiver
 from sfu.rtc_adapter import SrtpProtector
@@ -114,8 +115,14 @@ async def fan_out(subscribers: int, size: int, packets: int, batch: bool = True)
             ice.send(protected)
             return True
 
+        # As PeerConnection does once DTLS is up: the C fan-out protects and sends by itself
+        # on a batching UDP path (sfu/fanout.py); otherwise every packet takes send().
+        rtp_sink = Sink(send)
+        destination = ice.selected.udp_destination()
+        if destination is not None:
+            rtp_sink.set_fast(protector.context_address, protector.session, *destination)
         outgoing = OutgoingTrack("audio", "1", (CODEC,), (), "PA|TR", "TR", ssrc=100 + index)
-        receiver.downtracks[str(index)] = DownTrack(outgoing, send, _ignore, receiver)
+        receiver.downtracks[str(index)] = DownTrack(outgoing, rtp_sink, _ignore, receiver)
     publisher_tx, rx = _session(Policy.SSRC_ANY_OUTBOUND), _session(Policy.SSRC_ANY_INBOUND)
     payload = os.urandom(size - 12)
     incoming = [

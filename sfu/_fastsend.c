@@ -17,7 +17,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <string.h>
+#include "structmember.h"
 #include <sys/socket.h>
 
 #define MAX_BATCH 256
@@ -108,14 +110,660 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     return PyLong_FromLong(sent);
 }
 
+/* ================================ the fan-out =========================================== */
+
+/* libsrtp 2's srtp_protect, found at run time through pylibsrtp's cffi module (sfu/rtc_adapter.py
+ * checks its C type first), so this module does not link against libsrtp itself. */
+typedef int (*srtp_protect_fn)(void *context, void *packet, int *length);
+static srtp_protect_fn srtp_protect_function = NULL;
+/* The longest plaintext packet protected (pylibsrtp's 1500-byte buffer less libsrtp's trailer,
+ * as in the Python path), and the room each slot keeps for the trailer. */
+static Py_ssize_t max_plaintext = 1356;
+#define SLOT_SIZE 2048
+#define SRTP_TRAILER_ROOM 144
+/* LiveKit's rtpmunger drops packets this far behind the newest (sfu/munger.py). */
+#define REORDER_WINDOW 1000
+
+static PyObject *set_srtp_protect(PyObject *self, PyObject *args) {
+    unsigned long long address;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "Kn", &address, &limit)) {
+        return NULL;
+    }
+    if (limit < 12 || limit > SLOT_SIZE - SRTP_TRAILER_ROOM) {
+        PyErr_SetString(PyExc_ValueError, "plaintext limit out of range");
+        return NULL;
+    }
+    srtp_protect_function = (srtp_protect_fn)(uintptr_t)address;
+    max_plaintext = limit;
+    Py_RETURN_NONE;
+}
+
+/* ---- Sink: one subscriber transport's way out ---------------------------------------------
+ * Slow: send(memoryview) -> bool, the Python path (protect and send). Fast, once the transport
+ * has SRTP keys and a UDP path: libsrtp context, socket and address, protected and batched
+ * here; spill(bytes, address) takes a datagram the kernel did not (EAGAIN). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *send;
+    PyObject *spill;
+    PyObject *keepalive; /* owns the libsrtp context: it must outlive our use of it */
+    PyObject *address;
+    void *context;
+    int fd;
+    address_t sockaddr;
+    socklen_t sockaddr_length;
+} Sink;
+
+static int Sink_traverse(Sink *self, visitproc visit, void *arg) {
+    Py_VISIT(self->send);
+    Py_VISIT(self->spill);
+    Py_VISIT(self->keepalive);
+    Py_VISIT(self->address);
+    return 0;
+}
+
+static void Sink_clear_fast_fields(Sink *self) {
+    self->context = NULL;
+    self->fd = -1;
+    Py_CLEAR(self->spill);
+    Py_CLEAR(self->keepalive);
+    Py_CLEAR(self->address);
+}
+
+static int Sink_clear(Sink *self) {
+    Sink_clear_fast_fields(self);
+    Py_CLEAR(self->send);
+    return 0;
+}
+
+static void Sink_dealloc(Sink *self) {
+    PyObject_GC_UnTrack(self);
+    Sink_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Sink_init(Sink *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"send", NULL};
+    PyObject *send;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", names, &send)) {
+        return -1;
+    }
+    if (!PyCallable_Check(send)) {
+        PyErr_SetString(PyExc_TypeError, "send must be callable");
+        return -1;
+    }
+    Sink_clear(self);
+    Py_INCREF(send);
+    self->send = send;
+    return 0;
+}
+
+static PyObject *Sink_set_fast(Sink *self, PyObject *args) {
+    unsigned long long context;
+    PyObject *keepalive, *address, *spill;
+    int fd;
+    if (!PyArg_ParseTuple(args, "KOiOO", &context, &keepalive, &fd, &address, &spill)) {
+        return NULL;
+    }
+    address_t parsed;
+    socklen_t length;
+    if (context == 0 || fd < 0 || srtp_protect_function == NULL ||
+        parse_address(address, &parsed, &length) != 0 || !PyCallable_Check(spill)) {
+        Sink_clear_fast_fields(self);
+        Py_RETURN_FALSE;
+    }
+    Sink_clear_fast_fields(self);
+    Py_INCREF(keepalive);
+    Py_INCREF(address);
+    Py_INCREF(spill);
+    self->keepalive = keepalive;
+    self->address = address;
+    self->spill = spill;
+    self->context = (void *)(uintptr_t)context;
+    self->fd = fd;
+    self->sockaddr = parsed;
+    self->sockaddr_length = length;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Sink_clear_fast(Sink *self, PyObject *unused) {
+    Sink_clear_fast_fields(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sink_get_fast(Sink *self, void *closure) {
+    return PyBool_FromLong(self->context != NULL);
+}
+
+static PyMethodDef Sink_methods[] = {
+    {"set_fast", (PyCFunction)Sink_set_fast, METH_VARARGS,
+     "set_fast(context, keepalive, fd, (host, port), spill) -> whether the fast path is on"},
+    {"clear_fast", (PyCFunction)Sink_clear_fast, METH_NOARGS, "back to the Python send"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Sink_getset[] = {
+    {"fast", (getter)Sink_get_fast, NULL, "whether packets are protected and sent here", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SinkType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu._fastsend.Sink",
+    .tp_basicsize = sizeof(Sink),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Sink_init,
+    .tp_dealloc = (destructor)Sink_dealloc,
+    .tp_traverse = (traverseproc)Sink_traverse,
+    .tp_clear = (inquiry)Sink_clear,
+    .tp_methods = Sink_methods,
+    .tp_getset = Sink_getset,
+};
+
+/* ---- DownTrackCore: one track as one subscriber receives it ------------------------------ */
+typedef struct {
+    PyObject_HEAD
+    Sink *sink;
+    PyObject *extension; /* bytes: the RFC 8285 block written after our fixed header */
+    uint32_t ssrc_out;
+    int red_payload_type;
+    uint8_t payload_types[128];
+    char enabled, red_accepted, needs_keyframe;
+    unsigned long long packets, octets;
+    /* the munger (sfu/munger.py RtpMunger, same arithmetic on 64-bit integers) */
+    double clock_rate;
+    char has_source, sequence_seen, timestamp_seen;
+    uint32_t source;
+    int64_t highest_sequence, highest_timestamp;
+    int64_t sequence_offset, timestamp_offset, highest_in;
+    int64_t last_out_sequence, last_out_timestamp;
+    double last_now;
+} DownTrackCore;
+
+static int DownTrackCore_traverse(DownTrackCore *self, visitproc visit, void *arg) {
+    Py_VISIT(self->sink);
+    return 0;
+}
+
+static int DownTrackCore_clear(DownTrackCore *self) {
+    Py_CLEAR(self->sink);
+    return 0;
+}
+
+static void DownTrackCore_dealloc(DownTrackCore *self) {
+    PyObject_GC_UnTrack(self);
+    DownTrackCore_clear(self);
+    Py_CLEAR(self->extension);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int read_payload_types(DownTrackCore *self, PyObject *mapping) {
+    for (int i = 0; i < 128; i++) {
+        self->payload_types[i] = (uint8_t)i;
+    }
+    PyObject *key, *value;
+    Py_ssize_t position = 0;
+    while (PyDict_Next(mapping, &position, &key, &value)) {
+        long in = PyLong_AsLong(key), out = PyLong_AsLong(value);
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        if (in < 0 || in > 127 || out < 0 || out > 127) {
+            PyErr_SetString(PyExc_ValueError, "payload types are 0-127");
+            return -1;
+        }
+        self->payload_types[in] = (uint8_t)out;
+    }
+    return 0;
+}
+
+static int DownTrackCore_init(DownTrackCore *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"sink",          "ssrc_out",      "clock_rate",       "first_sequence",
+                            "first_timestamp", "extension", "payload_types", "red_payload_type",
+                            NULL};
+    PyObject *sink, *extension, *payload_types;
+    unsigned long ssrc_out;
+    int clock_rate, red_payload_type;
+    long long first_sequence, first_timestamp;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!kiLLSO!i", names, &SinkType, &sink,
+                                     &ssrc_out, &clock_rate, &first_sequence, &first_timestamp,
+                                     &extension, &PyDict_Type, &payload_types,
+                                     &red_payload_type)) {
+        return -1;
+    }
+    if (clock_rate <= 0 || PyBytes_GET_SIZE(extension) > 256) {
+        PyErr_SetString(PyExc_ValueError, "bad clock rate or extension block");
+        return -1;
+    }
+    if (read_payload_types(self, payload_types) != 0) {
+        return -1;
+    }
+    Py_INCREF(sink);
+    Py_XSETREF(self->sink, (Sink *)sink);
+    Py_INCREF(extension);
+    Py_XSETREF(self->extension, extension);
+    self->ssrc_out = (uint32_t)ssrc_out;
+    self->red_payload_type = red_payload_type;
+    self->enabled = 1;
+    self->red_accepted = 1;
+    self->needs_keyframe = 0;
+    self->packets = self->octets = 0;
+    self->clock_rate = clock_rate;
+    self->has_source = self->sequence_seen = self->timestamp_seen = 0;
+    self->sequence_offset = self->timestamp_offset = self->highest_in = 0;
+    self->last_out_sequence = first_sequence - 1;
+    self->last_out_timestamp = first_timestamp;
+    self->last_now = 0.0;
+    return 0;
+}
+
+/* The candidate nearest the highest value seen (RFC 3550 A.1); sfu/munger.py Unwrapper. */
+static int64_t unwrap(int64_t *highest, char *seen, int64_t value, int bits) {
+    if (!*seen) {
+        *seen = 1;
+        *highest = value;
+        return value;
+    }
+    int64_t modulus = (int64_t)1 << bits;
+    int64_t delta = (value - *highest) & (modulus - 1);
+    if (delta >= modulus / 2) {
+        delta -= modulus;
+    }
+    int64_t extended = *highest + delta;
+    if (extended > *highest) {
+        *highest = extended;
+    }
+    return extended;
+}
+
+/* A new publisher SSRC continues the outgoing numbering (RtpMunger._switch_source). */
+static void switch_source(DownTrackCore *t, uint16_t sequence, uint32_t timestamp, uint32_t ssrc,
+                          double now) {
+    t->has_source = 1;
+    t->source = ssrc;
+    t->sequence_seen = t->timestamp_seen = 0;
+    double elapsed = t->last_now != 0.0 ? now - t->last_now : 0.0;
+    int64_t ticks = (int64_t)(elapsed * t->clock_rate);
+    if (ticks < 1) {
+        ticks = 1;
+    }
+    t->sequence_offset = t->last_out_sequence + 1 - sequence;
+    t->timestamp_offset = t->last_out_timestamp + ticks - timestamp;
+    t->highest_in = sequence;
+}
+
+/* RtpMunger.translate: 0 to drop the packet. */
+static int translate(DownTrackCore *t, uint16_t sequence, uint32_t timestamp, uint32_t ssrc,
+                     double now, uint16_t *sequence_out, uint32_t *timestamp_out) {
+    if (!t->has_source || ssrc != t->source) {
+        switch_source(t, sequence, timestamp, ssrc, now);
+    }
+    int64_t extended_sequence = unwrap(&t->highest_sequence, &t->sequence_seen, sequence, 16);
+    int64_t extended_timestamp = unwrap(&t->highest_timestamp, &t->timestamp_seen, timestamp, 32);
+    if (extended_sequence > t->highest_in) {
+        t->highest_in = extended_sequence;
+    } else if (extended_sequence <= t->highest_in - REORDER_WINDOW) {
+        return 0;
+    }
+    int64_t out_sequence = extended_sequence + t->sequence_offset;
+    int64_t out_timestamp = extended_timestamp + t->timestamp_offset;
+    if (out_sequence > t->last_out_sequence) {
+        t->last_out_sequence = out_sequence;
+        t->last_out_timestamp = out_timestamp;
+        t->last_now = now;
+    }
+    *sequence_out = (uint16_t)out_sequence;
+    *timestamp_out = (uint32_t)out_timestamp;
+    return 1;
+}
+
+/* RFC 2198: the primary block of a RED payload (protocol/rtp.py red_primary); 0 if malformed. */
+static int red_primary(const uint8_t *data, Py_ssize_t *start, Py_ssize_t end, int *type) {
+    Py_ssize_t index = *start;
+    Py_ssize_t redundant = 0;
+    while (index < end && (data[index] & 0x80)) {
+        if (index + 4 > end) {
+            return 0;
+        }
+        redundant += ((data[index + 2] & 0x03) << 8) | data[index + 3];
+        index += 4;
+    }
+    if (index >= end || index + 1 + redundant > end) {
+        return 0;
+    }
+    *type = data[index] & 0x7F;
+    *start = index + 1 + redundant;
+    return 1;
+}
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t start, end;
+    uint16_t sequence;
+    uint32_t timestamp, ssrc;
+    double now;
+} incoming_t;
+
+/* The subscriber's plaintext packet in out; its length, or 0 to skip this downtrack. */
+static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *out,
+                               Py_ssize_t *payload_length) {
+    if (!t->enabled) {
+        return 0;
+    }
+    Py_ssize_t start = in->start;
+    int type = in->data[1] & 0x7F;
+    if (type == t->red_payload_type && !t->red_accepted &&
+        !red_primary(in->data, &start, in->end, &type)) {
+        return 0; /* a subscriber that refused RED gets primary blocks only */
+    }
+    uint16_t sequence;
+    uint32_t timestamp;
+    if (!translate(t, in->sequence, in->timestamp, in->ssrc, in->now, &sequence, &timestamp)) {
+        return 0;
+    }
+    Py_ssize_t extension_length = PyBytes_GET_SIZE(t->extension);
+    Py_ssize_t size = 12 + extension_length + (in->end - start);
+    if (size > max_plaintext) {
+        return 0; /* the Python path's protector refuses these too */
+    }
+    out[0] = 0x80 | (extension_length ? 0x10 : 0);
+    out[1] = (in->data[1] & 0x80) | t->payload_types[type];
+    out[2] = sequence >> 8;
+    out[3] = sequence & 0xFF;
+    out[4] = timestamp >> 24;
+    out[5] = (timestamp >> 16) & 0xFF;
+    out[6] = (timestamp >> 8) & 0xFF;
+    out[7] = timestamp & 0xFF;
+    out[8] = t->ssrc_out >> 24;
+    out[9] = (t->ssrc_out >> 16) & 0xFF;
+    out[10] = (t->ssrc_out >> 8) & 0xFF;
+    out[11] = t->ssrc_out & 0xFF;
+    memcpy(out + 12, PyBytes_AS_STRING(t->extension), (size_t)extension_length);
+    memcpy(out + 12 + extension_length, in->data + start, (size_t)(in->end - start));
+    *payload_length = in->end - start;
+    return size;
+}
+
+/* ---- the batch: protected datagrams waiting for one sendmmsg per socket ------------------ */
+static uint8_t slots[MAX_BATCH][SLOT_SIZE];
+static struct mmsghdr batch_messages[MAX_BATCH];
+static struct iovec batch_vectors[MAX_BATCH];
+static Sink *batch_sinks[MAX_BATCH]; /* borrowed: their downtracks are alive during the call */
+static int batch_count = 0;
+static int fanout_busy = 0;
+
+/* Hands the batch to the kernel, one sendmmsg per run of datagrams on the same socket; what it
+ * does not take goes to the sinks' spill (the event loop's own send, which buffers or reports).
+ * -1 with an exception set when a spill raised. */
+static int flush_batch(void) {
+    int status = 0;
+    int index = 0;
+    while (index < batch_count) {
+        int fd = batch_sinks[index]->fd;
+        int run = 1;
+        while (index + run < batch_count && batch_sinks[index + run]->fd == fd) {
+            run++;
+        }
+        int sent = sendmmsg(fd, &batch_messages[index], (unsigned int)run, MSG_DONTWAIT);
+        if (sent < 0) {
+            sent = 0;
+        }
+        for (int i = index + sent; i < index + run && status == 0; i++) {
+            Sink *sink = batch_sinks[i];
+            PyObject *datagram = PyBytes_FromStringAndSize((const char *)slots[i],
+                                                           (Py_ssize_t)batch_vectors[i].iov_len);
+            PyObject *result = datagram == NULL ? NULL
+                                                : PyObject_CallFunctionObjArgs(
+                                                      sink->spill, datagram, sink->address, NULL);
+            Py_XDECREF(datagram);
+            if (result == NULL) {
+                status = -1;
+            }
+            Py_XDECREF(result);
+        }
+        index += run;
+    }
+    batch_count = 0;
+    return status;
+}
+
+/* One downtrack: 1 sent (or queued), 0 skipped, -1 with an exception set. */
+static int forward_one(DownTrackCore *t, const incoming_t *in) {
+    Sink *sink = t->sink;
+    Py_ssize_t payload_length = 0;
+    if (sink->context != NULL) {
+        if (batch_count == MAX_BATCH && flush_batch() != 0) {
+            return -1;
+        }
+        uint8_t *out = slots[batch_count];
+        int length = (int)write_packet(t, in, out, &payload_length);
+        if (length == 0 || srtp_protect_function(sink->context, out, &length) != 0) {
+            return 0;
+        }
+        batch_vectors[batch_count].iov_base = out;
+        batch_vectors[batch_count].iov_len = (size_t)length;
+        struct msghdr *header = &batch_messages[batch_count].msg_hdr;
+        memset(&batch_messages[batch_count], 0, sizeof(batch_messages[batch_count]));
+        header->msg_name = &sink->sockaddr;
+        header->msg_namelen = sink->sockaddr_length;
+        header->msg_iov = &batch_vectors[batch_count];
+        header->msg_iovlen = 1;
+        batch_sinks[batch_count++] = sink;
+    } else {
+        static uint8_t plain[SLOT_SIZE];
+        Py_ssize_t length = write_packet(t, in, plain, &payload_length);
+        if (length == 0) {
+            return 0;
+        }
+        PyObject *view = PyMemoryView_FromMemory((char *)plain, length, PyBUF_READ);
+        PyObject *result = view == NULL ? NULL : PyObject_CallOneArg(sink->send, view);
+        Py_XDECREF(view);
+        if (result == NULL) {
+            return -1;
+        }
+        int sent = PyObject_IsTrue(result);
+        Py_DECREF(result);
+        if (sent <= 0) {
+            return sent;
+        }
+    }
+    t->packets++;
+    t->octets += (unsigned long long)payload_length;
+    return 1;
+}
+
+static int parse_incoming(PyObject *args, Py_buffer *buffer, incoming_t *in, PyObject **targets) {
+    unsigned int sequence;
+    unsigned long timestamp, ssrc;
+    if (!PyArg_ParseTuple(args, "y*nnIkkdO", buffer, &in->start, &in->end, &sequence,
+                          &timestamp, &ssrc, &in->now, targets)) {
+        return -1;
+    }
+    if (buffer->len < 12 || in->start < 12 || in->start > in->end || in->end > buffer->len) {
+        PyBuffer_Release(buffer);
+        PyErr_SetString(PyExc_ValueError, "payload bounds outside the packet");
+        return -1;
+    }
+    in->data = buffer->buf;
+    in->sequence = (uint16_t)sequence;
+    in->timestamp = (uint32_t)timestamp;
+    in->ssrc = (uint32_t)ssrc;
+    return 0;
+}
+
+/* Whether the downtrack's first packet went out and a keyframe should be asked for. */
+static int keyframe_due(DownTrackCore *t, int forwarded) {
+    if (forwarded == 1 && t->needs_keyframe) {
+        t->needs_keyframe = 0;
+        return 1;
+    }
+    return 0;
+}
+
+static PyTypeObject DownTrackCoreType;
+
+static PyObject *fanout(PyObject *self, PyObject *args) {
+    Py_buffer buffer;
+    incoming_t in;
+    PyObject *targets;
+    if (parse_incoming(args, &buffer, &in, &targets) != 0) {
+        return NULL;
+    }
+    if (!PyDict_Check(targets) || fanout_busy) {
+        PyBuffer_Release(&buffer);
+        PyErr_SetString(PyExc_TypeError, "fanout takes a dict of downtracks, not re-entrantly");
+        return NULL;
+    }
+    fanout_busy = 1;
+    int keyframe = 0, status = 0;
+    Py_ssize_t position = 0, size = PyDict_GET_SIZE(targets);
+    PyObject *key, *value;
+    while (status >= 0 && PyDict_Next(targets, &position, &key, &value)) {
+        if (!PyObject_TypeCheck(value, &DownTrackCoreType)) {
+            PyErr_SetString(PyExc_TypeError, "downtracks must be DownTrackCore instances");
+            status = -1;
+            break;
+        }
+        Py_INCREF(value);
+        status = forward_one((DownTrackCore *)value, &in);
+        keyframe |= keyframe_due((DownTrackCore *)value, status);
+        Py_DECREF(value);
+        if (PyDict_GET_SIZE(targets) != size) {
+            break; /* a Python send changed the room: the rest miss this one packet */
+        }
+    }
+    if (flush_batch() != 0) {
+        status = -1;
+    }
+    fanout_busy = 0;
+    PyBuffer_Release(&buffer);
+    if (status < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(keyframe);
+}
+
+static PyObject *DownTrackCore_forward(DownTrackCore *self, PyObject *args) {
+    Py_buffer buffer;
+    incoming_t in;
+    PyObject *unused = NULL;
+    PyObject *extended = NULL;
+    /* Same arguments as fanout without the dict: (packet, start, end, seq, ts, ssrc, now). */
+    Py_ssize_t count = PyTuple_GET_SIZE(args);
+    extended = PyTuple_New(count + 1);
+    if (extended == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(args, i);
+        Py_INCREF(item);
+        PyTuple_SET_ITEM(extended, i, item);
+    }
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(extended, count, Py_None);
+    int parsed = parse_incoming(extended, &buffer, &in, &unused);
+    Py_DECREF(extended);
+    if (parsed != 0) {
+        return NULL;
+    }
+    if (fanout_busy) {
+        PyBuffer_Release(&buffer);
+        PyErr_SetString(PyExc_RuntimeError, "forward called inside a fanout");
+        return NULL;
+    }
+    fanout_busy = 1;
+    int status = forward_one(self, &in);
+    int keyframe = keyframe_due(self, status);
+    if (flush_batch() != 0) {
+        status = -1;
+    }
+    fanout_busy = 0;
+    PyBuffer_Release(&buffer);
+    if (status < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(keyframe);
+}
+
+static PyObject *DownTrackCore_original_sequence(DownTrackCore *self, PyObject *arg) {
+    long long sequence = PyLong_AsLongLong(arg);
+    if (sequence == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong((long)((uint16_t)(sequence - self->sequence_offset)));
+}
+
+static PyObject *DownTrackCore_translate_timestamp(DownTrackCore *self, PyObject *arg) {
+    long long timestamp = PyLong_AsLongLong(arg);
+    if (timestamp == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong((unsigned long)((uint32_t)(timestamp + self->timestamp_offset)));
+}
+
+static PyMethodDef DownTrackCore_methods[] = {
+    {"forward", (PyCFunction)DownTrackCore_forward, METH_VARARGS,
+     "forward(packet, start, end, sequence, timestamp, ssrc, now) -> keyframe due"},
+    {"original_sequence", (PyCFunction)DownTrackCore_original_sequence, METH_O,
+     "the publisher's sequence number behind one we sent"},
+    {"translate_timestamp", (PyCFunction)DownTrackCore_translate_timestamp, METH_O,
+     "a publisher timestamp in the subscriber's timeline"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef DownTrackCore_members[] = {
+    {"enabled", T_BOOL, offsetof(DownTrackCore, enabled), 0, "forwarding on"},
+    {"red_accepted", T_BOOL, offsetof(DownTrackCore, red_accepted), 0, "subscriber kept RED"},
+    {"needs_keyframe", T_BOOL, offsetof(DownTrackCore, needs_keyframe), 0,
+     "ask for a keyframe when the first packet goes out"},
+    {"packets", T_ULONGLONG, offsetof(DownTrackCore, packets), READONLY, "packets sent"},
+    {"octets", T_ULONGLONG, offsetof(DownTrackCore, octets), READONLY, "payload bytes sent"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject DownTrackCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sfu._fastsend.DownTrackCore",
+    .tp_basicsize = sizeof(DownTrackCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)DownTrackCore_init,
+    .tp_dealloc = (destructor)DownTrackCore_dealloc,
+    .tp_traverse = (traverseproc)DownTrackCore_traverse,
+    .tp_clear = (inquiry)DownTrackCore_clear,
+    .tp_methods = DownTrackCore_methods,
+    .tp_members = DownTrackCore_members,
+};
+
 static PyMethodDef methods[] = {
     {"send_batch", send_batch, METH_VARARGS,
      "send_batch(fd, [(data, (host, port)), ...]) -> datagrams the kernel took"},
+    {"set_srtp_protect", set_srtp_protect, METH_VARARGS,
+     "set_srtp_protect(address of srtp_protect, longest plaintext packet)"},
+    {"fanout", fanout, METH_VARARGS,
+     "fanout(packet, start, end, sequence, timestamp, ssrc, now, downtracks) -> keyframe due"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastsend", "sendmmsg(2) for the forwarding path", -1, methods,
+    PyModuleDef_HEAD_INIT, "_fastsend", "the forwarding path's fan-out and sendmmsg(2)", -1,
+    methods,
 };
 
-PyMODINIT_FUNC PyInit__fastsend(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastsend(void) {
+    if (PyType_Ready(&SinkType) < 0 || PyType_Ready(&DownTrackCoreType) < 0) {
+        return NULL;
+    }
+    PyObject *created = PyModule_Create(&module);
+    if (created == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&SinkType);
+    Py_INCREF(&DownTrackCoreType);
+    if (PyModule_AddObject(created, "Sink", (PyObject *)&SinkType) < 0 ||
+        PyModule_AddObject(created, "DownTrackCore", (PyObject *)&DownTrackCoreType) < 0) {
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
+}

@@ -1,1 +1,61 @@
+from collections.abc import Callable
+from typing import Any
+
 def send_batch(fd: int, datagrams: list[tuple[bytes, tuple[str, int]]], /) -> int: ...
+def set_srtp_protect(address: int, max_plaintext: int, /) -> None: ...
+def fanout(
+    packet: bytes,
+    payload_start: int,
+    payload_end: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    now: float,
+    downtracks: dict[Any, DownTrackCore],
+    /,
+) -> bool: ...
+
+class Sink:
+    fast: bool
+    def __init__(self, send: Callable[[memoryview], bool]) -> None: ...
+    def set_fast(
+        self,
+        context: int,
+        keepalive: object,
+        fd: int,
+        address: tuple[str, int],
+        spill: Callable[[bytes, tuple[str, int]], None],
+        /,
+    ) -> bool: ...
+    def clear_fast(self) -> None: ...
+
+class DownTrackCore:
+    enabled: bool
+    red_accepted: bool
+    needs_keyframe: bool
+    packets: int
+    octets: int
+    def __init__(
+        self,
+        sink: Sink,
+        ssrc_out: int,
+        clock_rate: int,
+        first_sequence: int,
+        first_timestamp: int,
+        extension: bytes,
+        payload_types: dict[int, int],
+        red_payload_type: int,
+    ) -> None: ...
+    def forward(
+        self,
+        packet: bytes,
+        payload_start: int,
+        payload_end: int,
+        sequence: int,
+        timestamp: int,
+        ssrc: int,
+        now: float,
+        /,
+    ) -> bool: ...
+    def original_sequence(self, sequence: int, /) -> int: ...
+    def translate_timestamp(self, timestamp: int, /) -> int: ...

@@ -57,6 +57,15 @@ class Path(Protocol):
 
     def detach(self, session: IceSession) -> None: ...
 
+    def udp_destination(self) -> UdpDestination | None:
+        """(socket fd, address, spill) for the C fan-out's batched send; None for TCP, or when
+        the socket has no batching."""
+
+
+#: A UDP path as the C fan-out sends on it: the socket, the client's address, and where a
+#: datagram the kernel did not take goes (the event loop's own send).
+UdpDestination = tuple[int, "Address", Callable[[bytes, "Address"], None]]
+
 
 def random_string(length: int) -> str:
     """An ICE ufrag or password (RFC 8445 5.3: ice-chars, enough randomness)."""
@@ -89,6 +98,8 @@ class IceSession:
         self.last_consent = time.monotonic()
         self.on_datagram: Callable[[bytes], None] | None = None
         self.on_state_change: Callable[[IceState], None] | None = None
+        self.on_path_change: Callable[[], None] | None = None
+        """Told when checks select another path (the fan-out sends on the selected one)."""
         self._registry = registry
 
     def set_state(self, state: IceState) -> None:
@@ -115,6 +126,9 @@ class IceSession:
                 self.selected.detach(self)
             path.attach(self)
             self.selected = path
+            self.set_state(IceState.CONNECTED)
+            if self.on_path_change is not None:
+                self.on_path_change()
         self.set_state(IceState.CONNECTED)
 
     def receive(self, data: bytes) -> None:
@@ -216,6 +230,11 @@ class _UdpPath:
         if self.mux.routes.get(self.addr) is session:
             del self.mux.routes[self.addr]
 
+    def udp_destination(self) -> UdpDestination | None:
+        if self.mux.fd < 0:
+            return None
+        return self.mux.fd, self.addr, self.mux.sendto
+
 
 class UdpMux(asyncio.DatagramProtocol):
     """One UDP socket: STUN to the registry, everything else by source address.
@@ -231,7 +250,7 @@ class UdpMux(asyncio.DatagramProtocol):
         self._paths: dict[Address, _UdpPath] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._batching = batch and _fastsend is not None
-        self._fd = -1
+        self.fd = -1
         self._batch: list[tuple[bytes, Address]] | None = None
         self._pending: list[tuple[bytes, Address]] = []
         """The one list every batch is collected in (no list per received packet)."""
@@ -241,7 +260,7 @@ class UdpMux(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
         sock = transport.get_extra_info("socket")
         if self._batching and sock is not None:
-            self._fd = sock.fileno()
+            self.fd = sock.fileno()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (a client that went away) must not stop the socket.
@@ -275,11 +294,11 @@ class UdpMux(asyncio.DatagramProtocol):
         # The kernel first, unless the loop already queued datagrams (keep their order).
         if count > 1 and not cast(asyncio.WriteTransport, transport).get_write_buffer_size():
             if count <= MAX_BATCH:
-                sent = _fastsend.send_batch(self._fd, batch)
+                sent = _fastsend.send_batch(self.fd, batch)
             else:
                 while sent < count:
                     chunk = batch[sent : sent + MAX_BATCH]
-                    taken = _fastsend.send_batch(self._fd, chunk)
+                    taken = _fastsend.send_batch(self.fd, chunk)
                     sent += taken
                     if taken < len(chunk):
                         break
@@ -299,7 +318,7 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         session = self.routes.get(addr)
         if session is not None:
-            if self._fd >= 0:
+            if self.fd >= 0:
                 self._receive_batched(session, data)
             else:
                 session.receive(data)
@@ -356,6 +375,9 @@ class TcpIceConnection(asyncio.Protocol):
     def detach(self, session: IceSession) -> None:
         if self.session is session:
             self.session = None
+
+    def udp_destination(self) -> UdpDestination | None:
+        return None  # RFC 4571 framing: the Python send
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

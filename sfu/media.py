@@ -1,9 +1,9 @@
 """Published tracks and the packet path from one publisher to its subscribers.
 
 A :class:`TrackReceiver` takes each decrypted RTP packet of a published track and hands it to
-every :class:`DownTrack`; each downtrack translates sequence numbers and timestamps
-(``sfu/munger.py``), writes the subscriber's header into its own preallocated buffer
-(``protocol/rtp.py``) and sends it. No awaits, queues or per-packet objects on this path.
+every :class:`DownTrack` in one ``fanout`` call (``sfu/fanout.py``: in C when built, which
+translates sequence numbers and timestamps, writes the subscriber's header, protects and sends
+in one batch). No awaits, queues or per-packet objects on this path.
 RTCP: keyframe requests and NACKs go upstream, Receiver Reports and REMB go to the publisher
 once a second, Sender Reports are translated for each subscriber.
 """
@@ -22,14 +22,13 @@ from livekit.protocol import models
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
 from sfu.buffer import PacketCache, ReceiveStats, RembEstimator
-from sfu.munger import RtpMunger
+from sfu.fanout import DownTrackCore, Sink, fanout
 
 logger = logging.getLogger(__name__)
 
 #: The header-extension id we offer subscribers for ``sdes:mid`` (libwebrtc demuxes by mid).
 MID_EXTENSION_ID = 1
 MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
-_MAX_PACKET = 1500
 #: Minimum time between two keyframe requests for one track (LiveKit's pli_throttle, 500 ms
 #: for low quality).
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
@@ -41,52 +40,54 @@ RTCP_SENDER_SSRC = 1
 REMB_MIN_BPS, REMB_START_BPS, REMB_MAX_BPS = 150_000, 1_000_000, 10_000_000
 
 
-class DownTrack:
-    """One published track as one subscriber receives it.
+class DownTrack(DownTrackCore):
+    """One published track as one subscriber receives it: the fan-out core (``sfu/fanout.py``:
+    munger, header rewrite, protect, send) plus its RTCP.
 
-    :param send: protects and sends a finished RTP packet; False when it was dropped.
+    :param sink: the subscriber transport's ``rtp_sink``; a plain callable (protects and sends
+        a finished RTP packet, False when it was dropped) is wrapped in one.
     :param receiver: the track's receiver, for keyframe requests and retransmissions.
     """
 
     __slots__ = (
-        "_buffer",
-        "_extension",
-        "_munger",
-        "_needs_keyframe",
-        "_payload_types",
         "_receiver",
-        "_send",
         "_send_rtcp",
         "_sr_sent",
-        "_view",
-        "enabled",
         "fraction_lost",
         "jitter",
-        "octets",
         "outgoing",
-        "packets",
-        "red_accepted",
         "rtt",
     )
 
     def __init__(
         self,
         outgoing: OutgoingTrack,
-        send: Callable[[memoryview], bool],
+        sink: Sink | Callable[[memoryview], bool],
         send_rtcp: Callable[[bytes], None],
         receiver: TrackReceiver,
     ) -> None:
-        self.outgoing = outgoing
-        self._send_rtcp = send_rtcp
-        self.red_accepted = True
-        """Whether the subscriber's answer kept RED; if not, only primary blocks are sent."""
         # Publisher payload type -> the subscriber's, matched by codec name.
         by_name = {c.name.lower(): c.payload_type for c in outgoing.codecs}
-        self._payload_types = {
+        payload_types = {
             c.payload_type: by_name[c.name.lower()]
             for c in (receiver.codec, receiver.red)
             if c is not None and c.name.lower() in by_name
         }
+        super().__init__(
+            sink if isinstance(sink, Sink) else Sink(sink),
+            outgoing.ssrc,
+            outgoing.codecs[0].clock_rate,
+            secrets.randbelow(1 << 15),
+            secrets.randbelow(1 << 31),
+            # Only the mid travels with each packet: it must name the subscriber's m= section.
+            rtp.build_extension_block([(MID_EXTENSION_ID, outgoing.mid.encode())]),
+            payload_types,
+            receiver.red_payload_type,
+        )
+        self.outgoing = outgoing
+        self._send_rtcp = send_rtcp
+        # red_accepted (from the core): whether the subscriber's answer kept RED; if not, only
+        # primary blocks are sent.
         self.fraction_lost = 0.0
         """Loss the subscriber reported in its last Receiver Report (0..1)."""
         self.jitter = 0.0
@@ -94,75 +95,25 @@ class DownTrack:
         self.rtt: float | None = None
         """Round-trip time from its LSR/DLSR against our Sender Reports, in seconds."""
         self._sr_sent: dict[int, float] = {}
-        self.enabled = True
-        self.packets = 0
-        self.octets = 0
-        self._send = send
         self._receiver = receiver
-        self._munger = RtpMunger(
-            outgoing.codecs[0].clock_rate,
-            first_sequence=secrets.randbelow(1 << 15),
-            first_timestamp=secrets.randbelow(1 << 31),
-        )
-        # Only the mid travels with each packet: it must name the subscriber's m= section.
-        self._extension = rtp.build_extension_block([(MID_EXTENSION_ID, outgoing.mid.encode())])
-        self._buffer = bytearray(_MAX_PACKET + len(self._extension))
-        self._view = memoryview(self._buffer)
         # Video cannot be decoded from the middle of a GOP: once packets really flow to this
         # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
-        self._needs_keyframe = outgoing.kind == "video"
-
-    def write(
-        self,
-        packet: bytes,
-        payload_start: int,
-        payload_end: int,
-        header_fields: tuple[int, int, int],
-        now: float,
-    ) -> None:
-        """Forward one packet; ``header_fields`` is its (sequence, timestamp, SSRC), read once
-        by the receiver for all downtracks."""
-        if not self.enabled:
-            return
-        # RED goes to a subscriber that refused it as its primary block only.
-        payload_type = packet[1] & 0x7F
-        if payload_type == self._receiver.red_payload_type and not self.red_accepted:
-            try:
-                payload_type, payload_start, payload_end = rtp.red_primary(
-                    packet, payload_start, payload_end
-                )
-            except ValueError:
-                return
-        translated = self._munger.translate(*header_fields, now)
-        if translated is None:
-            return
-        size = rtp.write_header(
-            self._buffer,
-            packet,
-            payload_type_out=self._payload_types.get(payload_type, payload_type),
-            sequence=translated[0],
-            timestamp_out=translated[1],
-            ssrc_out=self.outgoing.ssrc,
-            extension_block=self._extension,
-            payload_start=payload_start,
-            payload_end=payload_end,
-        )
-        if self._send(self._view[:size]):
-            self.packets += 1
-            self.octets += payload_end - payload_start
-            if self._needs_keyframe:
-                self._needs_keyframe = False
-                self._receiver.request_keyframe(time.monotonic())
+        self.needs_keyframe = outgoing.kind == "video"
 
     def retransmit(self, sequence: int, now: float) -> bool:
         """Answer a subscriber's NACK from the receiver's cache (same sequence number again,
         RFC 4585 allows plain retransmission when RTX is not in use)."""
-        original = self._receiver.cache.get(self._munger.original_sequence(sequence))
+        original = self._receiver.cache.get(self.original_sequence(sequence))
         if original is None:
             return False
         _, header, end = rtp.header_end(original)
-        fields = (rtp.sequence_number(original), rtp.timestamp(original), rtp.ssrc(original))
-        self.write(original, header, end, fields, now)
+        sequence_in, timestamp, ssrc = (
+            rtp.sequence_number(original),
+            rtp.timestamp(original),
+            rtp.ssrc(original),
+        )
+        if self.forward(original, header, end, sequence_in, timestamp, ssrc, now):
+            self._receiver.request_keyframe(time.monotonic())
         return True
 
     def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
@@ -170,7 +121,7 @@ class DownTrack:
         the NTP/RTP pair of each stream, RFC 3550 6.4.1)."""
         if not self.packets:
             return
-        translated = self._munger.translate_timestamp(rtp_timestamp)
+        translated = self.translate_timestamp(rtp_timestamp)
         report = struct.pack(
             "!BBHIQIII",
             0x80,
@@ -268,7 +219,6 @@ class TrackReceiver:
         except ValueError:
             return
         sequence, ssrc = rtp.sequence_number(packet), rtp.ssrc(packet)
-        fields = (sequence, rtp.timestamp(packet), ssrc)
         if not self.media_ssrc:
             self.media_ssrc = ssrc
         if self._keyframe_pending:
@@ -278,8 +228,8 @@ class TrackReceiver:
         if self.stats.highest > highest + 1 and highest >= 0:
             self._nack(self.stats.nacks_due())
         self.cache.put(sequence, packet)
-        for downtrack in self.downtracks.values():
-            downtrack.write(packet, header, end, fields, now)
+        if fanout(packet, header, end, sequence, rtp.timestamp(packet), ssrc, now, self.downtracks):
+            self.request_keyframe(time.monotonic())
 
     def _from_rtx(self, packet: bytes) -> bytes:
         """Unwrap an RTX packet (RFC 4588 section 4): the original sequence number leads the

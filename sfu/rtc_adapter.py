@@ -12,7 +12,8 @@ aiortc internals used here (pinned in pyproject, checked by ``tests/unit/test_rt
 - ``RTCDtlsTransport._rx_srtp`` / ``_tx_srtp`` are the SRTP sessions keyed by the handshake;
 - ``pylibsrtp.Session._srtp``, ``._cdata``, ``._buffer`` and ``pylibsrtp._binding.lib``: RTP is
   protected in place in the session's own C buffer (:class:`SrtpProtector`), without the
-  allocations of the public ``protect``;
+  allocations of the public ``protect``; the C fan-out (``sfu/_fastsend.c``) is given the
+  address of ``srtp_protect`` and each transmit session's context (:func:`_configure_fanout`);
 - ``aioice.ice.get_host_addresses`` lists this host's addresses for our host candidates.
 """
 
@@ -46,6 +47,7 @@ from pylibsrtp._binding import lib as srtp_lib
 from protocol import sdp, sdp_media
 from protocol.rtp import is_rtcp
 from sfu.endpoint import Endpoint
+from sfu.fanout import Sink, configure_srtp
 from sfu.ice import IceSession, IceState
 
 logger = logging.getLogger(__name__)
@@ -126,6 +128,23 @@ class DataChannel:
         self.on_message(message.encode() if isinstance(message, str) else message)
 
 
+#: The libsrtp 2 prototype the C fan-out calls; any other (libsrtp 3 changed it) keeps the
+#: Python protect path.
+_SRTP_PROTECT_TYPE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+
+
+def _configure_fanout() -> bool:
+    function = srtp_ffi.addressof(srtp_lib, "srtp_protect")
+    if srtp_ffi.typeof(function).cname != _SRTP_PROTECT_TYPE:
+        logger.warning("libsrtp's srtp_protect is not the expected one: fan-out stays in Python")
+        return False
+    configure_srtp(int(srtp_ffi.cast("uintptr_t", function)))
+    return True
+
+
+FANOUT_CONFIGURED = _configure_fanout()
+
+
 class SrtpProtector:
     """SRTP protection on libsrtp's preallocated buffer (performance.md: calling
     ``srtp_protect`` directly roughly doubles throughput against the allocating public API).
@@ -144,6 +163,15 @@ class SrtpProtector:
         self._buffer = session._buffer
         self._limit = len(session._cdata) - SRTP_MAX_TRAILER_LEN
         self._length = srtp_ffi.new("int *")
+
+    @property
+    def context_address(self) -> int:
+        """The libsrtp context, for the C fan-out (valid while ``session`` is alive)."""
+        return int(srtp_ffi.cast("uintptr_t", self._context))
+
+    @property
+    def session(self) -> Session:
+        return self._session
 
     def protect(self, packet: bytes | memoryview) -> bytes | None:
         """The protected packet, or None when libsrtp refuses it (or it is too long)."""
@@ -206,6 +234,9 @@ class PeerConnection:
         self._connect_task: asyncio.Task[None] | None = None
         self._rtp_count = 0
         self._protector: SrtpProtector | None = None
+        self.rtp_sink = Sink(self.send_rtp)
+        """Where downtracks send: this Python path until SRTP keys and a UDP path exist, then
+        protected and sent by the C fan-out (``sfu/fanout.py``)."""
         self._bundle_tag: tuple[str, int] = ("0", 0)
         self.state = ConnectionState.NEW
         self.on_state_change: Callable[[ConnectionState], None] | None = None
@@ -213,6 +244,7 @@ class PeerConnection:
         self.on_rtp: Callable[[bytes], None] | None = None
         self.on_rtcp: Callable[[bytes], None] | None = None
         self._ice.on_state_change = self._on_ice_state
+        self._ice.on_path_change = self._refresh_sink
         self._dtls.on("statechange", self._on_dtls_state)
         self._sctp.on("datachannel", self._on_remote_channel)
 
@@ -342,6 +374,7 @@ class PeerConnection:
             if sessions is None:
                 return False
             protector = self._protector = SrtpProtector(sessions[1])
+            self._refresh_sink()
         protected = protector.protect(packet)
         if protected is None:
             logger.debug("x %s: SRTP protect refused a packet", self.name)
@@ -349,6 +382,23 @@ class PeerConnection:
         if not (DROP_EVERY and self._dropped_for_test()):
             self._ice.send(protected)
         return True
+
+    def _refresh_sink(self) -> None:
+        """Let the C fan-out protect and send for this transport while it has SRTP keys and a
+        connected UDP path (a TCP path, or the test drop hook, keeps the Python send)."""
+        protector = self._protector
+        path = self._ice.selected
+        destination = path.udp_destination() if path is not None else None
+        if (
+            protector is None
+            or destination is None
+            or self._ice.state is not IceState.CONNECTED
+            or DROP_EVERY
+        ):
+            self.rtp_sink.clear_fast()
+            return
+        fd, address, spill = destination
+        self.rtp_sink.set_fast(protector.context_address, protector.session, fd, address, spill)
 
     def _dropped_for_test(self) -> bool:
         self._rtp_count += 1
@@ -369,6 +419,7 @@ class PeerConnection:
 
     async def close(self) -> None:
         self._set_state(ConnectionState.CLOSED)
+        self.rtp_sink.clear_fast()
         if self._connect_task is not None:
             self._connect_task.cancel()
             await asyncio.gather(self._connect_task, return_exceptions=True)
@@ -377,6 +428,7 @@ class PeerConnection:
         self._ice.close()
 
     def _on_ice_state(self, state: IceState) -> None:
+        self._refresh_sink()
         if state is IceState.CONNECTED:
             self._set_state(ConnectionState.CONNECTING)
         elif state is IceState.FAILED:

@@ -281,7 +281,7 @@ class ParticipantTracks:
         )
         receiver = track.receiver
         downtrack = DownTrack(
-            outgoing, self._subscriber.pc.send_rtp, self._subscriber.pc.send_rtcp, receiver
+            outgoing, self._subscriber.pc.rtp_sink, self._subscriber.pc.send_rtcp, receiver
         )
         self.downtracks[track.sid] = downtrack
         track.receiver.downtracks[subscriber_sid] = downtrack

@@ -24,6 +24,9 @@ class RecordingPath:
     def detach(self, session: object) -> None:
         self.attached.remove(session)
 
+    def udp_destination(self) -> None:
+        return None
+
 
 def _request(ufrag: str, pwd: str, *, nominate: bool = False) -> bytes:
     message = stun.Message(

@@ -139,6 +139,9 @@ class _Path:
     def detach(self, session: IceSession) -> None:
         pass
 
+    def udp_destination(self) -> None:
+        return None
+
 
 def test_controlling_agent_against_our_ice_lite_server() -> None:
     registry = IceRegistry()

@@ -29,6 +29,7 @@ from server.metrics_http import install_metrics, metrics_app
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.endpoint import Endpoint
 from sfu.events import EventKind, RoomEvent
+from sfu.fanout import Sink
 from sfu.ice import IceRegistry, UdpMux
 from sfu.media import DownTrack, PublishedTrack, TrackReceiver
 from sfu.participant import JoinParams, Participant
@@ -130,6 +131,7 @@ class _FakePc:
 
     def __init__(self) -> None:
         self.sent = _Sink()
+        self.rtp_sink = Sink(self.send_rtp)
         self.rtcp_sent: list[bytes] = []
         self.on_rtp: Callable[[bytes], None] | None = None
         self.on_rtcp: Callable[[bytes], None] | None = None

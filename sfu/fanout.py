@@ -1,0 +1,196 @@
+"""The per-subscriber half of the forwarding path: munger, header rewrite, protect and send.
+
+Two implementations of one interface:
+
+- ``sfu/_fastsend.c`` (``Sink``, ``DownTrackCore``, ``fanout``): the C fan-out. Once a
+  subscriber transport has SRTP keys and a UDP path, each downtrack's packet is written,
+  protected with libsrtp and queued in C, and one ``sendmmsg(2)`` per socket sends what one
+  published packet fans out to; no Python object is made per out packet.
+- this module's ``PySink``, ``PyDownTrackCore`` and ``py_fanout``: the reference, used when the
+  C module is not built (or ``LIVEKIT_PY_PURE_FANOUT=1``), and run against the C one on the
+  same packets by ``tests/unit/test_fanout.py``.
+
+Both are sans-IO in the sense that matters here: fed ``(packet, now)``, no awaits, no queues.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from protocol import rtp
+from sfu.munger import RtpMunger
+
+try:  # the optional C accelerator; without it, the reference below
+    from sfu import _fastsend
+except ImportError:  # pragma: no cover - depends on the build
+    _fastsend = None  # type: ignore[assignment]
+
+#: The longest plaintext packet protected (pylibsrtp's 1500-byte buffer less the trailer).
+MAX_PLAINTEXT = 1500 - 144
+
+
+class PySink:
+    """One subscriber transport's way out: ``send`` protects and sends a plaintext packet and
+    says whether it went. The C ``Sink`` can also be switched to protect and send by itself
+    (``set_fast``); here that is a no-op and every packet takes ``send``."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Callable[[memoryview], bool]) -> None:
+        self.send = send
+
+    @property
+    def fast(self) -> bool:
+        return False
+
+    def set_fast(
+        self,
+        context: int,
+        keepalive: object,
+        fd: int,
+        address: tuple[str, int],
+        spill: Callable[[bytes, tuple[str, int]], None],
+    ) -> bool:
+        return False
+
+    def clear_fast(self) -> None:
+        return None
+
+
+class PyDownTrackCore:
+    """One published track as one subscriber receives it, without RTCP (``sfu/media.py``
+    ``DownTrack`` adds that). The reference for ``_fastsend.DownTrackCore``."""
+
+    __slots__ = (
+        "_buffer",
+        "_extension",
+        "_munger",
+        "_payload_types",
+        "_red_payload_type",
+        "_sink",
+        "_ssrc_out",
+        "_view",
+        "enabled",
+        "needs_keyframe",
+        "octets",
+        "packets",
+        "red_accepted",
+    )
+
+    def __init__(
+        self,
+        sink: PySink,
+        ssrc_out: int,
+        clock_rate: int,
+        first_sequence: int,
+        first_timestamp: int,
+        extension: bytes,
+        payload_types: dict[int, int],
+        red_payload_type: int,
+    ) -> None:
+        self._sink = sink
+        self._ssrc_out = ssrc_out
+        self._munger = RtpMunger(clock_rate, first_sequence, first_timestamp)
+        self._extension = extension
+        self._payload_types = payload_types
+        self._red_payload_type = red_payload_type
+        self._buffer = bytearray(MAX_PLAINTEXT)
+        self._view = memoryview(self._buffer)
+        self.enabled = True
+        self.red_accepted = True
+        self.needs_keyframe = False
+        self.packets = 0
+        self.octets = 0
+
+    def forward(
+        self,
+        packet: bytes,
+        payload_start: int,
+        payload_end: int,
+        sequence: int,
+        timestamp: int,
+        ssrc: int,
+        now: float,
+    ) -> bool:
+        """Send one packet; True when it was the first sent and a keyframe is due."""
+        if not self.enabled:
+            return False
+        payload_type = packet[1] & 0x7F
+        if payload_type == self._red_payload_type and not self.red_accepted:
+            try:  # a subscriber that refused RED gets primary blocks only
+                payload_type, payload_start, payload_end = rtp.red_primary(
+                    packet, payload_start, payload_end
+                )
+            except ValueError:
+                return False
+        translated = self._munger.translate(sequence, timestamp, ssrc, now)
+        if translated is None:
+            return False
+        if rtp.RTP_HEADER_SIZE + len(self._extension) + payload_end - payload_start > len(
+            self._buffer
+        ):
+            return False
+        size = rtp.write_header(
+            self._buffer,
+            packet,
+            payload_type_out=self._payload_types.get(payload_type, payload_type),
+            sequence=translated[0],
+            timestamp_out=translated[1],
+            ssrc_out=self._ssrc_out,
+            extension_block=self._extension,
+            payload_start=payload_start,
+            payload_end=payload_end,
+        )
+        if not self._sink.send(self._view[:size]):
+            return False
+        self.packets += 1
+        self.octets += payload_end - payload_start
+        if self.needs_keyframe:
+            self.needs_keyframe = False
+            return True
+        return False
+
+    def original_sequence(self, sequence: int) -> int:
+        return self._munger.original_sequence(sequence)
+
+    def translate_timestamp(self, timestamp: int) -> int:
+        return self._munger.translate_timestamp(timestamp)
+
+
+def py_fanout(
+    packet: bytes,
+    payload_start: int,
+    payload_end: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    now: float,
+    downtracks: Mapping[Any, PyDownTrackCore],
+) -> bool:
+    """Forward one packet to every downtrack; True when one of them wants a keyframe."""
+    keyframe = False
+    for downtrack in downtracks.values():
+        if downtrack.forward(packet, payload_start, payload_end, sequence, timestamp, ssrc, now):
+            keyframe = True
+    return keyframe
+
+
+#: Whether the C fan-out is in use (the build has it and the environment did not turn it off).
+ACCELERATED = _fastsend is not None and os.environ.get("LIVEKIT_PY_PURE_FANOUT", "") != "1"
+
+if TYPE_CHECKING or not ACCELERATED:
+    Sink = PySink
+    DownTrackCore = PyDownTrackCore
+    fanout = py_fanout
+else:
+    Sink = _fastsend.Sink
+    DownTrackCore = _fastsend.DownTrackCore
+    fanout = _fastsend.fanout
+
+
+def configure_srtp(protect_address: int, max_plaintext: int = MAX_PLAINTEXT) -> None:
+    """Tell the C fan-out where libsrtp's ``srtp_protect`` is (``sfu/rtc_adapter.py``)."""
+    if ACCELERATED:
+        _fastsend.set_srtp_protect(protect_address, max_plaintext)

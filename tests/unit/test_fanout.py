@@ -1,0 +1,234 @@
+"""The C fan-out (sfu/_fastsend.c) against its Python reference (sfu/fanout.py), packet for
+packet, and its fast path (libsrtp protect, sendmmsg) against a real SRTP receiver."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from protocol import rtp
+from sfu import fanout
+from sfu.rtc_adapter import FANOUT_CONFIGURED, SrtpProtector
+
+_fastsend = pytest.importorskip("sfu._fastsend")
+
+EXTENSION = rtp.build_extension_block([(1, b"3")])
+RED, OPUS = 63, 111
+
+
+class Capture:
+    """A slow-path send that keeps copies of what it was given."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.packets: list[bytes] = []
+        self.accept = accept
+
+    def __call__(self, packet: memoryview) -> bool:
+        self.packets.append(bytes(packet))
+        return self.accept
+
+
+def _core(cls: Any, sink: Any, **overrides: Any) -> Any:
+    arguments: dict[str, Any] = {
+        "ssrc_out": 0xDEADBEEF,
+        "clock_rate": 48000,
+        "first_sequence": 65530,  # wraps within the test
+        "first_timestamp": 0xFFFFF000,
+        "extension": EXTENSION,
+        "payload_types": {OPUS: 100, RED: 101},
+        "red_payload_type": RED,
+    }
+    arguments.update(overrides)
+    return cls(sink, *arguments.values())
+
+
+def _packet(sequence: int, timestamp: int, ssrc: int, payload: bytes, pt: int = OPUS) -> bytes:
+    marker = 0x80 if sequence % 7 == 0 else 0
+    header = struct.pack("!BBHII", 0x80, marker | pt, sequence & 0xFFFF, timestamp, ssrc)
+    return header + payload
+
+
+def _red_payload(primary: bytes) -> bytes:
+    redundant = b"old!"
+    # One redundant block header (F=1, PT, 14-bit offset, 10-bit length), then F=0 primary.
+    block = struct.pack("!BHB", 0x80 | OPUS, (960 << 2) | 0, len(redundant))
+    return block + bytes([OPUS]) + redundant + primary
+
+
+def _stream() -> list[tuple[bytes, float]]:
+    """Packets with what a munger must handle: wrap, reorder, loss, a very old packet, an SSRC
+    change, RED, a packet too long to protect."""
+    rng = random.Random(7)
+    packets: list[tuple[bytes, float]] = []
+    sequence, timestamp, now = 65500, 0xFFFFFF00, 1.0
+    for index in range(120):
+        sequence = (sequence + 1) & 0xFFFF
+        timestamp = (timestamp + 960) & 0xFFFFFFFF
+        now += 0.02
+        payload = os.urandom(rng.randrange(1, 300))
+        if index % 11 == 0:
+            packets.append((_packet(sequence, timestamp, 1111, _red_payload(payload), RED), now))
+        else:
+            packets.append((_packet(sequence, timestamp, 1111, payload), now))
+    packets.insert(50, packets.pop(45))  # reordered
+    del packets[60:63]  # lost
+    packets.append((_packet((sequence - 2000) & 0xFFFF, 5, 1111, b"stale"), now))
+    packets.append((_packet(sequence, timestamp, 1111, os.urandom(1400)), now))  # too long
+    for index in range(30):  # the publisher restarted: new SSRC, new numbering
+        packets.append((_packet(900 + index, 77 + 960 * index, 2222, b"x" * 40), now + 1 + index))
+    return packets
+
+
+def _feed(core: Any, packets: list[tuple[bytes, float]], send_all: Callable[..., bool]) -> int:
+    keyframes = 0
+    for packet, now in packets:
+        _, start, end = rtp.header_end(packet)
+        fields = (rtp.sequence_number(packet), rtp.timestamp(packet), rtp.ssrc(packet))
+        keyframes += send_all(packet, start, end, *fields, now, core)
+    return keyframes
+
+
+@pytest.mark.parametrize("red_accepted", [True, False])
+def test_c_core_writes_what_the_reference_writes(red_accepted: bool) -> None:
+    packets = _stream()
+    results = []
+    for cls, sink_cls, fan in (
+        (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout),
+        (_fastsend.DownTrackCore, _fastsend.Sink, _fastsend.fanout),
+    ):
+        capture = Capture()
+        core = _core(cls, sink_cls(capture))
+        core.red_accepted = red_accepted
+        core.needs_keyframe = True
+
+        def send_all(*args: Any, fan: Any = fan) -> bool:
+            *fields, target = args
+            return bool(fan(*fields, {"s": target}))
+
+        keyframes = _feed(core, packets, send_all)
+        mapped = [core.original_sequence(s) for s in (0, 1, 65535, 900)]
+        timestamps = [core.translate_timestamp(t) for t in (0, 77, 0xFFFFFFFF)]
+        results.append((capture.packets, core.packets, core.octets, keyframes, mapped, timestamps))
+    assert results[0][0], "the reference sent nothing"
+    assert results[1] == results[0]
+    sent = results[0][0]
+    assert len(sent) == len(packets) - 2, "the stale and the oversized packet are dropped"
+    assert all(p[8:12] == b"\xde\xad\xbe\xef" and p[12:16] == EXTENSION[:4] for p in sent)
+    assert results[0][3] == 1, "one keyframe request, on the first packet sent"
+
+
+def test_disabled_and_refused_sends_are_not_counted() -> None:
+    packet = _packet(10, 960, 5, b"abc")
+    for cls, sink_cls in (
+        (fanout.PyDownTrackCore, fanout.PySink),
+        (_fastsend.DownTrackCore, _fastsend.Sink),
+    ):
+        refusing = Capture(accept=False)
+        core = _core(cls, sink_cls(refusing))
+        core.needs_keyframe = True
+        assert core.forward(packet, 12, len(packet), 10, 960, 5, 0.0) is False
+        assert (core.packets, core.needs_keyframe, len(refusing.packets)) == (0, True, 1)
+        core.enabled = False
+        assert core.forward(packet, 12, len(packet), 11, 1920, 5, 0.0) is False
+        assert len(refusing.packets) == 1
+
+
+def test_fanout_rejects_what_is_not_a_downtrack() -> None:
+    packet = _packet(1, 2, 3, b"p")
+    with pytest.raises(TypeError):
+        _fastsend.fanout(packet, 12, len(packet), 1, 2, 3, 0.0, {"x": object()})
+    with pytest.raises(ValueError):
+        _fastsend.fanout(packet, 12, len(packet) + 5, 1, 2, 3, 0.0, {})
+
+
+def _srtp_pair() -> tuple[Session, Session]:
+    key = os.urandom(30)
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    return tx, rx
+
+
+@pytest.mark.skipif(not FANOUT_CONFIGURED, reason="libsrtp is not the expected version")
+def test_fast_path_protects_and_sends_more_than_one_batch() -> None:
+    """300 subscribers (more than one sendmmsg batch of 256) on one socket: each receives the
+    reference's packet, protected with its own session."""
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    out.bind(("127.0.0.1", 0))
+    receivers: list[tuple[socket.socket, Session, Any]] = []
+    downtracks: dict[str, Any] = {}
+    spilled: list[bytes] = []
+    for index in range(300):
+        inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        inbox.bind(("127.0.0.1", 0))
+        inbox.settimeout(2)
+        tx, rx = _srtp_pair()
+        protector = SrtpProtector(tx)
+        sink = _fastsend.Sink(Capture())
+        assert sink.set_fast(
+            protector.context_address,
+            protector.session,
+            out.fileno(),
+            inbox.getsockname(),
+            lambda data, address: spilled.append(data),
+        )
+        downtracks[str(index)] = _core(_fastsend.DownTrackCore, sink, ssrc_out=1000 + index)
+        receivers.append((inbox, rx, protector))
+    reference = _core(fanout.PyDownTrackCore, fanout.PySink(expected := Capture()))
+    for sequence in range(3):
+        packet = _packet(sequence, 960 * sequence, 42, os.urandom(200))
+        fields = (sequence, 960 * sequence, 42)
+        _fastsend.fanout(packet, 12, len(packet), *fields, 1.0, downtracks)
+        reference.forward(packet, 12, len(packet), *fields, 1.0)
+    for index, (inbox, rx, _) in enumerate(receivers):
+        for sequence in range(3):
+            plain = rx.unprotect(inbox.recv(2048))
+            want = bytearray(expected.packets[sequence])
+            want[8:12] = (1000 + index).to_bytes(4, "big")
+            # Each subscriber starts from the same first numbers here; only the SSRC differs.
+            assert plain == bytes(want)
+        inbox.close()
+    assert not spilled
+    assert all(d.packets == 3 for d in downtracks.values())
+    out.close()
+
+
+@pytest.mark.skipif(not FANOUT_CONFIGURED, reason="libsrtp is not the expected version")
+def test_datagrams_the_kernel_refuses_go_to_spill() -> None:
+    """A descriptor sendmmsg cannot use (a pipe) leaves every datagram to the spill callback,
+    still protected, with the sink's address."""
+    read_end, write_end = os.pipe()
+    tx, rx = _srtp_pair()
+    protector = SrtpProtector(tx)
+    spilled: list[tuple[bytes, tuple[str, int]]] = []
+    sink = _fastsend.Sink(Capture())
+    sink.set_fast(
+        protector.context_address,
+        protector.session,
+        write_end,
+        ("127.0.0.1", 9),
+        lambda data, address: spilled.append((data, address)),
+    )
+    core = _core(_fastsend.DownTrackCore, sink)
+    packet = _packet(5, 960, 7, b"hello")
+    core.forward(packet, 12, len(packet), 5, 960, 7, 0.0)
+    assert len(spilled) == 1 and spilled[0][1] == ("127.0.0.1", 9)
+    assert rx.unprotect(spilled[0][0]).endswith(b"hello")
+    assert core.packets == 1
+    sink.clear_fast()
+    assert not sink.fast
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_fast_path_refused_without_keys_or_address() -> None:
+    sink = _fastsend.Sink(Capture())
+    assert not sink.set_fast(0, None, 3, ("127.0.0.1", 9), print)
+    assert not sink.set_fast(1, None, 3, ("not an address", 9), print)
+    assert not sink.fast
