@@ -269,7 +269,7 @@ typedef struct {
     uint32_t ssrc_out;
     int red_payload_type;
     uint8_t payload_types[128];
-    char enabled, red_accepted, needs_keyframe;
+    char enabled, bound, red_accepted, needs_keyframe;
     unsigned long long packets, octets;
     /* the munger (sfu/munger.py RtpMunger, same arithmetic on 64-bit integers) */
     double clock_rate;
@@ -346,6 +346,7 @@ static int DownTrackCore_init(DownTrackCore *self, PyObject *args, PyObject *kwa
     self->ssrc_out = (uint32_t)ssrc_out;
     self->red_payload_type = red_payload_type;
     self->enabled = 1;
+    self->bound = 1;
     self->red_accepted = 1;
     self->needs_keyframe = 0;
     self->packets = self->octets = 0;
@@ -448,7 +449,7 @@ typedef struct {
 /* The subscriber's plaintext packet in out; its length, or 0 to skip this downtrack. */
 static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *out,
                                Py_ssize_t *payload_length) {
-    if (!t->enabled) {
+    if (!t->enabled || !t->bound) {
         return 0;
     }
     Py_ssize_t start = in->start;
@@ -714,6 +715,7 @@ static PyMethodDef DownTrackCore_methods[] = {
 
 static PyMemberDef DownTrackCore_members[] = {
     {"enabled", T_BOOL, offsetof(DownTrackCore, enabled), 0, "forwarding on"},
+    {"bound", T_BOOL, offsetof(DownTrackCore, bound), 0, "the subscriber has negotiated it"},
     {"red_accepted", T_BOOL, offsetof(DownTrackCore, red_accepted), 0, "subscriber kept RED"},
     {"needs_keyframe", T_BOOL, offsetof(DownTrackCore, needs_keyframe), 0,
      "ask for a keyframe when the first packet goes out"},

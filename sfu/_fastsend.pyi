@@ -31,6 +31,7 @@ class Sink:
 
 class DownTrackCore:
     enabled: bool
+    bound: bool
     red_accepted: bool
     needs_keyframe: bool
     packets: int

@@ -72,6 +72,7 @@ class PyDownTrackCore:
         "_sink",
         "_ssrc_out",
         "_view",
+        "bound",
         "enabled",
         "needs_keyframe",
         "octets",
@@ -99,6 +100,8 @@ class PyDownTrackCore:
         self._buffer = bytearray(MAX_PLAINTEXT)
         self._view = memoryview(self._buffer)
         self.enabled = True
+        self.bound = True
+        """False until the subscriber's answer has this track (sfu/tracks.py)."""
         self.red_accepted = True
         self.needs_keyframe = False
         self.packets = 0
@@ -115,7 +118,7 @@ class PyDownTrackCore:
         now: float,
     ) -> bool:
         """Send one packet; True when it was the first sent and a keyframe is due."""
-        if not self.enabled:
+        if not (self.enabled and self.bound):
             return False
         payload_type = packet[1] & 0x7F
         if payload_type == self._red_payload_type and not self.red_accepted:

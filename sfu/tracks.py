@@ -240,10 +240,13 @@ class ParticipantTracks:
                 totals.retransmit_bytes_out += downtrack.octets - octets
 
     def _on_subscriber_answer(self, answer: str) -> None:
-        """A subscriber that refused RED (Firefox, Safari) gets primary blocks only."""
+        """Bind the downtracks the answer accepted (forwarding starts, and with it the keyframe
+        request); a subscriber that refused RED (Firefox, Safari) gets primary blocks only."""
         formats = {s.mid: set(s.formats) for s in sdp.parse(answer).media if not s.rejected}
         for downtrack in self.downtracks.values():
             outgoing = downtrack.outgoing
+            if outgoing.mid in formats:
+                downtrack.bound = True
             red = [c for c in outgoing.codecs if c.name.lower() == "red"]
             if red:
                 accepted = formats.get(outgoing.mid, set())
@@ -283,6 +286,10 @@ class ParticipantTracks:
         downtrack = DownTrack(
             outgoing, self._subscriber.pc.rtp_sink, self._subscriber.pc.send_rtcp, receiver
         )
+        # Nothing is forwarded until the subscriber's answer has the track (LiveKit binds a
+        # downtrack on the answer): a keyframe sent before the client knows the m= section is
+        # dropped by it, and libwebrtc then waits for the next one.
+        downtrack.bound = False
         self.downtracks[track.sid] = downtrack
         track.receiver.downtracks[subscriber_sid] = downtrack
         self._counters.add_downtrack(downtrack)

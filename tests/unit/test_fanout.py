@@ -137,6 +137,8 @@ def test_disabled_and_refused_sends_are_not_counted() -> None:
         assert (core.packets, core.needs_keyframe, len(refusing.packets)) == (0, True, 1)
         core.enabled = False
         assert core.forward(packet, 12, len(packet), 11, 1920, 5, 0.0) is False
+        core.enabled, core.bound = True, False  # not yet in the subscriber's answer
+        assert core.forward(packet, 12, len(packet), 12, 2880, 5, 0.0) is False
         assert len(refusing.packets) == 1
 
 

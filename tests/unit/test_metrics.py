@@ -153,6 +153,14 @@ class _FakeSubscriber:
         return str(len(self.tracks) + 1)
 
 
+#: The subscriber's answer accepting the one video section offered (mid 1).
+_ANSWER = (
+    "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n"
+    "a=rtpmap:96 VP8/90000\r\n"
+)
+
+
 def test_subscriber_feedback_counts_nacks_keyframe_requests_and_retransmits() -> None:
     counters = MediaCounters()
     subscriber = _FakeSubscriber()
@@ -162,6 +170,10 @@ def test_subscriber_feedback_counts_nacks_keyframe_requests_and_retransmits() ->
     receiver = TrackReceiver(VP8, 5555, lambda _: None)
     info = models.TrackInfo(sid="TR_v", type=models.TrackType.VIDEO)
     assert tracks.subscribe("PA_pub", PublishedTrack(info=info, receiver=receiver), "PA_sub")
+    receiver.on_packet(_packet(9), now=0.0)
+    assert not subscriber.pc.sent.packets, "nothing is forwarded before the answer binds it"
+    assert subscriber.on_answer is not None
+    subscriber.on_answer(_ANSWER)
     for seq in (10, 11, 12):
         receiver.on_packet(_packet(seq), now=0.0)
     sent = subscriber.pc.sent.packets
