@@ -12,7 +12,7 @@ COPY routing ./routing
 COPY sfu ./sfu
 COPY signaling ./signaling
 COPY server ./server
-# gcc builds the batched-send helper (sfu/_fastsend.c) and leaves with the build.
+# gcc builds the C fan-out (sfu/_fastsend.c) and leaves with the build.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && python3 -m venv .venv && .venv/bin/pip install . \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
