@@ -490,7 +490,7 @@ static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *
 static uint8_t slots[MAX_BATCH][SLOT_SIZE];
 static struct mmsghdr batch_messages[MAX_BATCH];
 static struct iovec batch_vectors[MAX_BATCH];
-static Sink *batch_sinks[MAX_BATCH]; /* borrowed: their downtracks are alive during the call */
+static Sink *batch_sinks[MAX_BATCH]; /* owned until the flush: a Python send may drop others */
 static int batch_count = 0;
 static int fanout_busy = 0;
 
@@ -525,6 +525,9 @@ static int flush_batch(void) {
         }
         index += run;
     }
+    for (int i = 0; i < batch_count; i++) {
+        Py_DECREF(batch_sinks[i]);
+    }
     batch_count = 0;
     return status;
 }
@@ -550,6 +553,7 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
         header->msg_namelen = sink->sockaddr_length;
         header->msg_iov = &batch_vectors[batch_count];
         header->msg_iovlen = 1;
+        Py_INCREF(sink);
         batch_sinks[batch_count++] = sink;
     } else {
         static uint8_t plain[SLOT_SIZE];

@@ -234,3 +234,33 @@ def test_fast_path_refused_without_keys_or_address() -> None:
     assert not sink.set_fast(0, None, 3, ("127.0.0.1", 9), print)
     assert not sink.set_fast(1, None, 3, ("not an address", 9), print)
     assert not sink.fast
+
+
+@pytest.mark.skipif(not FANOUT_CONFIGURED, reason="libsrtp is not the expected version")
+def test_a_send_that_removes_a_queued_downtrack_is_safe() -> None:
+    """A Python send may close another subscriber whose packet is already queued: the batch
+    keeps that subscriber's sink alive until the kernel has it."""
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbox.bind(("127.0.0.1", 0))
+    inbox.settimeout(2)
+    tx, rx = _srtp_pair()
+    protector = SrtpProtector(tx)
+    fast_sink = _fastsend.Sink(Capture())
+    fast_sink.set_fast(
+        protector.context_address, protector.session, out.fileno(), inbox.getsockname(), print
+    )
+    downtracks: dict[str, Any] = {"fast": _core(_fastsend.DownTrackCore, fast_sink)}
+    del fast_sink  # only the downtrack holds it now
+
+    def closing_send(packet: memoryview) -> bool:
+        downtracks.pop("fast", None)
+        return True
+
+    downtracks["slow"] = _core(_fastsend.DownTrackCore, _fastsend.Sink(closing_send))
+    packet = _packet(1, 960, 9, b"still delivered")
+    _fastsend.fanout(packet, 12, len(packet), 1, 960, 9, 0.0, downtracks)
+    assert list(downtracks) == ["slow"]
+    assert rx.unprotect(inbox.recv(2048)).endswith(b"still delivered")
+    inbox.close()
+    out.close()
