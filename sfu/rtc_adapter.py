@@ -49,6 +49,7 @@ from protocol.rtp import is_rtcp
 from sfu.endpoint import Endpoint
 from sfu.fanout import Sink, configure_srtp
 from sfu.ice import IceSession, IceState
+from sfu.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -421,8 +422,7 @@ class PeerConnection:
         self._set_state(ConnectionState.CLOSED)
         self.rtp_sink.clear_fast()
         if self._connect_task is not None:
-            self._connect_task.cancel()
-            await asyncio.gather(self._connect_task, return_exceptions=True)
+            await cancel_and_wait(self._connect_task)
         await self._sctp.stop()
         await self._dtls.stop()
         self._ice.close()

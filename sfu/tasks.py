@@ -9,6 +9,27 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+#: How long :func:`cancel_and_wait` waits after each cancellation.
+CANCEL_WAIT_S = 1.0
+CANCEL_ATTEMPTS = 3
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> bool:
+    """Cancel ``task`` and wait for it to end, cancelling again if it does not: on Python 3.11
+    ``asyncio.wait_for`` (aiortc's DTLS handshake waits for datagrams with it) loses a
+    cancellation that arrives as its inner wait completes, and the task runs on (CPython
+    gh-86296), so an unbounded wait for it can hang a close forever. False when the task was
+    still running after every attempt."""
+    for _ in range(CANCEL_ATTEMPTS):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
+        if done:
+            if not task.cancelled():
+                task.exception()  # retrieved: the owner is closing, the outcome is moot
+            return True
+    logger.warning("task %s ignored %d cancellations", task.get_name(), CANCEL_ATTEMPTS)
+    return False
+
 
 class TaskSet:
     """Spawns tasks, keeps a strong reference until they finish, logs their failures.
@@ -42,7 +63,5 @@ class TaskSet:
         self._closed = True
         current = asyncio.current_task()
         pending = [t for t in self._tasks if t is not current]
-        for task in pending:
-            task.cancel()
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*(cancel_and_wait(task) for task in pending))

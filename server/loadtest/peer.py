@@ -27,6 +27,7 @@ from server.loadtest.pacer import MediaSource
 from server.loadtest.sdp_client import RemoteDescription, RemoteTrack
 from server.loadtest.stats import StreamCounter
 from sfu.rtc_adapter import DtlsLink
+from sfu.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -297,14 +298,18 @@ class ClientPeer(asyncio.DatagramProtocol):
 
     # --- end -----------------------------------------------------------------------------
 
-    def received(self) -> tuple[int, int, int]:
-        """(packets, octets, packets expected from the sequence numbers) so far."""
-        packets = octets = expected = 0
+    def received(self) -> tuple[int, int, int, int, int]:
+        """(packets, octets, packets expected from the sequence numbers, audio packets, audio
+        streams that have received) so far."""
+        packets = octets = expected = audio_packets = audio_streams = 0
         for stream in self.streams.values():
             packets += stream.packets
             octets += stream.octets
             expected += stream.expected
-        return packets, octets, expected
+            if stream.kind == "audio" and stream.packets:
+                audio_packets += stream.packets
+                audio_streams += 1
+        return packets, octets, expected, audio_packets, audio_streams
 
     async def close(self) -> None:
         for source in self.sources.values():
@@ -312,8 +317,7 @@ class ClientPeer(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         await self.dtls.close()
         if self._transport is not None:
             self._transport.close()

@@ -29,6 +29,9 @@ class Progress:
     expected_in: int = 0
     packets_out: int = 0
     octets_out: int = 0
+    audio_packets_in: int = 0
+    audio_streams: int = 0
+    """Audio streams that have received packets (for the rate per audio track)."""
 
     def add(self, other: Progress) -> None:
         self.joined += other.joined
@@ -40,6 +43,8 @@ class Progress:
         self.expected_in += other.expected_in
         self.packets_out += other.packets_out
         self.octets_out += other.octets_out
+        self.audio_packets_in += other.audio_packets_in
+        self.audio_streams += other.audio_streams
 
 
 def si(value: float, unit: str = "") -> str:

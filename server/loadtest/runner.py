@@ -134,6 +134,8 @@ class ProcessRun:
             packets_in=end.packets_in - start.packets_in,
             octets_in=end.octets_in - start.octets_in,
             expected_in=end.expected_in - start.expected_in,
+            audio_packets_in=end.audio_packets_in - start.audio_packets_in,
+            audio_tracks=end.audio_streams,
             packets_out=end.packets_out - start.packets_out,
             octets_out=end.octets_out - start.octets_out,
             cpu_seconds=time.process_time() - start_cpu,
@@ -181,10 +183,12 @@ class ProcessRun:
             progress.failed += bool(tester.result.error)
             progress.settled += tester.settled
             if tester.subscriber is not None:
-                packets, octets, expected = tester.subscriber.received()
+                packets, octets, expected, audio, streams = tester.subscriber.received()
                 progress.packets_in += packets
                 progress.octets_in += octets
                 progress.expected_in += expected
+                progress.audio_packets_in += audio
+                progress.audio_streams += streams
             if tester.publisher is not None:
                 progress.packets_out += tester.publisher.packets_out
                 progress.octets_out += tester.publisher.octets_out

@@ -128,6 +128,11 @@ class WindowCounts:
     octets_out: int = 0
     cpu_seconds: float = 0.0
     """The load generator's own CPU time in the window."""
+    audio_packets_in: int = 0
+    """Of ``packets_in``, those of audio tracks (Opus: 50 a second per track, whatever the
+    layout does to video)."""
+    audio_tracks: int = 0
+    """Audio tracks that were receiving at the window's end."""
 
     def add(self, other: WindowCounts) -> None:
         self.packets_in += other.packets_in
@@ -136,6 +141,8 @@ class WindowCounts:
         self.packets_out += other.packets_out
         self.octets_out += other.octets_out
         self.cpu_seconds += other.cpu_seconds
+        self.audio_packets_in += other.audio_packets_in
+        self.audio_tracks += other.audio_tracks
         self.seconds = max(self.seconds, other.seconds)
 
 
