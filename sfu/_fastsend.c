@@ -578,11 +578,20 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
     return 1;
 }
 
-static int parse_incoming(PyObject *args, Py_buffer *buffer, incoming_t *in, PyObject **targets) {
+/* The packet arguments of fanout and forward: (packet, start, end, sequence, timestamp, ssrc,
+ * now), then the downtracks when targets is not NULL. Takes the buffer and claims the batch;
+ * -1 with an exception set (and nothing held) on bad arguments or a re-entrant call. */
+static int begin_forwarding(PyObject *args, Py_buffer *buffer, incoming_t *in,
+                            PyObject **targets) {
     unsigned int sequence;
     unsigned long timestamp, ssrc;
-    if (!PyArg_ParseTuple(args, "y*nnIkkdO", buffer, &in->start, &in->end, &sequence,
-                          &timestamp, &ssrc, &in->now, targets)) {
+    int parsed = targets != NULL
+                     ? PyArg_ParseTuple(args, "y*nnIkkdO!", buffer, &in->start, &in->end,
+                                        &sequence, &timestamp, &ssrc, &in->now, &PyDict_Type,
+                                        targets)
+                     : PyArg_ParseTuple(args, "y*nnIkkd", buffer, &in->start, &in->end,
+                                        &sequence, &timestamp, &ssrc, &in->now);
+    if (!parsed) {
         return -1;
     }
     if (buffer->len < 12 || in->start < 12 || in->start > in->end || in->end > buffer->len) {
@@ -590,11 +599,31 @@ static int parse_incoming(PyObject *args, Py_buffer *buffer, incoming_t *in, PyO
         PyErr_SetString(PyExc_ValueError, "payload bounds outside the packet");
         return -1;
     }
+    if (fanout_busy) {
+        PyBuffer_Release(buffer);
+        PyErr_SetString(PyExc_RuntimeError, "forwarding is not re-entrant");
+        return -1;
+    }
+    fanout_busy = 1;
     in->data = buffer->buf;
     in->sequence = (uint16_t)sequence;
     in->timestamp = (uint32_t)timestamp;
     in->ssrc = (uint32_t)ssrc;
     return 0;
+}
+
+/* Sends what is queued and releases what begin_forwarding took: the keyframe flag as a bool,
+ * or NULL when something failed on the way. */
+static PyObject *end_forwarding(int status, int keyframe, Py_buffer *buffer) {
+    if (flush_batch() != 0) {
+        status = -1;
+    }
+    fanout_busy = 0;
+    PyBuffer_Release(buffer);
+    if (status < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(keyframe);
 }
 
 /* Whether the downtrack's first packet went out and a keyframe should be asked for. */
@@ -612,19 +641,13 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
     Py_buffer buffer;
     incoming_t in;
     PyObject *targets;
-    if (parse_incoming(args, &buffer, &in, &targets) != 0) {
+    if (begin_forwarding(args, &buffer, &in, &targets) != 0) {
         return NULL;
     }
-    if (!PyDict_Check(targets) || fanout_busy) {
-        PyBuffer_Release(&buffer);
-        PyErr_SetString(PyExc_TypeError, "fanout takes a dict of downtracks, not re-entrantly");
-        return NULL;
-    }
-    fanout_busy = 1;
     int keyframe = 0, status = 0;
     Py_ssize_t position = 0, size = PyDict_GET_SIZE(targets);
     PyObject *key, *value;
-    while (status >= 0 && PyDict_Next(targets, &position, &key, &value)) {
+    while (PyDict_Next(targets, &position, &key, &value)) {
         if (!PyObject_TypeCheck(value, &DownTrackCoreType)) {
             PyErr_SetString(PyExc_TypeError, "downtracks must be DownTrackCore instances");
             status = -1;
@@ -634,61 +657,21 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
         status = forward_one((DownTrackCore *)value, &in);
         keyframe |= keyframe_due((DownTrackCore *)value, status);
         Py_DECREF(value);
-        if (PyDict_GET_SIZE(targets) != size) {
-            break; /* a Python send changed the room: the rest miss this one packet */
+        if (status < 0 || PyDict_GET_SIZE(targets) != size) {
+            break; /* an error, or a Python send changed the room: the rest miss this packet */
         }
     }
-    if (flush_batch() != 0) {
-        status = -1;
-    }
-    fanout_busy = 0;
-    PyBuffer_Release(&buffer);
-    if (status < 0) {
-        return NULL;
-    }
-    return PyBool_FromLong(keyframe);
+    return end_forwarding(status, keyframe, &buffer);
 }
 
 static PyObject *DownTrackCore_forward(DownTrackCore *self, PyObject *args) {
     Py_buffer buffer;
     incoming_t in;
-    PyObject *unused = NULL;
-    PyObject *extended = NULL;
-    /* Same arguments as fanout without the dict: (packet, start, end, seq, ts, ssrc, now). */
-    Py_ssize_t count = PyTuple_GET_SIZE(args);
-    extended = PyTuple_New(count + 1);
-    if (extended == NULL) {
+    if (begin_forwarding(args, &buffer, &in, NULL) != 0) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyTuple_GET_ITEM(args, i);
-        Py_INCREF(item);
-        PyTuple_SET_ITEM(extended, i, item);
-    }
-    Py_INCREF(Py_None);
-    PyTuple_SET_ITEM(extended, count, Py_None);
-    int parsed = parse_incoming(extended, &buffer, &in, &unused);
-    Py_DECREF(extended);
-    if (parsed != 0) {
-        return NULL;
-    }
-    if (fanout_busy) {
-        PyBuffer_Release(&buffer);
-        PyErr_SetString(PyExc_RuntimeError, "forward called inside a fanout");
-        return NULL;
-    }
-    fanout_busy = 1;
     int status = forward_one(self, &in);
-    int keyframe = keyframe_due(self, status);
-    if (flush_batch() != 0) {
-        status = -1;
-    }
-    fanout_busy = 0;
-    PyBuffer_Release(&buffer);
-    if (status < 0) {
-        return NULL;
-    }
-    return PyBool_FromLong(keyframe);
+    return end_forwarding(status, keyframe_due(self, status), &buffer);
 }
 
 static PyObject *DownTrackCore_original_sequence(DownTrackCore *self, PyObject *arg) {
