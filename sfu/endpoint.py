@@ -7,6 +7,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from sfu import fanout
 from sfu.ice import IceRegistry, TcpIceConnection, UdpMux
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Endpoints:
             start, end = self._port_range
             logger.info("WebRTC on UDP ports %d-%d, TCP port %d", start, end, self._tcp_port)
         logger.info("advertising %s", ", ".join(self.addresses))
+        fanout.log_implementation(logger)
 
     async def acquire(self) -> Endpoint:
         if self._shared is not None:

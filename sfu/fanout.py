@@ -15,6 +15,7 @@ Both are sans-IO in the sense that matters here: fed ``(packet, now)``, no await
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,20 @@ else:
     Sink = _fastsend.Sink
     DownTrackCore = _fastsend.DownTrackCore
     fanout = _fastsend.fanout
+
+
+def log_implementation(log: logging.Logger) -> None:
+    """Say at start-up which fan-out forwards: without the C module it costs about twice the
+    CPU per packet (benchmarks/RESULTS.md), which an operator should know."""
+    if ACCELERATED:
+        log.info("forwarding: C fan-out (sfu/_fastsend)")
+    elif _fastsend is not None:
+        log.info("forwarding: pure-Python fan-out (LIVEKIT_PY_PURE_FANOUT=1)")
+    else:
+        log.warning(
+            "forwarding: pure-Python fan-out, the C module sfu/_fastsend is not built "
+            "(install a C compiler and reinstall); each forwarded packet costs about twice the CPU"
+        )
 
 
 def configure_srtp(protect_address: int, max_plaintext: int = MAX_PLAINTEXT) -> None:

@@ -3,6 +3,7 @@ packet, and its fast path (libsrtp protect, sendmmsg) against a real SRTP receiv
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
@@ -264,3 +265,10 @@ def test_a_send_that_removes_a_queued_downtrack_is_safe() -> None:
     assert rx.unprotect(inbox.recv(2048)).endswith(b"still delivered")
     inbox.close()
     out.close()
+
+
+def test_start_up_says_which_fan_out_forwards(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        fanout.log_implementation(logging.getLogger("test"))
+    expected = "C fan-out" if fanout.ACCELERATED else "pure-Python fan-out"
+    assert expected in caplog.text
