@@ -536,6 +536,9 @@ static int flush_batch(void) {
 static int forward_one(DownTrackCore *t, const incoming_t *in) {
     Sink *sink = t->sink;
     Py_ssize_t payload_length = 0;
+    if (sink == NULL || t->extension == NULL || (sink->context == NULL && sink->send == NULL)) {
+        return 0; /* never initialised, or emptied by the garbage collector breaking a cycle */
+    }
     if (sink->context != NULL) {
         if (batch_count == MAX_BATCH && flush_batch() != 0) {
             return -1;

@@ -272,3 +272,15 @@ def test_start_up_says_which_fan_out_forwards(caplog: pytest.LogCaptureFixture) 
         fanout.log_implementation(logging.getLogger("test"))
     expected = "C fan-out" if fanout.ACCELERATED else "pure-Python fan-out"
     assert expected in caplog.text
+
+
+def test_uninitialised_cores_and_sinks_are_skipped_not_crashed() -> None:
+    """A subclass that never called the base __init__, or a sink without its send, forwards
+    nothing (the C side must not follow a NULL)."""
+    packet = _packet(1, 2, 3, b"p")
+    bare = _fastsend.DownTrackCore.__new__(_fastsend.DownTrackCore)
+    assert _fastsend.fanout(packet, 12, len(packet), 1, 2, 3, 0.0, {"bare": bare}) is False
+    empty_sink = _fastsend.Sink.__new__(_fastsend.Sink)
+    core = _core(_fastsend.DownTrackCore, empty_sink)
+    assert core.forward(packet, 12, len(packet), 1, 2, 3, 0.0) is False
+    assert core.packets == 0
