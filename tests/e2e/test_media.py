@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,6 +200,33 @@ async def test_video_reaches_subscribers_with_size_and_colour(
                     assert abs(got - want) < 16, (centre_colour(last), COLOUR)
             finally:
                 await viewer.disconnect()
+
+
+async def test_pure_python_fan_out_forwards_video_and_audio(tmp_path: Path) -> None:
+    """The fallback for installs without the C module (sfu/fanout.py) against real clients:
+    CI always builds the C fan-out, so this is where the Python one meets libwebrtc."""
+    pure = start_server(tmp_path, extra_env={"LIVEKIT_PY_PURE_FANOUT": "1"})
+    try:
+        assert "forwarding: pure-Python fan-out" in pure.logs()
+        async with (
+            joined(pure, "camera", "pure") as camera,
+            watching(pure, "viewer", "pure", "track_subscribed") as (_, logs),
+            publishing_colour(camera),
+            publishing_tone(camera),
+        ):
+            tracks = {}
+            for _ in range(2):
+                track, _, _ = await logs["track_subscribed"].wait_for(
+                    lambda e: e[0].kind not in tracks
+                )
+                tracks[track.kind] = track
+            frames = await first_frames(tracks[rtc.TrackKind.KIND_VIDEO], 5)
+            for got, want in zip(centre_colour(frames[-1]), COLOUR, strict=True):
+                assert abs(got - want) < 16
+            tail = (await hear(tracks[rtc.TrackKind.KIND_AUDIO], 1.0))[SAMPLE_RATE // 2 :]
+            assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+    finally:
+        assert_clean_exit(pure)
 
 
 async def test_mute_unmute_and_unpublish_reach_subscribers(server: ServerProcess) -> None:
