@@ -16,7 +16,7 @@ from pylibsrtp import Policy, Session
 
 from protocol import rtp
 from sfu import fanout
-from sfu.rtc_adapter import FANOUT_CONFIGURED, SrtpProtector
+from sfu.rtc_adapter import SrtpProtector
 
 _fastsend = pytest.importorskip("sfu._fastsend")
 
@@ -158,7 +158,6 @@ def _srtp_pair() -> tuple[Session, Session]:
     return tx, rx
 
 
-@pytest.mark.skipif(not FANOUT_CONFIGURED, reason="libsrtp is not the expected version")
 def test_fast_path_protects_and_sends_more_than_one_batch() -> None:
     """300 subscribers (more than one sendmmsg batch of 256) on one socket: each receives the
     reference's packet, protected with its own session."""
@@ -202,7 +201,6 @@ def test_fast_path_protects_and_sends_more_than_one_batch() -> None:
     out.close()
 
 
-@pytest.mark.skipif(not FANOUT_CONFIGURED, reason="libsrtp is not the expected version")
 def test_datagrams_the_kernel_refuses_go_to_spill() -> None:
     """A descriptor sendmmsg cannot use (a pipe) leaves every datagram to the spill callback,
     still protected, with the sink's address."""
@@ -237,7 +235,6 @@ def test_fast_path_refused_without_keys_or_address() -> None:
     assert not sink.fast
 
 
-@pytest.mark.skipif(not FANOUT_CONFIGURED, reason="libsrtp is not the expected version")
 def test_a_send_that_removes_a_queued_downtrack_is_safe() -> None:
     """A Python send may close another subscriber whose packet is already queued: the batch
     keeps that subscriber's sink alive until the kernel has it."""

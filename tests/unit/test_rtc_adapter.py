@@ -12,8 +12,10 @@ import pytest
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from pylibsrtp import Policy, Session
 
+from sfu import fanout
 from sfu.endpoint import Endpoint, Endpoints
 from sfu.rtc_adapter import (
+    FANOUT_CONFIGURED,
     ConnectionState,
     DataChannel,
     PeerConnection,
@@ -26,6 +28,10 @@ def test_pinned_versions() -> None:
     # The adapter drives RTCDtlsTransport through its private ICE-transport interface.
     assert metadata.version("aiortc") == "1.16.0"
     assert metadata.version("aioice") == "0.13.0"
+    # ... and hands libsrtp 2's srtp_protect, found through pylibsrtp's cffi module, to the C
+    # fan-out; another prototype would leave forwarding in Python, at twice the CPU.
+    assert metadata.version("pylibsrtp") == "1.0.0"
+    assert FANOUT_CONFIGURED == fanout.ACCELERATED
 
 
 def test_host_addresses() -> None:
@@ -87,9 +93,15 @@ async def test_server_offer_connects_and_queues_reliable_data(
         # with AEAD_AES_128_GCM, which libwebrtc and aiortc both prefer, 10 with CM80).
         assert protected[:12] == rtp[:12]
         assert len(protected) - len(rtp) in (10, 16)
+        # The first RTP sent takes the Python path and switches the C fan-out on: the UDP
+        # path is selected and the transmit keys exist.
+        assert not server.rtp_sink.fast
+        assert server.send_rtp(rtp)
+        assert server.rtp_sink.fast is fanout.ACCELERATED
     finally:
         await server.close()
         await client.close()
+    assert not server.rtp_sink.fast, "a closed transport leaves the fan-out's fast path"
     assert endpoint.registry.session_count == 0
 
 
