@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import probe
+from server.loadtest import procstat
 from tests.e2e.harness import start_server
 
 P50_TARGET_MS, P99_TARGET_MS = 300.0, 1000.0
@@ -39,28 +40,26 @@ def storm(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         if args.sink:
             flags.append("--sink")
         load_before = probe.load_average()
-        cpu_before, start = probe.cpu_seconds(pid), time.monotonic()
-        rss_before = probe.resident_kb(pid)
+        cpu_before, start = procstat.cpu_seconds(pid), time.monotonic()
         run = probe.LoadTest.start(server.ws_url, flags)
         ramp = args.participants / args.num_per_second
         run.wait_running(timeout=ramp + 120)
-        storm_cpu = probe.cpu_seconds(pid) - cpu_before
+        storm_cpu = procstat.cpu_seconds(pid) - cpu_before
         storm_seconds = time.monotonic() - start
-        rss_after = probe.resident_kb(pid)
         summary = run.finish()
         load_after = probe.load_average()
     finally:
         server.stop()
-    errors = [line for line in server.logs().splitlines() if " ERROR " in line]
+    log = server.logs()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
     return {
         "command": run.shown(),
         "summary": summary,
         "storm_cpu": storm_cpu,
         "storm_seconds": storm_seconds,
-        "rss_kb": (rss_before, rss_after),
         "load": (load_before, load_after),
         "server_errors": errors,
-        "traceback": "Traceback" in server.logs(),
+        "traceback": "Traceback" in log,
     }
 
 

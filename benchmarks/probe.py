@@ -14,12 +14,9 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.loadtest import procstat
 from tests.e2e.harness import API_KEY, API_SECRET, SERVER_SCRIPT
@@ -38,21 +35,6 @@ def resident_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def tree_resident_kb(pid: int) -> int:
-    return sum(resident_kb(member) for member in procstat.process_tree(pid))
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and its descendants."""
-    return procstat.cpu_seconds(pid)
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` alone (its threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin(pid: int, core: int) -> None:
@@ -75,20 +57,6 @@ def workers_of(supervisor: int) -> dict[int, int]:
         if b"--worker-index" in args:
             found[int(args[args.index(b"--worker-index") + 1])] = pid
     return found
-
-
-def packets_out(metrics_port: int) -> float:
-    """``livekit_packet_total{direction="outgoing"}`` (first sends and retransmissions) of
-    one worker's metrics endpoint."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "livekit_packet_total" and sample.labels.get("direction") == "outgoing"
-    )
 
 
 def udp_drops() -> dict[int, int]:

@@ -20,9 +20,7 @@ in the test namespace like the other benchmarks:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -30,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import API_KEY, API_SECRET, SERVER_SCRIPT, ServerProcess, start_server
+from benchmarks import probe
+from tests.e2e.harness import ServerProcess, start_server
 
 MAX_LOSS_PERCENT = 1.0
 #: A step keeps up when each track delivers at least this share of the lightest step's rate.
 MIN_DELIVERED = 0.97
 #: Below this share of its core the server is not saturated, whatever the rate per track.
 MAX_BUSY = 0.9
-SERVER_CORE, LOADER_CORE = 0, 1
 
 
 @dataclass(frozen=True)
@@ -77,32 +75,16 @@ SCENARIOS = (
 )
 
 
-def pin(pid: int, core: int) -> None:
-    """Every thread of ``pid`` onto one core."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            os.sched_setaffinity(int(task.name), {core})
-        except OSError:
-            continue
-
-
 def run_step(scenario: Scenario, load: int, duration: float, log_dir: Path) -> dict[str, Any]:
     """One load test against a fresh server; its JSON summary."""
     server: ServerProcess = start_server(log_dir, extra_env={"NODE_IP": "127.0.0.1"})
     try:
-        pin(server.proc.pid, SERVER_CORE)
-        command = ["taskset", "-c", str(LOADER_CORE), SERVER_SCRIPT, "load-test"]
-        command += ["--url", server.ws_url, "--api-key", API_KEY, "--api-secret", API_SECRET]
-        command += [*scenario.flags(load), "--duration", str(duration), "--num-per-second", "20"]
-        command += ["--json", "--server-pid", str(server.proc.pid)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        probe.pin(server.proc.pid, probe.SERVER_CORE)
+        flags = [*scenario.flags(load), "--duration", str(duration), "--num-per-second", "20"]
+        flags += ["--server-pid", str(server.proc.pid)]
+        return probe.LoadTest.start(server.ws_url, flags).finish()
     finally:
         server.stop()
-    try:
-        summary: dict[str, Any] = json.loads(result.stdout)
-    except ValueError:
-        raise RuntimeError(f"load test failed ({result.returncode}): {result.stderr}") from None
-    return summary
 
 
 def per_track_rate(summary: dict[str, Any]) -> float:
@@ -126,26 +108,33 @@ def passed(summary: dict[str, Any], reference_rate: float) -> bool:
     )
 
 
+def server_rates(summary: dict[str, Any]) -> tuple[float, float, float]:
+    """(packets out per second, share of a core the server was busy, packets out per server
+    CPU-second) in the window."""
+    window = summary["window"]
+    seconds = float(window["seconds"] or 1.0)
+    cpu = float(summary["server_cpu_seconds"] or 0.0)
+    packets = float(window["packets_in"])
+    return packets / seconds, cpu / seconds, packets / cpu if cpu else 0.0
+
+
 def kept_up(summary: dict[str, Any], reference_rate: float) -> bool:
     """Delivering the lightest step's rate per track, or clearly not saturated."""
-    window = summary["window"]
-    busy = (summary["server_cpu_seconds"] or 0.0) / (window["seconds"] or 1.0)
+    busy = server_rates(summary)[1]
     return per_track_rate(summary) >= MIN_DELIVERED * reference_rate or busy < MAX_BUSY
 
 
 def describe(summary: dict[str, Any], reference_rate: float) -> str:
     delivered = per_track_rate(summary) / reference_rate if reference_rate else 0.0
     window = summary["window"]
-    seconds = window["seconds"] or 1.0
-    cpu = summary["server_cpu_seconds"] or 0.0
-    per_cpu = window["packets_in"] / cpu if cpu else 0.0
+    rate, busy, per_cpu = server_rates(summary)
     return (
-        f"{window['packets_in'] / seconds:,.0f} pkt/s out, "
+        f"{rate:,.0f} pkt/s out, "
         f"{per_track_rate(summary):.1f} per track ({100 * delivered:.1f} % of the lightest "
         f"step's), loss {summary['window_loss_percent']:.2f} % "
         f"({summary['loss_percent']:.2f} % with the joins), "
-        f"server {100 * cpu / seconds:.0f} % of a core, {per_cpu:,.0f} pkt per CPU-s, "
-        f"load tester {100 * window['cpu_seconds'] / seconds:.0f} %, "
+        f"server {100 * busy:.0f} % of a core, {per_cpu:,.0f} pkt per CPU-s, "
+        f"load tester {100 * window['cpu_seconds'] / (window['seconds'] or 1.0):.0f} %, "
         f"join p50/p99 {summary['connect_p50_ms'] or 0:.0f}/"
         f"{summary['connect_p99_ms'] or 0:.0f} ms"
     )
@@ -178,13 +167,10 @@ def report(results: list[tuple[Scenario, int, dict[str, Any]]]) -> str:
             livekit = f"{scenario.livekit_per_vcpu:,.0f}"
             lines.append(f"| {scenario.name} | none passed | | | | {livekit} | |")
             continue
-        window = summary["window"]
-        seconds = window["seconds"] or 1.0
-        cpu = summary["server_cpu_seconds"] or 0.0
-        per_cpu = window["packets_in"] / cpu if cpu else 0.0
+        rate, busy, per_cpu = server_rates(summary)
         lines.append(
-            f"| {scenario.name} | {load} {scenario.unit} | {window['packets_in'] / seconds:,.0f} "
-            f"| {100 * cpu / seconds:.0f} % | {per_cpu:,.0f} | {scenario.livekit_per_vcpu:,.0f} "
+            f"| {scenario.name} | {load} {scenario.unit} | {rate:,.0f} "
+            f"| {100 * busy:.0f} % | {per_cpu:,.0f} | {scenario.livekit_per_vcpu:,.0f} "
             f"| {per_cpu / scenario.livekit_per_vcpu:.2f}x |"
         )
     return "\n".join(lines)

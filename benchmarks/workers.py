@@ -36,7 +36,8 @@ from typing import Any
 from livekit import api
 
 from benchmarks import probe
-from tests.e2e.harness import API_KEY, API_SECRET, free_port, start_server
+from server.loadtest import procstat
+from tests.e2e.harness import API_KEY, API_SECRET, free_port, packets_out, start_server
 
 #: Seconds between room creations: more than the node stats interval (2 s), so each new
 #: room sees the rooms created before it.
@@ -52,7 +53,7 @@ def metrics_port(count: int) -> int:
     """A port P with the ports after it free for the other workers."""
     while True:
         port = free_port()
-        if all(_free(port + i) for i in range(1, 2 * count)):  # see metrics_ports
+        if all(_free(port + i) for i in range(1, count)):  # see metrics_ports
             return port
 
 
@@ -119,11 +120,11 @@ def sample(
 ) -> dict[str, Any]:
     return {
         "time": time.monotonic(),
-        "supervisor": probe.own_cpu_seconds(supervisor),
-        "cpu": {i: probe.own_cpu_seconds(pid) for i, pid in pids.items()},
-        "packets": {i: probe.packets_out(port) for i, port in ports.items()},
+        "supervisor": procstat.own_cpu_seconds(supervisor),
+        "cpu": {i: procstat.own_cpu_seconds(pid) for i, pid in pids.items()},
+        "packets": {i: packets_out(port) for i, port in ports.items()},
         "drops": probe.udp_drops(),
-        "generators": sum(probe.cpu_seconds(pid) for pid in generators),
+        "generators": sum(procstat.cpu_seconds(pid) for pid in generators),
     }
 
 

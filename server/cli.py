@@ -14,7 +14,7 @@ from server import tools
 from server.app import run_server
 from server.cluster import WorkerIdentity
 from server.logs import add_process_context, setup_logging
-from server.workers import Supervisor, default_worker_count, strip_worker_flags, worker_config
+from server.workers import Supervisor, default_worker_count, strip_worker_flags
 
 # Named, not __name__: workers run this module as __main__ (python -m server.cli).
 logger = logging.getLogger("server.cli")
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         runner = uvloop.run
     try:
-        runner(run_server(worker_config(config, worker), worker))
+        runner(run_server(config, worker))
     except OSError as exc:
         # Typically a port already in use: one line, not a traceback.
         print(f"livekit-py-server: {exc}", file=sys.stderr)

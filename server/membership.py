@@ -8,7 +8,6 @@ import asyncio
 import logging
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from routing.store import STORE_ERRORS
 from server.cluster import Backends, StoreSync
@@ -39,7 +38,7 @@ class Membership:
         try:
             await self.relay_host.start()
             await self.router.start(app[FORWARDER].serve)
-        except (RedisError, OSError) as exc:
+        except STORE_ERRORS as exc:
             # One line for the operator (the CLI prints OSErrors), not a traceback.
             raise OSError(f"cannot reach the cluster's Redis: {exc}") from exc
         self.sync.start()

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 from config import Config
 from routing.embedded import EmbeddedRedis
-from server.cluster import WorkerIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +36,6 @@ RESTART_DELAY_S = 1.0
 
 def default_worker_count() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-
-
-def worker_config(config: Config, worker: WorkerIdentity) -> Config:
-    """The configuration one worker runs with. Its metrics port is ``prometheus.port +
-    index``; ``install_metrics`` adds the index (``port_offset``), so nothing changes here."""
-    return config
 
 
 class Supervisor:

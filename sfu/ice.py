@@ -121,15 +121,15 @@ class IceSession:
         if self.state in (IceState.CLOSED, IceState.FAILED):
             return
         self.last_consent = now
-        if self.selected is None or (nominated and path is not self.selected):
+        switched = self.selected is None or (nominated and path is not self.selected)
+        if switched:
             if self.selected is not None:
                 self.selected.detach(self)
             path.attach(self)
             self.selected = path
-            self.set_state(IceState.CONNECTED)
-            if self.on_path_change is not None:
-                self.on_path_change()
         self.set_state(IceState.CONNECTED)
+        if switched and self.on_path_change is not None:
+            self.on_path_change()
 
     def receive(self, data: bytes) -> None:
         if self.on_datagram is not None:

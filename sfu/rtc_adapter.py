@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import aioice.ice
@@ -48,7 +48,7 @@ from protocol import sdp, sdp_media
 from protocol.rtp import is_rtcp
 from sfu.endpoint import Endpoint
 from sfu.fanout import Sink, configure_srtp
-from sfu.ice import IceSession, IceState
+from sfu.ice import IceState
 from sfu.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -187,32 +187,32 @@ class SrtpProtector:
 
 
 class _IceTransportShim:
-    """What ``RTCDtlsTransport`` needs of an ICE transport, fed by our ICE-lite session.
+    """What ``RTCDtlsTransport`` needs of an ICE transport: a ``role``, ``_recv()`` and
+    ``_send()``, over one of our ICE paths (the server's ICE-lite session or the load tester's
+    agent). ``role`` only matters to aiortc when the DTLS role is "auto"; we always set it from
+    the SDP.
 
-    We are the ICE-lite (so controlled) side; ``role`` only matters to aiortc when the DTLS role
-    is "auto", and we always set it from the SDP.
+    :param send: sends one datagram on the selected path.
     """
 
-    role = "controlled"
-
-    def __init__(self, session: IceSession, on_media: Callable[[bytes], None]) -> None:
-        self._session = session
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._on_media = on_media
-        session.on_datagram = self._on_datagram
-
-    def _on_datagram(self, data: bytes) -> None:
-        first = data[0]
-        if 127 < first < 192:  # RFC 7983: SRTP and SRTCP go straight to the media path
-            self._on_media(data)
-        elif 19 < first < 64:  # DTLS, through aiortc's handshake and SCTP
-            self._queue.put_nowait(data)
+    def __init__(self, send: Callable[[bytes], None], role: str) -> None:
+        self.role = role
+        self._send_datagram = send
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        """DTLS records from the network, for aiortc's handshake and SCTP."""
 
     async def _recv(self) -> bytes:
-        return await self._queue.get()
+        return await self.queue.get()
 
     async def _send(self, data: bytes) -> None:
-        self._session.send(data)
+        self._send_datagram(data)
+
+
+def _dtls_parameters(fingerprints: Iterable[tuple[str, str]]) -> RTCDtlsParameters:
+    """The remote DTLS parameters from (algorithm, value) pairs of its SDP."""
+    return RTCDtlsParameters(
+        fingerprints=[RTCDtlsFingerprint(algorithm=a, value=v) for a, v in fingerprints if v]
+    )
 
 
 class PeerConnection:
@@ -227,7 +227,10 @@ class PeerConnection:
         self._endpoint = endpoint
         self._ice = endpoint.registry.create_session(name)
         self._certificate = RTCCertificate.generateCertificate()
-        shim: Any = _IceTransportShim(self._ice, self._on_media)  # duck-typed RTCIceTransport
+        # We are the ICE-lite, so controlled, side (RFC 8445 2.5).
+        self._shim = _IceTransportShim(self._ice.send, "controlled")
+        self._ice.on_datagram = self._on_datagram
+        shim: Any = self._shim  # duck-typed RTCIceTransport
         self._dtls = RTCDtlsTransport(shim, [self._certificate])
         self._sctp = RTCSctpTransport(self._dtls)
         self._session_id = secrets.randbelow(2**62)
@@ -318,9 +321,7 @@ class PeerConnection:
         # the DTLS client (RFC 8842), unless its answer says "passive".
         self._dtls._set_role("client" if (not offered and setup == "passive") else "server")
         parsed = [f.split(" ", 1) for f in fingerprints]
-        remote_dtls = RTCDtlsParameters(
-            fingerprints=[RTCDtlsFingerprint(algorithm=a, value=v) for a, v in parsed if v]
-        )
+        remote_dtls = _dtls_parameters((a, v) for a, v in parsed)
         sctp_port = _sctp_port(remote)
         self._connect_task = asyncio.get_running_loop().create_task(
             self._connect(remote_dtls, sctp_port), name=f"{self.name}-connect"
@@ -348,6 +349,13 @@ class PeerConnection:
             {"candidate": c, "sdpMid": mid, "sdpMLineIndex": index}
             for c in self._endpoint.candidates()
         ]
+
+    def _on_datagram(self, data: bytes) -> None:
+        first = data[0]
+        if 127 < first < 192:  # RFC 7983: SRTP and SRTCP go straight to the media path
+            self._on_media(data)
+        elif 19 < first < 64:  # DTLS, through aiortc's handshake and SCTP
+            self._shim.queue.put_nowait(data)
 
     def _on_media(self, data: bytes) -> None:
         sessions = self.srtp_sessions()
@@ -486,21 +494,6 @@ def local_fingerprints() -> tuple[tuple[str, str], ...]:
     return tuple((f.algorithm, f.value) for f in certificate().getFingerprints())
 
 
-class _ClientIceShim:
-    """What ``RTCDtlsTransport`` needs of an ICE transport, over our ICE agent's path."""
-
-    def __init__(self, send: Callable[[bytes], None], controlling: bool) -> None:
-        self.role = "controlling" if controlling else "controlled"
-        self._send_datagram = send
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-    async def _recv(self) -> bytes:
-        return await self.queue.get()
-
-    async def _send(self, data: bytes) -> None:
-        self._send_datagram(data)
-
-
 class DtlsLink:
     """DTLS (and SCTP, when the description has data channels) for one peer connection.
 
@@ -508,7 +501,7 @@ class DtlsLink:
     """
 
     def __init__(self, send: Callable[[bytes], None], *, controlling: bool) -> None:
-        self._shim = _ClientIceShim(send, controlling)
+        self._shim = _IceTransportShim(send, "controlling" if controlling else "controlled")
         shim: Any = self._shim  # duck-typed RTCIceTransport
         self._dtls = RTCDtlsTransport(shim, [certificate()])
         self._sctp: RTCSctpTransport | None = None
@@ -523,10 +516,7 @@ class DtlsLink:
     async def connect(self, *, client: bool, fingerprints: tuple[tuple[str, str], ...]) -> bool:
         """Run the handshake as DTLS client or server; True once the SRTP keys are set."""
         self._dtls._set_role("client" if client else "server")
-        remote = RTCDtlsParameters(
-            fingerprints=[RTCDtlsFingerprint(algorithm=a, value=v) for a, v in fingerprints]
-        )
-        await self._dtls.start(remote)
+        await self._dtls.start(_dtls_parameters(fingerprints))
         if self._dtls.state != "connected":
             return False
         self.rx, self.tx = self._dtls._rx_srtp, self._dtls._tx_srtp

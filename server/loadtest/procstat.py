@@ -44,17 +44,19 @@ def process_tree(pid: int, proc: Path = PROC) -> list[int]:
     return found
 
 
+def own_cpu_seconds(pid: int, proc: Path = PROC) -> float:
+    """User plus system CPU seconds of ``pid`` alone (its threads, not its children); 0 when
+    it is gone."""
+    fields = _stat_fields(pid, proc)
+    if fields is None or len(fields) <= 12:
+        return 0.0
+    # After the name: state is field 3, so utime (14) and stime (15) are at 11, 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int, proc: Path = PROC) -> float:
     """User plus system CPU seconds of ``pid``'s process tree; raises ProcessLookupError
     when ``pid`` is gone."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    root = _stat_fields(pid, proc)
-    if root is None:
+    if _stat_fields(pid, proc) is None:
         raise ProcessLookupError(pid)
-    for member in process_tree(pid, proc):
-        fields = _stat_fields(member, proc)
-        if fields is not None and len(fields) > 12:
-            # After the name: state is field 3, so utime (14) and stime (15) are at 11, 12.
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+    return sum(own_cpu_seconds(member, proc) for member in process_tree(pid, proc))

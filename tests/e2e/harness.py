@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from livekit import api
+from prometheus_client.parser import text_string_to_metric_families
 
 API_KEY = "testkey"
 API_SECRET = "testsecret-that-is-at-least-32-characters"
@@ -158,3 +159,17 @@ def make_token(
     from datetime import timedelta
 
     return str(token.with_ttl(timedelta(seconds=ttl_s)).to_jwt())
+
+
+def packets_out(metrics_port: int) -> float:
+    """``livekit_packet_total{direction="outgoing"}`` (first sends and retransmissions) of
+    one server's (or worker's) metrics endpoint."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "livekit_packet_total" and sample.labels.get("direction") == "outgoing"
+    )

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from collections.abc import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import (
     API_KEY,
@@ -22,6 +20,7 @@ from tests.e2e.harness import (
     SERVER_SCRIPT,
     ServerProcess,
     free_port,
+    packets_out,
 )
 
 LOOPBACK = {"NODE_IP": "127.0.0.1"}
@@ -112,19 +111,6 @@ def test_wrong_secret(start: Callable[..., ServerProcess]) -> None:
     assert "401" in line and "API key or secret" in line
 
 
-def _packets_out(port: int) -> float:
-    """``livekit_packet_total{direction="outgoing"}`` of the server's metrics endpoint."""
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "livekit_packet_total" and sample.labels["direction"] == "outgoing"
-    )
-
-
 def test_sink_drops_media_the_server_keeps_sending(start: Callable[..., ServerProcess]) -> None:
     metrics = free_port()
     server = start(f"prometheus_port: {metrics}\n", extra_env=LOOPBACK)
@@ -139,5 +125,5 @@ def test_sink_drops_media_the_server_keeps_sending(start: Callable[..., ServerPr
     assert summary["srtp_errors"] == 0
     # Each subscriber counted a second or so of media before sinking; the server sent to
     # them for the whole window (consent and receiver reports kept their sessions up).
-    sent = _packets_out(metrics)
+    sent = packets_out(metrics)
     assert sent > 2 * summary["packets_received"], (sent, summary["packets_received"])

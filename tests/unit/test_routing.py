@@ -19,7 +19,7 @@ from routing.relay import (
     open_host_link,
     signal_channel,
 )
-from routing.router import Router, RpcRequest, RpcResponse
+from routing.router import STATS_FRESH_S, Router, RpcRequest, RpcResponse
 from routing.store import LocalStore
 
 NOW = 1_000_000.0
@@ -162,3 +162,10 @@ def test_start_session_refuses_garbage() -> None:
     for bad in (b"[]", b"{}", b'{"connection_id": "CO_1"}'):
         with pytest.raises(ValueError):
             StartSession.decode(bad)
+
+
+def test_health_turns_406_once_the_stats_are_older_than_4_s() -> None:
+    router = _router("ND_health", LocalStore(), LocalBus())
+    router.registered_at = 100.0
+    assert router.healthy(100.0 + STATS_FRESH_S)
+    assert not router.healthy(100.0 + STATS_FRESH_S + 0.01)
