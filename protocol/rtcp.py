@@ -53,6 +53,24 @@ FMT_NACK = 1
 FMT_REMB = 15
 
 
+_SENDER_REPORT = struct.Struct("!BBHIQIII")
+
+
+def sender_report(ssrc: int, ntp: int, rtp_timestamp: int, packets: int, octets: int) -> bytes:
+    """A Sender Report without report blocks (RFC 3550 6.4.1); the packet and octet counts
+    wrap modulo 2^32, as the RFC says they do."""
+    return _SENDER_REPORT.pack(
+        0x80,
+        SR,
+        6,
+        ssrc,
+        ntp & 0xFFFFFFFFFFFFFFFF,
+        rtp_timestamp & 0xFFFFFFFF,
+        packets & 0xFFFFFFFF,
+        octets & 0xFFFFFFFF,
+    )
+
+
 def sender_reports(data: bytes) -> Iterator[tuple[int, int, int]]:
     """(sender SSRC, NTP timestamp as 64 bits, RTP timestamp) of each SR (RFC 3550 6.4.1)."""
     for packet_type, _, body in packets(data):

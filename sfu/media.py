@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,17 +121,7 @@ class DownTrack(DownTrackCore):
         if not self.packets:
             return
         translated = self.translate_timestamp(rtp_timestamp)
-        report = struct.pack(
-            "!BBHIQIII",
-            0x80,
-            rtcp.SR,
-            6,
-            self.outgoing.ssrc,
-            ntp,
-            translated,
-            self.packets & 0xFFFFFFFF,
-            self.octets & 0xFFFFFFFF,
-        )
+        report = rtcp.sender_report(self.outgoing.ssrc, ntp, translated, self.packets, self.octets)
         # The subscriber echoes the middle 32 bits of the NTP time as LSR (RFC 3550 6.4.1).
         self._sr_sent[(ntp >> 16) & 0xFFFFFFFF] = time.monotonic()
         if len(self._sr_sent) > 8:

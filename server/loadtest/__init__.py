@@ -10,10 +10,13 @@ subscribers that count packets without decoding. Modules, bottom up:
 - ``packetizer`` and ``pacer``: RTP packets from the clips, paced by one timer per process;
 - ``sdp_client``: the client's offers and answers;
 - ``ice``: the client's ICE agent (sans-IO);
-- ``adapter``: the only module touching aiortc private APIs (DTLS, SRTP keys, SCTP);
+- ``sfu/rtc_adapter.py`` (``DtlsLink``): the project's one module touching aiortc private
+  APIs, for DTLS, SRTP keys and SCTP;
+- ``sink``: ``--sink``'s socket filter that drops RTP in the kernel;
 - ``peer``: one peer connection (socket, ICE, DTLS, SRTP, RTCP, counters);
 - ``tester``: one participant's signalling and negotiation;
-- ``runner``: a process's participants, the ramp, the measurement window, worker processes;
+- ``runner``: a process's participants, the ramp, the measurement window;
+- ``control``: worker processes and the parent that merges their results;
 - ``stats``, ``report``, ``procstat``: results, the table, the server's CPU time;
 - ``cli``: the subcommand.
 """

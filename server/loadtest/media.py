@@ -74,7 +74,10 @@ def _cached(path: Path, encode: Any) -> Clip:
     except (OSError, ValueError):
         pass
     clip: Clip = encode()
-    write_clip(path, clip)
+    try:
+        write_clip(path, clip)
+    except OSError as exc:
+        raise MediaError(f"cannot write the clip cache {path}: {exc}") from exc
     return clip
 
 
@@ -101,13 +104,20 @@ def read_clip(path: Path) -> Clip:
         raise ValueError(f"{path} is not a clip file")
     line, _, body = data[len(_MAGIC) :].partition(b"\n")
     header = json.loads(line)
+    try:
+        return _clip_from(header, body)
+    except (KeyError, TypeError, ValueError, struct.error) as exc:
+        raise ValueError(f"{path} is truncated or damaged: {exc}") from exc
+
+
+def _clip_from(header: dict[str, Any], body: bytes) -> Clip:
     frames = []
     offset = 0
     for _ in range(int(header["count"])):
         (size,) = struct.unpack_from("!I", body, offset)
         frame = body[offset + 4 : offset + 4 + size]
         if len(frame) != size:
-            raise ValueError(f"{path} is truncated")
+            raise ValueError("a frame is cut off")
         frames.append(frame)
         offset += 4 + size
     return Clip(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import secrets
@@ -10,6 +11,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 #: ``--video-resolution`` -> simulcast layers as (rid, width, height, bitrate), low to high.
 #: Bitrates are those of LiveKit's load-test clips (``butterfly_720_2000``, ``_360_400``,
@@ -140,6 +142,8 @@ def parse_duration(text: str) -> float:
     else:
         if value < 0:
             raise argparse.ArgumentTypeError(f"negative duration {text!r}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite duration: {text!r}")
         return value
     parts = _DURATION.findall(text)
     if not parts or "".join(number + unit for number, unit in parts) != text:
@@ -215,6 +219,10 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Para
             parser.error(f"{flag} is required (or its LIVEKIT_* environment variable)")
     if not re.match(r"^(wss?|https?)://[^/]", url):
         parser.error(f"--url must start with ws://, wss://, http:// or https://: {url!r}")
+    try:
+        _ = urlsplit(url).port  # urllib raises ValueError for a port that is not a number
+    except ValueError as exc:
+        parser.error(f"--url has a bad port: {url!r} ({exc})")
     if args.audio_publishers + args.video_publishers + args.subscribers == 0:
         parser.error("nothing to do: give --audio-publishers, --video-publishers or --subscribers")
     if args.workers < 1:

@@ -38,7 +38,6 @@ REMB_BPS = 30_000_000
 KEYFRAME_REQUEST_INTERVAL_S = 1.0
 #: Seconds between 1900 (NTP) and 1970 (Unix).
 _NTP_OFFSET = 2_208_988_800
-_SR = struct.Struct("!BBHIQIII")
 
 
 def open_socket(bind_address: str) -> socket.socket:
@@ -59,7 +58,6 @@ class ClientPeer(asyncio.DatagramProtocol):
 
     :param name: ``publisher`` or ``subscriber``, for logs.
     :param sample_every: decrypt one received packet in this many per stream.
-    :param on_keyframe_request: a publisher's sources by SSRC, told about PLI/FIR.
     """
 
     def __init__(self, name: str, *, controlling: bool, sample_every: int) -> None:
@@ -74,7 +72,6 @@ class ClientPeer(asyncio.DatagramProtocol):
         self.first_media: float | None = None
         self.packets_out = 0
         self.octets_out = 0
-        self.rtcp_in = 0
         self.rtcp_ssrc = secrets.randbelow(0xFFFFFFF0) + 1
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -206,7 +203,6 @@ class ClientPeer(asyncio.DatagramProtocol):
         return stream
 
     def _on_rtcp(self, data: bytes) -> None:
-        self.rtcp_in += 1
         rx = self.dtls.rx
         if not self.sources or rx is None:
             return  # subscribers get Sender Reports they have no use for
@@ -282,7 +278,7 @@ class ClientPeer(asyncio.DatagramProtocol):
             writer = source.packetizer.writer
             payload = writer.octets - writer.packets * writer.header_size
             rtp_time = source.rtp_time(now) & 0xFFFFFFFF
-            out += _SR.pack(0x80, rtcp.SR, 6, ssrc, ntp, rtp_time, writer.packets, payload)
+            out += rtcp.sender_report(ssrc, ntp, rtp_time, writer.packets, payload)
         return out
 
     def sink_when_flowing(self, expected_tracks: int) -> None:

@@ -38,6 +38,7 @@ from server.loadtest.params import LAYOUTS, Params, TesterSpec
 from server.loadtest.peer import ClientPeer
 from server.loadtest.stats import TesterResult, TrackResult
 from sfu import rtc_adapter as adapter
+from sfu.tasks import cancel_and_wait
 
 PROTOCOL_VERSION = 15
 SDK_VERSION = "0.1.0"
@@ -489,7 +490,6 @@ class Tester:
             except (ConnectionError, OSError):
                 pass
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            await cancel_and_wait(self._reader)
         for peer in self.peers():
             await peer.close()

@@ -53,6 +53,8 @@ def test_missing_connection_flag(missing: str, capsys: pytest.CaptureFixture[str
         (["--video-resolution", "ultra", "--subscribers", "1"], "ultra"),
         (["--layout", "6x6", "--subscribers", "1"], "6x6"),
         (["--duration", "soon", "--subscribers", "1"], "duration"),
+        (["--duration", "inf", "--subscribers", "1"], "finite duration"),
+        (["--duration", "nan", "--subscribers", "1"], "finite duration"),
         (["--num-per-second", "0", "--subscribers", "1"], "positive"),
         (["--workers", "0", "--subscribers", "1"], "--workers"),
         ([], "nothing to do"),
@@ -66,6 +68,11 @@ def test_bad_flags_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFi
 def test_bad_url_scheme(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--url", "ftp://h", "--api-key", "k", "--api-secret", "s", "--subscribers", "1"]
     assert "--url" in _error(argv, capsys, {})
+
+
+def test_bad_url_port(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--url", "ws://h:notaport", "--api-key", "k", "--api-secret", "s", "--subscribers", "1"]
+    assert "bad port" in _error(argv, capsys, {})
 
 
 def test_server_pid_of_a_live_process() -> None:

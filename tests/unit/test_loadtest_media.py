@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from protocol import rtp
-from server.loadtest import procstat, stats
-from server.loadtest.media import Clip, read_clip, write_clip
+from server.loadtest import media, procstat, stats
+from server.loadtest.media import Clip, MediaError, read_clip, write_clip
 from server.loadtest.pacer import MAX_LAG_S, MediaSource, Pacer
 from server.loadtest.packetizer import (
     MAX_PACKET,
@@ -42,6 +42,26 @@ def test_clip_file_round_trip(tmp_path: Path) -> None:
     (tmp_path / "x.clip").write_bytes(b"not a clip")
     with pytest.raises(ValueError, match="not a clip"):
         read_clip(tmp_path / "x.clip")
+    whole = _whole_clip_file(tmp_path, clip)
+    header_end = whole.index(b"\n") + 1
+    (tmp_path / "cut.clip").write_bytes(whole[: header_end + 2])  # inside a length prefix
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        read_clip(tmp_path / "cut.clip")
+    (tmp_path / "keyless.clip").write_bytes(whole.replace(b'"count"', b'"cuont"', 1))
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        read_clip(tmp_path / "keyless.clip")
+
+
+def _whole_clip_file(tmp_path: Path, clip: Clip) -> bytes:
+    write_clip(tmp_path / "whole.clip", clip)
+    return (tmp_path / "whole.clip").read_bytes()
+
+
+def test_an_unwritable_clip_cache_is_a_media_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(MediaError, match="cannot write the clip cache"):
+        media._cached(blocker / "sub" / "c.clip", lambda: _clip(keyframes=(0,)))
 
 
 @pytest.mark.parametrize(("size", "room", "count"), [(1, 100, 1), (100, 100, 1), (101, 100, 2)])

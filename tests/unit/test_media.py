@@ -250,3 +250,11 @@ def test_red_passes_through_or_is_reduced_to_its_primary() -> None:
     (plain,) = refuses.packets
     _, header, end = rtp.header_end(plain)
     assert (rtp.payload_type(plain), plain[header:end]) == (111, b"new-frame")
+
+
+def test_sender_report_counts_wrap_modulo_2_32() -> None:
+    """RFC 3550 6.4.1: the sender's packet and octet counts wrap; a long run must not fail to
+    pack its report (the load tester's 2 Mbps layer passes 2^32 octets in under 5 hours)."""
+    report = rtcp.sender_report(7, 1 << 40, (1 << 32) + 5, (1 << 32) + 3, (5 << 32) + 9)
+    assert list(rtcp.sender_reports(report)) == [(7, 1 << 40, 5)]
+    assert report[20:28] == (3).to_bytes(4, "big") + (9).to_bytes(4, "big")
