@@ -53,6 +53,7 @@ class Codec:
 #: transport-wide-cc: once it is negotiated libwebrtc's congestion controller waits for
 #: transport-cc feedback and ignores REMB, and we do not produce that feedback yet).
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 AUDIO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
@@ -60,7 +61,7 @@ AUDIO_EXTENSIONS = (
 )
 VIDEO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
-    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    RID_URI,
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
@@ -329,7 +330,7 @@ def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> l
                 mid=offered.mid or "",
                 kind=offered.kind,
                 track_id=track_id,
-                ssrcs=_primary_ssrcs(offered),
+                ssrcs=primary_ssrcs(offered),
                 codec=primary,
                 extensions=tuple(select_extensions(offered)),
                 rtx=_rtx(offered, codecs, primary),
@@ -348,7 +349,9 @@ def _rtx(offered: MediaSection, codecs: Sequence[Codec], primary: Codec) -> tupl
     return None
 
 
-def _primary_ssrcs(section: MediaSection) -> tuple[int, ...]:
+def primary_ssrcs(section: MediaSection) -> tuple[int, ...]:
+    """The media SSRCs of a section in order of appearance, without FID repair streams
+    (RFC 4588)."""
     repair = set()
     for group in section.values("ssrc-group"):
         semantics, *ssrcs = group.split()

@@ -53,6 +53,10 @@ def open_socket(bind_address: str) -> socket.socket:
     return sock
 
 
+#: An RTP header's sequence number and SSRC, read without slicing (RFC 3550 5.1).
+_SEQUENCE_SSRC = struct.Struct("!2xH4xI")
+
+
 class ClientPeer(asyncio.DatagramProtocol):
     """A peer connection of one participant.
 
@@ -172,15 +176,14 @@ class ClientPeer(asyncio.DatagramProtocol):
             self.dtls.feed(data)
 
     def _on_rtp(self, data: bytes) -> None:
-        ssrc = int.from_bytes(data[8:12], "big")
+        sequence, ssrc = _SEQUENCE_SSRC.unpack_from(data)
         stream = self.streams.get(ssrc)
-        sequence = (data[2] << 8) | data[3]
         if stream is None:
             stream = self._new_stream(ssrc, sequence)
         gap = stream.on_packet(sequence, len(data))
         if gap and stream.kind == "video":
             self._request_keyframe(ssrc)
-        if stream.packets % self.sample_every == 1 or self.sample_every == 1:
+        if self.sample_every == 1 or stream.packets % self.sample_every == 1:
             rx = self.dtls.rx
             if rx is not None:
                 try:

@@ -20,7 +20,6 @@ OPUS_PT = 111
 VP8_PT = 96
 MID_EXTENSION_ID = 1
 RID_EXTENSION_ID = 2
-RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 CNAME = "livekit-py-load-test"
 #: Feedback we act on as a receiver (PLI, REMB) or as a sender (PLI, FIR).
 ANSWER_FEEDBACK = ("goog-remb", "ccm fir", "nack pli")
@@ -54,7 +53,7 @@ def _media_section(stream: OfferedStream, params: TransportParams) -> MediaSecti
     section.attributes = sdp.transport_attributes(params, stream.mid)
     section.attributes.append(("extmap", f"{MID_EXTENSION_ID} {sdp_media.MID_URI}"))
     if stream.rids:
-        section.attributes.append(("extmap", f"{RID_EXTENSION_ID} {RID_URI}"))
+        section.attributes.append(("extmap", f"{RID_EXTENSION_ID} {sdp_media.RID_URI}"))
     section.attributes += [("sendonly", ""), ("msid", f"- {stream.cid}")]
     section.attributes += [("rtcp-mux", ""), ("rtcp-rsize", "")]
     if audio:
@@ -156,24 +155,15 @@ def _sends(section: MediaSection) -> bool:
 
 def _remote_track(section: MediaSection, mid: str) -> RemoteTrack | None:
     msid = section.value("msid") or ""
-    repairs = set()
-    for group in section.values("ssrc-group"):
-        semantics, *members = group.split()
-        if semantics == "FID" and len(members) == 2 and members[1].isdigit():
-            repairs.add(int(members[1]))
-    ssrcs: list[int] = []
-    for value in section.values("ssrc"):
+    for value in section.values("ssrc"):  # older offers carry it on a=ssrc lines (RFC 5576)
         head, _, rest = value.partition(" ")
-        if not head.isdigit():
-            continue
-        if rest.startswith("msid:") and not msid:
+        if head.isdigit() and rest.startswith("msid:") and not msid:
             msid = rest.removeprefix("msid:")
-        if int(head) not in repairs and int(head) not in ssrcs:
-            ssrcs.append(int(head))
+    ssrcs = sdp_media.primary_ssrcs(section)
     parts = msid.split()
     if not parts:
         return None
-    return RemoteTrack(mid=mid, kind=section.kind, track_sid=parts[-1], ssrcs=tuple(ssrcs))
+    return RemoteTrack(mid=mid, kind=section.kind, track_sid=parts[-1], ssrcs=ssrcs)
 
 
 def parse_candidate(text: str) -> tuple[str, int, int] | None:
