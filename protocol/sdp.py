@@ -183,14 +183,27 @@ def bundle_tag(description: SessionDescription) -> tuple[str, int] | None:
 
 def rejected_section(offered: MediaSection, mid: str, params: TransportParams) -> MediaSection:
     # RFC 8829 section 5.3.1: a rejected m= section keeps kind, protocol and one format, port 0.
-    # The transport attributes are repeated because some stacks (aiortc) want them everywhere.
+    # The transport attributes are repeated because some stacks (aiortc) want them everywhere,
+    # and the kept format's rtpmap and fmtp too, as browsers write them: aiortc refuses a
+    # description whose payload type has no rtpmap ("Failed to set remote ... parameters").
+    formats = offered.formats[:1]
+    described = [
+        (key, value)
+        for key, value in offered.attributes
+        if key in ("rtpmap", "fmtp") and value.split(" ", 1)[0] in formats
+    ]
     return MediaSection(
         kind=offered.kind,
         port=0,
         protocol=offered.protocol,
-        formats=offered.formats[:1],
+        formats=formats,
         other_lines=["c=IN IP4 0.0.0.0"],
-        attributes=[*transport_attributes(params, mid), ("rtcp-mux", ""), ("inactive", "")],
+        attributes=[
+            *transport_attributes(params, mid),
+            ("rtcp-mux", ""),
+            ("inactive", ""),
+            *described,
+        ],
     )
 
 

@@ -54,6 +54,7 @@ class Codec:
 #: transport-cc feedback and ignores REMB, and we do not produce that feedback yet).
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 AUDIO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
@@ -62,7 +63,7 @@ AUDIO_EXTENSIONS = (
 VIDEO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     RID_URI,
-    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    REPAIRED_RID_URI,
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
 )
@@ -311,6 +312,10 @@ class IncomingStream:
     """(payload type, SSRC) of its retransmissions (RFC 4588), when negotiated."""
     red: Codec | None = None
     """RED (RFC 2198) when it leads our answer: the publisher then sends redundant audio."""
+    rids: tuple[str, ...] = ()
+    """Simulcast layers sent by rid (RFC 8851/8853), in the order of ``a=simulcast``."""
+    rtx_payload_type: int | None = None
+    """The RTX payload type repairing ``codec`` (RFC 4588), when negotiated."""
 
 
 def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> list[IncomingStream]:
@@ -335,9 +340,24 @@ def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> l
                 extensions=tuple(select_extensions(offered)),
                 rtx=_rtx(offered, codecs, primary),
                 red=codecs[0] if codecs[0].name.lower() == "red" else None,
+                rids=sending_rids(offered),
+                rtx_payload_type=next(
+                    (c.payload_type for c in codecs if c.apt == primary.payload_type), None
+                ),
             )
         )
     return found
+
+
+def sending_rids(section: MediaSection) -> tuple[str, ...]:
+    """The rids a sender's ``a=simulcast:send`` lists (alternatives separated by "," count
+    each; a "~" marks a paused one, still a layer), else its ``a=rid ... send`` lines."""
+    simulcast = section.value("simulcast") or ""
+    if simulcast.startswith("send "):
+        listed = simulcast.removeprefix("send ").split(" ")[0]
+        rids = [r.lstrip("~") for group in listed.split(";") for r in group.split(",")]
+        return tuple(r for r in rids if r)
+    return tuple(v.split(" ")[0] for v in section.values("rid") if v.split(" ")[1:2] == ["send"])
 
 
 def _rtx(offered: MediaSection, codecs: Sequence[Codec], primary: Codec) -> tuple[int, int] | None:

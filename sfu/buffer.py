@@ -47,6 +47,10 @@ class PacketCache:
         self._packets: list[bytes | None] = [None] * size
         self._sequences = [-1] * size
 
+    def __len__(self) -> int:
+        """The capacity (a power of two)."""
+        return self._mask + 1
+
     def put(self, sequence: int, packet: bytes) -> None:
         slot = sequence & self._mask
         self._packets[slot] = packet
@@ -65,6 +69,7 @@ class ReceiveStats:
         "_bytes",
         "_bytes_taken",
         "_expected_prior",
+        "_received_at_base",
         "_received_prior",
         "_unwrap",
         "highest",
@@ -79,6 +84,8 @@ class ReceiveStats:
         self._base: int | None = None
         self.highest = -1
         self.received = 0
+        """Packets received since the start, across restarts (for metrics)."""
+        self._received_at_base = 0
         self._expected_prior = 0
         self._received_prior = 0
         self._bytes = 0
@@ -102,6 +109,19 @@ class ReceiveStats:
         else:
             self.missing.pop(extended, None)
 
+    def restart(self) -> None:
+        """Another stream replaces this one (a simulcast layer switch): sequence accounting
+        and the Sender Report start afresh, the packet and byte totals carry on."""
+        self._unwrap.reset()
+        self._base = None
+        self.highest = -1
+        self._received_at_base = self.received
+        self._expected_prior = 0
+        self._received_prior = 0
+        self.missing.clear()
+        self.last_sr_ntp = 0
+        self.last_sr_arrival = 0.0
+
     def nacks_due(self) -> list[int]:
         """16-bit sequence numbers to NACK now; each loss is asked for a few times, then given
         up, as are losses older than the horizon."""
@@ -121,10 +141,11 @@ class ReceiveStats:
         if self._base is None:
             return 0, 0, 0
         expected = self.highest - self._base + 1
-        lost = max(0, expected - self.received)
+        received = self.received - self._received_at_base
+        lost = max(0, expected - received)
         expected_interval = expected - self._expected_prior
-        lost_interval = expected_interval - (self.received - self._received_prior)
-        self._expected_prior, self._received_prior = expected, self.received
+        lost_interval = expected_interval - (received - self._received_prior)
+        self._expected_prior, self._received_prior = expected, received
         fraction = 0
         if expected_interval > 0 and lost_interval > 0:
             fraction = (lost_interval << 8) // expected_interval

@@ -22,6 +22,7 @@ from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
 from sfu.buffer import PacketCache, ReceiveStats, RembEstimator
 from sfu.fanout import DownTrackCore, Sink, fanout
+from sfu.simulcast import Layers
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,18 @@ class TrackReceiver:
             self.plis += 1
             self._send_rtcp(rtcp.pli(RTCP_SENDER_SSRC, self.media_ssrc))
 
+    def switch_source(self, media_ssrc: int, rtx: tuple[int, int] | None, now: float) -> None:
+        """Forward another stream of this track from now on (a simulcast layer, ``sfu/
+        simulcast.py``). Its sequence numbers are its own, so loss accounting and the packet
+        cache start afresh (the downtracks' mungers keep their output continuous), and a
+        keyframe is asked for at once: subscribers cannot decode the new layer before one."""
+        self.media_ssrc = media_ssrc
+        self.rtx = rtx
+        self.stats.restart()
+        self.cache = PacketCache(len(self.cache))
+        self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL_S
+        self.request_keyframe(now)
+
     def on_packet(self, packet: bytes, now: float) -> None:
         pt = rtp.payload_type(packet)
         if self.rtx is not None and pt == self.rtx[0]:
@@ -281,6 +294,9 @@ class PublishedTrack:
     receiver: TrackReceiver | None = None
     ssrcs: tuple[int, ...] = ()
     cid: str = ""
+    layers: Layers | None = None
+    """The layers of a rid-based simulcast track, and which one is forwarded."""
+    rtx_payload_type: int | None = None
 
     @property
     def sid(self) -> str:

@@ -379,6 +379,9 @@ class Room:
         sid = "" if participant.hidden else participant.sid
         packet.participant_identity = identity
         packet.participant_sid = sid
+        # The channel it came in on is the truth about its kind (LiveKit sets ``kind`` from
+        # it); livekit-client reports that field to the app as reliable or lossy.
+        packet.kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
         if packet.HasField("user"):
             # Old clients read the sender from UserPacket.
             packet.user.participant_identity = identity

@@ -236,6 +236,10 @@ class PeerConnection:
         self._session_id = secrets.randbelow(2**62)
         self._version = 1
         self._connect_task: asyncio.Task[None] | None = None
+        self._sctp_task: asyncio.Task[None] | None = None
+        self._sctp_port: int | None = None
+        """The remote SCTP port, from the first description with an m=application section."""
+        self._sctp_started = False
         self._rtp_count = 0
         self._protector: SrtpProtector | None = None
         self.rtp_sink = Sink(self.send_rtp)
@@ -312,9 +316,13 @@ class PeerConnection:
         return text
 
     def _start(self, remote: sdp.SessionDescription, *, offered: bool) -> None:
-        """Start DTLS and SCTP once, with the remote fingerprint and roles from its SDP."""
+        """Start DTLS once, with the remote fingerprint and roles from its SDP, and SCTP once
+        the first ``m=application`` section appears, in this description or a later one."""
         transport = sdp.remote_transport(remote)
-        if transport is None or self._connect_task is not None:
+        if transport is None:
+            return
+        self._want_sctp(_sctp_port(remote))
+        if self._connect_task is not None:
             return
         _ufrag, _pwd, fingerprints, setup = transport
         # We answer "passive" to a client's "actpass" and offer "actpass": the client is then
@@ -322,15 +330,33 @@ class PeerConnection:
         self._dtls._set_role("client" if (not offered and setup == "passive") else "server")
         parsed = [f.split(" ", 1) for f in fingerprints]
         remote_dtls = _dtls_parameters((a, v) for a, v in parsed)
-        sctp_port = _sctp_port(remote)
         self._connect_task = asyncio.get_running_loop().create_task(
-            self._connect(remote_dtls, sctp_port), name=f"{self.name}-connect"
+            self._connect(remote_dtls), name=f"{self.name}-connect"
         )
 
-    async def _connect(self, remote_dtls: RTCDtlsParameters, sctp_port: int | None) -> None:
+    def _want_sctp(self, port: int | None) -> None:
+        """Remember the remote SCTP port the first time a description has data channels.
+        Browsers add their ``m=application`` section in a renegotiation after the first
+        offer (livekit-client creates its data channels once the publisher PC exists), so
+        SCTP may have to start long after DTLS connected."""
+        if port is None or self._sctp_port is not None:
+            return
+        self._sctp_port = port
+        if self._dtls.state == "connected":
+            self._sctp_task = asyncio.get_running_loop().create_task(
+                self._start_sctp(), name=f"{self.name}-sctp"
+            )
+
+    async def _connect(self, remote_dtls: RTCDtlsParameters) -> None:
         await self._dtls.start(remote_dtls)
-        if self._dtls.state == "connected" and sctp_port is not None:
-            await self._sctp.start(RTCSctpCapabilities(SCTP_MAX_MESSAGE_SIZE), sctp_port)
+        if self._dtls.state == "connected" and self._sctp_port is not None:
+            await self._start_sctp()
+
+    async def _start_sctp(self) -> None:
+        if self._sctp_started or self._sctp_port is None:
+            return
+        self._sctp_started = True
+        await self._sctp.start(RTCSctpCapabilities(SCTP_MAX_MESSAGE_SIZE), self._sctp_port)
 
     async def add_candidate(self, init: dict[str, Any]) -> None:
         """A trickled RTCIceCandidateInit. An ICE-lite server learns client addresses from
@@ -429,8 +455,9 @@ class PeerConnection:
     async def close(self) -> None:
         self._set_state(ConnectionState.CLOSED)
         self.rtp_sink.clear_fast()
-        if self._connect_task is not None:
-            await cancel_and_wait(self._connect_task)
+        for task in (self._connect_task, self._sctp_task):
+            if task is not None:
+                await cancel_and_wait(task)
         await self._sctp.stop()
         await self._dtls.stop()
         self._ice.close()

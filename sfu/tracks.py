@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 
 from livekit.protocol import models, rtc
 
@@ -14,6 +15,7 @@ from protocol.ids import TRACK_PREFIX, new_id
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
+from sfu.simulcast import Layers
 from sfu.transport import SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,13 @@ SOURCES_BY_NAME = {
     "screen_share_audio": models.TrackSource.SCREEN_SHARE_AUDIO,
 }
 _NAMES_BY_SOURCE = {source: name for name, source in SOURCES_BY_NAME.items()}
+#: Codecs whose layers travel in one stream (scalable video coding, not simulcast).
+SVC_MIME_TYPES = frozenset({"video/vp9", "video/av1"})
+_RID_BY_QUALITY = {
+    models.VideoQuality.LOW: "q",
+    models.VideoQuality.MEDIUM: "h",
+    models.VideoQuality.HIGH: "f",
+}
 
 
 class PublishError(Exception):
@@ -59,11 +68,13 @@ class ParticipantTracks:
         self.published: dict[str, PublishedTrack] = {}
         """track sid -> published track."""
         self._by_ssrc: dict[int, TrackReceiver] = {}
-        self._unforwarded_ssrcs: set[int] = set()
-        """Simulcast layers of tracks that already forward another layer: dropped at once
-        instead of parsing their header extensions on every packet."""
+        self._unforwarded: dict[int, list[int]] = {}
+        """SSRCs not forwarded (other simulcast layers and their RTX) -> [packets counted]:
+        dropped at once instead of parsing their header extensions on every packet."""
         self._by_mid: dict[str, PublishedTrack] = {}
         self._mid_extension_id = 0
+        self._rid_extension_id = 0
+        self._repaired_rid_extension_id = 0
         self.downtracks: dict[str, DownTrack] = {}
         """track sid -> this participant's downtrack of another participant's track."""
         self._receiver_by_downtrack_ssrc: dict[int, TrackReceiver] = {}
@@ -99,12 +110,23 @@ class ParticipantTracks:
             stream=request.stream,
         )
         kind = "audio" if request.type == models.TrackType.AUDIO else "video"
+        info.layers.extend(_layers(request.layers))
         for codec in request.simulcast_codecs:
-            # The client names the codec it will send (LiveKit fills TrackInfo from it).
+            # The client names the codec it will send (LiveKit fills TrackInfo from it), with
+            # its own layers or the request's.
             mime = codec.codec if "/" in codec.codec else f"{kind}/{codec.codec}"
-            info.codecs.append(models.SimulcastCodecInfo(mime_type=mime, cid=codec.cid))
+            layers = _layers(codec.layers or request.layers)
+            info.codecs.append(
+                models.SimulcastCodecInfo(mime_type=mime, cid=codec.cid, layers=layers)
+            )
         if info.codecs:
             info.mime_type = info.codecs[0].mime_type
+        # LiveKit's compatibility flag: the primary codec sends several layers as separate
+        # streams (simulcast, not SVC). The SDKs only offer quality choices when it is set.
+        primary = info.codecs[0] if info.codecs else None
+        layer_count = len(primary.layers) if primary is not None else len(info.layers)
+        svc = primary is not None and primary.mime_type.lower() in SVC_MIME_TYPES
+        info.simulcast = kind == "video" and layer_count > 1 and not svc
         self.pending[request.cid] = PublishedTrack(info=info, cid=request.cid)
         return info
 
@@ -135,22 +157,33 @@ class ParticipantTracks:
             track.receiver = TrackReceiver(
                 stream.codec, primary, self._publisher.send_rtcp, rtx=stream.rtx, red=stream.red
             )
-            # Simulcast layer selection is not implemented: one layer (the first announced, or
-            # the first to arrive for rid-only streams) is forwarded.
+            track.rtx_payload_type = stream.rtx_payload_type
+            if stream.rids and not stream.ssrcs:
+                # Layers announced by rid only: one is chosen as their packets arrive.
+                track.layers = Layers(stream.rids)
+            # Per-subscriber layer selection is not implemented: one layer (the first
+            # announced, or the lowest flowing rid) is forwarded to everyone.
             track.ssrcs = stream.ssrcs[:1] + ((stream.rtx[1],) if stream.rtx else ())
             for ssrc in track.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
             self._counters.add_receiver(track.receiver)
             self._by_mid[stream.mid] = track
-            for ident, uri in stream.extensions:
-                if uri == sdp_media.MID_URI:
-                    self._mid_extension_id = ident
+            self._learn_extensions(stream.extensions)
             self.published[track.sid] = track
             ready.append(track)
         return ready, removed
 
+    def _learn_extensions(self, extensions: Iterable[tuple[int, str]]) -> None:
+        for ident, uri in extensions:
+            if uri == sdp_media.MID_URI:
+                self._mid_extension_id = ident
+            elif uri == sdp_media.RID_URI:
+                self._rid_extension_id = ident
+            elif uri == sdp_media.REPAIRED_RID_URI:
+                self._repaired_rid_extension_id = ident
+
     def unpublish(self, track: PublishedTrack) -> None:
-        self._unforwarded_ssrcs.clear()
+        self._unforwarded.clear()
         self.published.pop(track.sid, None)
         if self._by_mid.get(track.info.mid) is track:
             del self._by_mid[track.info.mid]
@@ -160,7 +193,7 @@ class ParticipantTracks:
             self._counters.retire_receiver(track.receiver)
 
     def unpublish_all(self) -> list[PublishedTrack]:
-        self._unforwarded_ssrcs.clear()
+        self._unforwarded.clear()
         tracks = list(self.published.values())
         self.published.clear()
         self._by_ssrc.clear()
@@ -183,7 +216,9 @@ class ParticipantTracks:
         ssrc = int.from_bytes(packet[8:12], "big")
         receiver = self._by_ssrc.get(ssrc)
         if receiver is None:
-            if ssrc in self._unforwarded_ssrcs:
+            dropped = self._unforwarded.get(ssrc)
+            if dropped is not None:
+                dropped[0] += 1
                 return
             receiver = self._adopt_ssrc(packet)
         if receiver is not None:
@@ -191,7 +226,7 @@ class ParticipantTracks:
 
     def _adopt_ssrc(self, packet: bytes) -> TrackReceiver | None:
         """An SSRC the SDP did not announce (rid-based simulcast): find its track by the mid
-        header extension and adopt it if the track has no media SSRC yet."""
+        header extension, then forward it or drop it from now on."""
         if not self._mid_extension_id:
             return None
         try:
@@ -200,21 +235,77 @@ class ParticipantTracks:
             return None
         if extension < 0:
             return None
-        mids = [
-            v for i, v in rtp.extensions(packet, extension, header) if i == self._mid_extension_id
-        ]
-        track = self._by_mid.get(mids[0].decode(errors="replace")) if mids else None
+        values = dict(rtp.extensions(packet, extension, header))
+        mid = values.get(self._mid_extension_id)
+        track = self._by_mid.get(mid.decode(errors="replace")) if mid else None
         if track is None or track.receiver is None:
             return None
-        ssrc = rtp.ssrc(packet)
-        if track.receiver.media_ssrc:
-            if len(self._unforwarded_ssrcs) < MAX_UNFORWARDED_SSRCS:
-                self._unforwarded_ssrcs.add(ssrc)
+        receiver, ssrc, payload_type = track.receiver, rtp.ssrc(packet), rtp.payload_type(packet)
+        if track.layers is not None:
+            return self._adopt_layer(track, receiver, ssrc, payload_type, values)
+        media = payload_type in (receiver.codec.payload_type, receiver.red_payload_type)
+        if receiver.media_ssrc or not media:
+            self._drop_ssrc(ssrc, [0])
             return None
-        track.receiver.media_ssrc = ssrc
+        receiver.media_ssrc = ssrc
         track.ssrcs += (ssrc,)
-        self._by_ssrc[ssrc] = track.receiver
-        return track.receiver
+        self._by_ssrc[ssrc] = receiver
+        return receiver
+
+    def _adopt_layer(
+        self,
+        track: PublishedTrack,
+        receiver: TrackReceiver,
+        ssrc: int,
+        payload_type: int,
+        values: dict[int, bytes],
+    ) -> TrackReceiver | None:
+        """A new stream of a rid-simulcast track: a layer (by its rid) or a layer's RTX (by
+        its repaired rid, RFC 8852). RTX padding often arrives first (bandwidth probes): it
+        must never be taken for the media."""
+        layers = track.layers
+        assert layers is not None
+        if payload_type == track.rtx_payload_type:
+            repaired = values.get(self._repaired_rid_extension_id, b"")
+            if repaired:
+                layers.add_rtx(ssrc, repaired.decode(errors="replace"))
+            if layers.current and layers.rtx_of(layers.current) == ssrc:
+                receiver.rtx = (payload_type, ssrc)
+                track.ssrcs += (ssrc,)
+                self._by_ssrc[ssrc] = receiver
+                return receiver
+            self._drop_ssrc(ssrc, [0])
+            return None
+        if payload_type not in (receiver.codec.payload_type, receiver.red_payload_type):
+            return None
+        rid = values.get(self._rid_extension_id, b"").decode(errors="replace")
+        if layers.add_media(ssrc, rid):
+            self._forward_layer(track, ssrc, time.monotonic())
+            return receiver
+        self._drop_ssrc(ssrc, layers.counters[ssrc])
+        return None
+
+    def _drop_ssrc(self, ssrc: int, counter: list[int]) -> None:
+        if len(self._unforwarded) < MAX_UNFORWARDED_SSRCS:
+            self._unforwarded[ssrc] = counter
+
+    def _forward_layer(self, track: PublishedTrack, ssrc: int, now: float) -> None:
+        """Forward ``ssrc`` (and its RTX) of a simulcast track instead of its current layer,
+        which is then counted like any other layer not forwarded."""
+        receiver, layers = track.receiver, track.layers
+        assert receiver is not None and layers is not None
+        for old in track.ssrcs:
+            self._by_ssrc.pop(old, None)
+            self._drop_ssrc(old, layers.counters.get(old, [0]))
+        rtx_ssrc = layers.rtx_of(ssrc)
+        rtx = None
+        if rtx_ssrc and track.rtx_payload_type is not None:
+            rtx = (track.rtx_payload_type, rtx_ssrc)
+        track.ssrcs = (ssrc, rtx_ssrc) if rtx else (ssrc,)
+        for new in track.ssrcs:
+            self._unforwarded.pop(new, None)
+            self._by_ssrc[new] = receiver
+        receiver.switch_source(ssrc, rtx, now)
 
     def _on_subscriber_rtcp(self, packet: bytes) -> None:
         """A subscriber's keyframe request goes to the publisher of that track; its NACKs are
@@ -261,8 +352,16 @@ class ParticipantTracks:
 
     def tick(self, now: float) -> None:
         for track in self.published.values():
-            if track.receiver is not None:
-                track.receiver.tick(now)
+            receiver = track.receiver
+            if receiver is None:
+                continue
+            if track.layers is not None:
+                chosen = track.layers.choose(receiver.stats.received)
+                if chosen is not None:
+                    rid = track.layers.rid_by_ssrc.get(chosen, "")
+                    logger.info("track %s: forwarding simulcast layer %r", track.sid, rid)
+                    self._forward_layer(track, chosen, now)
+            receiver.tick(now)
 
     # --- subscribing -----------------------------------------------------------------------
 
@@ -313,6 +412,20 @@ class ParticipantTracks:
         index = tracks.index(downtrack.outgoing)
         tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)
         return True
+
+
+def _layers(requested: Iterable[models.VideoLayer]) -> list[models.VideoLayer]:
+    """The client's layers with the spatial index and rid LiveKit derives from each quality
+    (``videolayerutils.go``: LOW q 0, MEDIUM h 1, HIGH f 2)."""
+    layers = []
+    for layer in requested:
+        copied = models.VideoLayer()
+        copied.CopyFrom(layer)
+        if layer.quality in _RID_BY_QUALITY:
+            copied.spatial_layer = int(layer.quality)
+            copied.rid = copied.rid or _RID_BY_QUALITY[layer.quality]
+        layers.append(copied)
+    return layers
 
 
 def source_name(source: models.TrackSource) -> str:

@@ -6,17 +6,19 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # iproute2 and util-linux for the test namespace, nftables to block UDP in it,
-    # redis-server for the multi-node tests (each starts its own on a free port).
+    # redis-server for the multi-node tests (each starts its own on a free port), chromium for
+    # the browser tier (tests/browser: livekit-client driven by playwright-core).
     if ! command -v ip >/dev/null || ! command -v unshare >/dev/null || ! command -v nft >/dev/null \
-        || ! command -v redis-server >/dev/null
+        || ! command -v redis-server >/dev/null || [ ! -x /usr/bin/chromium ]
     then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux nftables \
-            redis-server >/dev/null
+            redis-server chromium >/dev/null
     fi
 fi
 
-# Node.js runs the official JS server SDK (livekit-server-sdk) against the server API.
+# Node.js runs the official JS server SDK (livekit-server-sdk) against the server API, and
+# drives Debian's Chromium with playwright-core (which never downloads a browser of its own).
 if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
 then
     apt-get update -qq

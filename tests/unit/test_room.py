@@ -130,6 +130,7 @@ async def test_data_routing_rules() -> None:
     assert delivered.participant_identity == "sender"
     assert delivered.participant_sid == "PA_sender"
     assert delivered.user.participant_identity == "sender"
+    assert delivered.kind == models.DataPacket.Kind.LOSSY, "the channel it came on decides"
     room.on_participant_data(
         sender, models.DataPacket(metrics=metrics.MetricsBatch()), reliable=True
     )

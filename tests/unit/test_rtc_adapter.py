@@ -42,7 +42,13 @@ def test_host_addresses() -> None:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[Endpoint]:
-    endpoints = Endpoints(("127.0.0.1",), udp_port=0, port_range=(42000, 42999), tcp_port=0)
+    endpoints = Endpoints(
+        ("127.0.0.1",),
+        udp_port=0,
+        port_range=(42000, 42999),
+        tcp_port=0,
+        enabled_codecs=("audio/opus",),
+    )
     await endpoints.start()
     endpoint = await endpoints.acquire()
     yield endpoint
@@ -121,6 +127,44 @@ async def test_client_offer_answered(endpoint: Endpoint, monkeypatch: pytest.Mon
         remote.on_message = got.put_nowait
         channel.send(b"upstream")
         assert await asyncio.wait_for(got.get(), 10) == b"upstream"
+    finally:
+        await server.close()
+        await client.close()
+
+
+async def test_data_section_in_a_later_offer_starts_sctp(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Browsers publish their microphone first and add the m=application section of their data
+    # channels in a renegotiation, after DTLS has connected.
+    server = PeerConnection("publisher", endpoint)
+    client = _client(monkeypatch)
+    states: list[ConnectionState] = []
+    server.on_state_change = states.append
+    opened: asyncio.Queue[DataChannel] = asyncio.Queue()
+    server.on_data_channel = opened.put_nowait
+    client.addTransceiver("audio", direction="sendonly")
+    try:
+        await client.setLocalDescription(await client.createOffer())
+        assert "m=application" not in client.localDescription.sdp
+        answer = await server.answer(client.localDescription.sdp)
+        await client.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        for _ in range(100):
+            if ConnectionState.CONNECTED in states:
+                break
+            await asyncio.sleep(0.05)
+        assert ConnectionState.CONNECTED in states
+        channel = client.createDataChannel("_reliable")
+        await client.setLocalDescription(await client.createOffer())
+        assert "m=application" in client.localDescription.sdp
+        answer = await server.answer(client.localDescription.sdp)
+        assert "m=application 9" in answer
+        await client.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        remote = await asyncio.wait_for(opened.get(), 10)
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        remote.on_message = got.put_nowait
+        channel.send(b"after renegotiation")
+        assert await asyncio.wait_for(got.get(), 10) == b"after renegotiation"
     finally:
         await server.close()
         await client.close()

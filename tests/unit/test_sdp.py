@@ -106,3 +106,18 @@ def test_chromium_simulcast_offer() -> None:
     assert answered.values("rid") == ["q recv", "h recv", "f recv"]
     assert answered.value("simulcast") == "recv q;h;f"
     assert answer.value("group") == "BUNDLE 0 1 2"
+
+
+def test_rejected_section_keeps_the_rtpmap_of_its_format() -> None:
+    # aiortc refuses a description whose payload type has no rtpmap (issue 14: a re-offer with
+    # a removed section); browsers keep it, so do we.
+    offer = sdp.parse(_vector("sdk_publisher_offer.sdp"))
+    answer = sdp.parse(
+        sdp_media.answer(offer, PARAMS, ["audio/opus"], session_id=1, address="127.0.0.1")
+    )
+    for offered, answered in zip(offer.media, answer.media, strict=True):
+        if not answered.rejected:
+            continue
+        (kept,) = answered.formats
+        assert kept == offered.formats[0]
+        assert [v for v in answered.values("rtpmap") if v.split(" ")[0] == kept]
