@@ -7,7 +7,7 @@ LiveKit's payload types. RTX (RFC 4588) follows its primary codec through ``apt`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.sdp import (
@@ -153,12 +153,32 @@ def codec_attributes(codecs: Sequence[Codec]) -> list[tuple[str, str]]:
     return attributes
 
 
+def prefer_codecs(codecs: Sequence[Codec], mimes: Sequence[str]) -> list[Codec]:
+    """``codecs`` with those of ``mimes`` first, in that order, each followed by its RTX; the
+    rest keep their order. The publisher sends the first codec of our answer, so this is how
+    the codec it asked for in AddTrackRequest (and RED for audio) gets chosen (LiveKit
+    ``participant_sdp.go`` reorders the publisher's codecs the same way)."""
+    wanted = [mime.lower() for mime in mimes]
+    by_payload_type = {c.payload_type: c for c in codecs}
+
+    def rank(codec: Codec) -> int:
+        primary = by_payload_type.get(codec.apt, codec) if codec.apt is not None else codec
+        mime = primary.mime.lower()
+        return wanted.index(mime) if mime in wanted else len(wanted)
+
+    return sorted(codecs, key=rank)
+
+
 def answer_media_section(
-    offered: MediaSection, params: TransportParams, enabled: Iterable[str], mid: str
+    offered: MediaSection,
+    params: TransportParams,
+    enabled: Iterable[str],
+    mid: str,
+    preferred: Sequence[str] = (),
 ) -> MediaSection | None:
     """Accept an offered audio/video section receive-only with the codecs we share, or None
-    when there is none (the caller then rejects it)."""
-    codecs = select_codecs(offered_codecs(offered), enabled)
+    when there is none (the caller then rejects it). ``preferred`` mime types lead."""
+    codecs = prefer_codecs(select_codecs(offered_codecs(offered), enabled), preferred)
     if not any(c.name.lower() not in ("rtx", "red") for c in codecs):
         return None
     section = MediaSection(
@@ -197,9 +217,12 @@ def answer(
     *,
     session_id: int,
     address: str,
+    preferred: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """Answer a client's offer on one BUNDLE transport: data channels accepted, audio and video
-    accepted with the codecs we share (receive-only), anything else rejected with port 0."""
+    accepted with the codecs we share (receive-only), anything else rejected with port 0.
+    ``preferred`` maps a section's msid track id to the mime types to answer first."""
+    preferred = preferred or {}
     description = SessionDescription(session_lines=session_head(session_id, 2, address))
     accepted: list[str] = []
     for index, offered in enumerate(offer.media):
@@ -210,7 +233,8 @@ def answer(
         elif offered.kind == "application":
             section = application_section(params, mid)
         elif offered.kind in ("audio", "video"):
-            section = answer_media_section(offered, params, enabled, mid)
+            wanted = preferred.get(msid_track_id(offered), ())
+            section = answer_media_section(offered, params, enabled, mid, wanted)
         if section is None:
             description.media.append(rejected_section(offered, mid, params))
         else:
@@ -324,8 +348,7 @@ def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> l
     for offered, answered in zip(offer.media, answer.media, strict=False):
         if answered.rejected or not answered.has("recvonly"):
             continue
-        msid = offered.value("msid") or ""
-        track_id = msid.split(" ")[1] if " " in msid else msid
+        track_id = msid_track_id(offered)
         codecs = offered_codecs(answered)
         primary = next((c for c in codecs if c.name.lower() not in ("red", "rtx")), None)
         if primary is None:
@@ -347,6 +370,12 @@ def incoming_streams(offer: SessionDescription, answer: SessionDescription) -> l
             )
         )
     return found
+
+
+def msid_track_id(section: MediaSection) -> str:
+    """The track id of ``a=msid`` (LiveKit's ``cid``; the whole value when it has one part)."""
+    msid = section.value("msid") or ""
+    return msid.split(" ")[1] if " " in msid else msid
 
 
 def sending_rids(section: MediaSection) -> tuple[str, ...]:

@@ -189,7 +189,7 @@ class Participant:
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
         self.log.debug("publisher offer:\n%s", offer.sdp)
-        sdp = await self.publisher.handle_offer(offer.sdp)
+        sdp = await self.publisher.handle_offer(offer.sdp, self.tracks.preferred_codecs())
         self.log.debug("publisher answer:\n%s", sdp)
         answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         self.send(rtc.SignalResponse(answer=answer))

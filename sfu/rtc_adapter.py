@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aioice.ice
@@ -297,8 +297,11 @@ class PeerConnection:
         """Apply the client's answer to our offer; ValueError when it does not fit."""
         self._start(_parse(text), offered=False)
 
-    async def answer(self, offer_text: str) -> str:
-        """Answer a client's offer; ValueError when it cannot be applied."""
+    async def answer(
+        self, offer_text: str, preferred: Mapping[str, Sequence[str]] | None = None
+    ) -> str:
+        """Answer a client's offer; ValueError when it cannot be applied. ``preferred``: the
+        codecs to answer first, by msid track id (``sdp_media.answer``)."""
         offer = _parse(offer_text)
         self._start(offer, offered=True)
         address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
@@ -308,6 +311,7 @@ class PeerConnection:
             self._endpoint.enabled_codecs,
             session_id=self._session_id,
             address=address,
+            preferred=preferred,
         )
         return self._remember_bundle_tag(text)
 

@@ -130,6 +130,19 @@ class ParticipantTracks:
         self.pending[request.cid] = PublishedTrack(info=info, cid=request.cid)
         return info
 
+    def preferred_codecs(self) -> dict[str, list[str]]:
+        """cid -> the mime types its section of the next answer should lead with: the codec
+        the client asked for (``simulcast_codecs``), and RED before Opus unless it disabled
+        RED (LiveKit answers that way; livekit-client sends whatever leads)."""
+        preferred: dict[str, list[str]] = {}
+        for cid, track in self.pending.items():
+            mimes = [codec.mime_type for codec in track.info.codecs if codec.mime_type][:1]
+            if track.info.type == models.TrackType.AUDIO and not track.info.disable_red:
+                mimes = ["audio/red", *mimes]
+            if mimes:
+                preferred[cid] = mimes
+        return preferred
+
     def negotiated(
         self, offer: str, answer: str
     ) -> tuple[list[PublishedTrack], list[PublishedTrack]]:

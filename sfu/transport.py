@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from protocol.sdp_media import OutgoingTrack
 from sfu.rtc_adapter import DataChannel, PeerConnection
@@ -110,9 +110,9 @@ class PublisherTransport:
         self.pc = pc
         self._lock = asyncio.Lock()
 
-    async def handle_offer(self, sdp: str) -> str:
+    async def handle_offer(self, sdp: str, preferred: Mapping[str, Sequence[str]]) -> str:
         async with self._lock:
-            return await self.pc.answer(sdp)
+            return await self.pc.answer(sdp, preferred)
 
     async def close(self) -> None:
         await self.pc.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from livekit import rtc
 
 from tests.browser.conftest import Pages
@@ -89,3 +90,92 @@ async def test_python_sdk_media_reaches_the_browser(server: ServerProcess, pages
         )
         assert close_to(shown["rgb"], SDK_COLOUR), shown
         await asyncio.sleep(0)
+
+
+async def test_mute_unmute_unpublish_and_screen_share(server: ServerProcess, pages: Pages) -> None:
+    events = ("track_muted", "track_unmuted", "track_unpublished", "track_subscribed")
+    async with watching(server, "python", "browser-controls", *events) as (python, logs):
+        page = await pages.join("chromium", "browser-controls")
+        await page.lk("enableCameraAndMicrophone")
+        await logs["track_subscribed"].wait_for(
+            lambda i: i[1].source == rtc.TrackSource.SOURCE_CAMERA
+        )
+
+        await page.lk("setMicrophone", False)
+        muted = await logs["track_muted"].wait_for()
+        assert muted[1].source == rtc.TrackSource.SOURCE_MICROPHONE
+        await page.lk("setMicrophone", True)
+        unmuted = await logs["track_unmuted"].wait_for()
+        assert unmuted[1].source == rtc.TrackSource.SOURCE_MICROPHONE
+
+        await page.lk("unpublish", "camera")
+        gone = await logs["track_unpublished"].wait_for()
+        assert gone[0].source == rtc.TrackSource.SOURCE_CAMERA
+        remaining = python.remote_participants["chromium"].track_publications.values()
+        assert [p.source for p in remaining] == [rtc.TrackSource.SOURCE_MICROPHONE]
+
+        local = await page.lk("screenShare", True)
+        assert "screen_share" in {t["source"] for t in local["tracks"]}
+        track, publication, _ = await logs["track_subscribed"].wait_for(
+            lambda i: i[1].source == rtc.TrackSource.SOURCE_SCREENSHARE
+        )
+        frames = await first_frames(track, 5)
+        assert frames[-1].width > 0 and frames[-1].height > 0
+        await page.lk("screenShare", False)
+        await logs["track_unpublished"].wait_for(lambda i: i[0].sid == publication.sid)
+
+
+async def test_python_mute_reaches_the_browser(server: ServerProcess, pages: Pages) -> None:
+    async with (
+        watching(server, "python", "python-mutes") as (python, _),
+        publishing_tone(python) as publication,
+    ):
+        page = await pages.join("chromium", "python-mutes")
+        await page.wait_for("remotes", lambda r: bool(r and r[0]["tracks"]))
+        track = publication.track
+        assert track is not None
+        track.mute()
+        await page.wait_for(
+            "events",
+            lambda e: any(x["type"] == "trackMuted" and x["identity"] == "python" for x in e),
+        )
+        track.unmute()
+        await page.wait_for(
+            "events",
+            lambda e: any(x["type"] == "trackUnmuted" and x["identity"] == "python" for x in e),
+        )
+
+
+async def test_two_browsers_see_each_others_video(server: ServerProcess, pages: Pages) -> None:
+    first = await pages.join("first", "two-browsers")
+    second = await pages.join("second", "two-browsers")
+    await first.lk("setCamera", True)
+    await second.lk("setCamera", True)
+    for page, other in ((first, "second"), (second, "first")):
+
+        def decoding(stats: list[dict[str, Any]]) -> bool:
+            return any(s["kind"] == "video" and s["framesDecoded"] > 10 for s in stats)
+
+        stats = await page.wait_for("inbound", decoding, other, within_s=30)
+        video = next(s for s in stats if s["kind"] == "video")
+        assert (video["frameWidth"], video["frameHeight"]) in SIMULCAST_SIZES
+        shown = await page.wait_for("centreColour", lambda c: c is not None, other, "camera")
+        assert close_to(shown["rgb"], COLOUR), shown
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264", "vp9", "av1"])
+async def test_browser_camera_in_each_codec_reaches_the_python_sdk(
+    server: ServerProcess, pages: Pages, codec: str
+) -> None:
+    """livekit-client simulcasts VP8 and H.264 and sends VP9 and AV1 as one scalable (SVC)
+    stream; every subscriber must get decodable video either way."""
+    room = f"browser-{codec}"
+    async with watching(server, "python", room, "track_subscribed") as (_, logs):
+        page = await pages.join("chromium", room, publishDefaults={"videoCodec": codec})
+        await page.lk("setCamera", True)
+        track, publication, _ = await logs["track_subscribed"].wait_for()
+        assert publication.mime_type.lower() == f"video/{codec}"
+        frames = await first_frames(track, 10)
+        last = frames[-1]
+        assert (last.width, last.height) in SIMULCAST_SIZES, (last.width, last.height)
+        assert close_to(centre_colour(last), COLOUR), centre_colour(last)

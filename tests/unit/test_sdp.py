@@ -121,3 +121,24 @@ def test_rejected_section_keeps_the_rtpmap_of_its_format() -> None:
         (kept,) = answered.formats
         assert kept == offered.formats[0]
         assert [v for v in answered.values("rtpmap") if v.split(" ")[0] == kept]
+
+
+def test_answer_leads_with_the_codec_the_publisher_asked_for() -> None:
+    # The publisher sends the first codec of the answer: livekit-client asks for H.264 (or RED
+    # audio) in AddTrackRequest, not by ordering its offer (Chromium offers VP8 first).
+    offer = sdp.parse(_vector("chromium_simulcast_offer.sdp"))
+    audio_id, video_id = (sdp_media.msid_track_id(s) for s in offer.media[:2])
+    enabled = ["audio/opus", "audio/red", "video/VP8", "video/H264", "video/rtx"]
+    preferred = {video_id: ["video/H264"], audio_id: ["audio/red"]}
+    text = sdp_media.answer(offer, PARAMS, enabled, session_id=1, address="x", preferred=preferred)
+    answer = sdp.parse(text)
+    audio = sdp_media.offered_codecs(answer.media[0])
+    assert [c.name for c in audio][:2] == ["red", "opus"]
+    video = sdp_media.offered_codecs(answer.media[1])
+    assert video[0].name == "H264"
+    assert video[1].name == "rtx" and video[1].apt == video[0].payload_type
+    streams = sdp_media.incoming_streams(offer, answer)
+    assert [s.codec.name for s in streams] == ["opus", "H264"]
+    assert streams[0].red is not None
+    default = sdp.parse(sdp_media.answer(offer, PARAMS, enabled, session_id=1, address="x"))
+    assert sdp_media.offered_codecs(default.media[1])[0].name == "VP8", "the offer's order"

@@ -1,0 +1,82 @@
+"""Sessions of livekit-client in Chromium: a page reload rejoins, ICE over TCP when UDP is
+blocked."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from livekit import rtc
+
+from tests.browser.conftest import Pages
+from tests.browser.driver import COLOUR
+from tests.browser.test_media import close_to
+from tests.e2e.conftest import assert_clean_exit
+from tests.e2e.harness import IN_NETNS, ServerProcess, free_udp_port, make_token, start_server
+from tests.e2e.sdk import watching
+from tests.e2e.test_media import centre_colour, first_frames, publishing_colour
+from tests.e2e.test_transport import tcp_established_on, udp_dropped
+
+UDP_PORT = free_udp_port()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server on a known UDP port, so a test can drop UDP to it."""
+    config = f"rtc:\n  udp_port: {UDP_PORT}\n"
+    proc = start_server(tmp_path_factory.mktemp("server"), config, udp_port=False)
+    yield proc
+    assert_clean_exit(proc)
+
+
+async def test_page_reload_rejoins_with_the_same_identity(
+    server: ServerProcess, pages: Pages
+) -> None:
+    events = ("track_subscribed", "participant_connected", "participant_disconnected")
+    async with watching(server, "python", "reload", *events) as (python, logs):
+        page = await pages.join("chromium", "reload")
+        first = await page.lk("local")
+        await page.lk("enableCameraAndMicrophone")
+        await logs["track_subscribed"].wait_for()
+
+        await page.reload()  # livekit-client leaves on pagehide; the new page joins again
+        rejoined = await page.lk("connect", server.ws_url, make_token("chromium", "reload"), {})
+        assert rejoined["identity"] == "chromium"
+        assert rejoined["sid"] != first["sid"]
+        await page.lk("enableCameraAndMicrophone")
+        track, _, _ = await logs["track_subscribed"].wait_for(
+            lambda i: i[2].sid == rejoined["sid"] and i[0].kind == rtc.TrackKind.KIND_VIDEO
+        )
+        assert [p.sid for p in python.remote_participants.values()] == [rejoined["sid"]]
+        frames = await first_frames(track, 10)
+        assert close_to(centre_colour(frames[-1]), COLOUR)
+
+
+@pytest.mark.skipif(
+    not IN_NETNS or shutil.which("nft") is None,
+    reason="needs the test network namespace and nftables (tests/run.sh sets both up)",
+)
+async def test_ice_tcp_when_udp_to_the_media_port_is_dropped(
+    server: ServerProcess, pages: Pages
+) -> None:
+    with udp_dropped(UDP_PORT):
+        async with (
+            watching(server, "python", "tcp-only", "track_subscribed") as (python, logs),
+            publishing_colour(python),
+        ):
+            page = await pages.join("chromium", "tcp-only")
+            await page.lk("enableCameraAndMicrophone")
+            track, _, _ = await logs["track_subscribed"].wait_for(
+                lambda i: i[0].kind == rtc.TrackKind.KIND_VIDEO, within_s=30
+            )
+            frames = await first_frames(track, 10)
+            assert close_to(centre_colour(frames[-1]), COLOUR)
+
+            def decoding(stats: list[dict[str, Any]]) -> bool:
+                return any(s["kind"] == "video" and s["framesDecoded"] > 10 for s in stats)
+
+            await page.wait_for("inbound", decoding, "python", within_s=30)
+            # Both of the browser's peer connections and both of the SDK's run over ICE-TCP.
+            assert tcp_established_on(server.proc.pid, server.tcp_port) >= 4
