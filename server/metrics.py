@@ -40,6 +40,7 @@ from prometheus_client.core import (
 
 from sfu.counters import NODE_COUNTERS, MediaCounters, MediaTotals
 from sfu.events import EventKind, RoomEvent
+from sfu.ice import MALFORMED
 from sfu.rooms import RoomManager
 
 NODE_TYPE = "SERVER"
@@ -296,6 +297,13 @@ class NodeCollector:
         yield self._counter("livekit_pli_total", "Keyframe requests (PLI).", plis, *rtcp)
         firs = [(("incoming", ""), totals.firs_in)]
         yield self._counter("livekit_fir_total", "FIRs sent to publishers.", firs, *rtcp)
+        malformed = sorted(((protocol,), count) for protocol, count in MALFORMED.counts.items())
+        yield self._counter(
+            "livekit_malformed_packet_total",
+            "Packets from the network dropped because they do not parse.",
+            malformed,
+            "protocol",
+        )
 
     def _events(self) -> Iterator[Metric]:
         lifecycle = self._lifecycle

@@ -27,6 +27,41 @@ except ImportError:  # pragma: no cover - depends on the build
 
 logger = logging.getLogger(__name__)
 
+#: At most one log line per this many seconds about malformed packets (a flood of them must
+#: not become a flood of log lines).
+MALFORMED_LOG_INTERVAL_S = 10.0
+
+
+class MalformedDrops:
+    """Packets from the network dropped because they do not parse, by protocol: counted for
+    the metrics, logged at most once per interval with what was seen since."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._unlogged = 0
+        self._logged_at = -MALFORMED_LOG_INTERVAL_S
+
+    def drop(self, protocol: str, peer: Address, error: Exception, now: float) -> None:
+        self.counts[protocol] = self.counts.get(protocol, 0) + 1
+        self._unlogged += 1
+        if now - self._logged_at < MALFORMED_LOG_INTERVAL_S:
+            return
+        logger.warning(
+            "dropped %d malformed packet(s); last: %s from %s:%d (%s: %s)",
+            self._unlogged,
+            protocol,
+            peer[0],
+            peer[1],
+            type(error).__name__,
+            error,
+        )
+        self._unlogged = 0
+        self._logged_at = now
+
+
+MALFORMED = MalformedDrops()
+"""The node's malformed-packet counts (``livekit_malformed_packet_total``)."""
+
 #: Most datagrams handed to the kernel in one sendmmsg(2) (the C helper's array size).
 MAX_BATCH = 256
 
@@ -170,8 +205,10 @@ class IceRegistry:
         returns the response to send back on the same path, or None to drop the packet."""
         try:
             message = stun.parse_message(data)
-        except ValueError as exc:
-            logger.debug("x bad STUN from %s: %s", addr, exc)
+        except Exception as exc:
+            # aioice raises ValueError, struct.error, IndexError... on garbage (an integer
+            # attribute of the wrong length): one such datagram must cost nothing but a count.
+            MALFORMED.drop("stun", addr, exc, time.monotonic())
             return None
         if (message.message_method, message.message_class) != (
             stun.Method.BINDING,
@@ -183,7 +220,12 @@ class IceRegistry:
         if session is None:
             return None
         key = session.local_pwd.encode()
-        if not message.check_message_integrity(key):
+        try:
+            authentic = message.check_message_integrity(key)
+        except Exception as exc:  # a garbled MESSAGE-INTEGRITY is garbage too
+            MALFORMED.drop("stun", addr, exc, time.monotonic())
+            return None
+        if not authentic:
             logger.debug("x STUN integrity check failed from %s", addr)
             return None
         session.handle_check(path, "USE-CANDIDATE" in message.attributes, time.monotonic())

@@ -201,6 +201,9 @@ class Browser:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        self._reader.join(timeout=5)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
         self._log.close()
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import struct
 
+import pytest
 from aioice import stun
 
-from sfu.ice import CONSENT_TIMEOUT_S, IceRegistry, IceState, TcpIceConnection
+from sfu.ice import CONSENT_TIMEOUT_S, MALFORMED, IceRegistry, IceState, TcpIceConnection
 
 
 class RecordingPath:
@@ -115,3 +117,27 @@ def test_tcp_framing_across_reads() -> None:
         connection.data_received(stream[index : index + 7])
     assert session.selected is connection
     assert received == [b"\x16dtls", b"\x80rt"]
+
+
+def test_malformed_stun_is_counted_and_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A 28-byte binding request whose CHANGE-REQUEST attribute is 2 bytes long, not 4: aioice's
+    # parser raises struct.error (seen logging a traceback per packet, issue 14).
+    attribute = struct.pack("!HH", 0x0003, 2) + b"\x00\x00" + b"\x00\x00"
+    header = struct.pack("!HHI", 0x0001, len(attribute), stun.COOKIE) + secrets.token_bytes(12)
+    bad = header + attribute
+    assert len(bad) == 28
+    registry = IceRegistry()
+    before = MALFORMED.counts.get("stun", 0)
+    with caplog.at_level(logging.WARNING, logger="sfu.ice"):
+        for _ in range(100):
+            assert registry.handle_stun(bad, ("127.0.0.1", 9), RecordingPath()) is None
+    assert MALFORMED.counts["stun"] == before + 100
+    warnings = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(warnings) <= 1, "a flood of bad packets is not a flood of log lines"
+    assert not [r for r in caplog.records if r.exc_info]
+    # The same datagram framed on ICE-TCP (RFC 4571) is dropped the same way.
+    connection = TcpIceConnection(registry)
+    connection.data_received(struct.pack("!H", len(bad)) + bad)
+    assert MALFORMED.counts["stun"] == before + 101

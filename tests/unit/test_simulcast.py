@@ -20,33 +20,48 @@ VP8_PT, RTX_PT = 96, 97
 Q, H, F, RTX_Q = 1001, 1002, 1003, 2001
 
 
-def test_layers_prefer_the_lowest_rid_whatever_their_order() -> None:
+def test_layers_rank_livekit_rids_whatever_their_order() -> None:
     layers = Layers(["f", "h", "q"])
     assert layers.rank == {"q": 0, "h": 1, "f": 2}
-    assert not layers.add_media(H, "h"), "only the lowest layer is taken at once"
-    assert layers.add_media(Q, "q")
-    assert layers.current == Q
     other = Layers(["2", "1", "0"])  # rids LiveKit does not name keep the publisher's order
     assert other.rank == {"2": 0, "1": 1, "0": 2}
 
 
-def test_layers_replace_a_stopped_layer_with_one_that_flows() -> None:
+def test_first_layer_starts_then_the_highest_flowing_one_is_taken() -> None:
     layers = Layers(["q", "h", "f"])
+    assert layers.add_media(Q, "q"), "video starts with whichever layer comes first"
+    assert not layers.add_media(H, "h")
+    assert not layers.add_media(F, "f")
+    layers.counters[F][0] += 1
+    assert layers.choose(current_received=10) is None, "f must flow twice in a row first"
+    layers.counters[F][0] += 1
+    layers.counters[H][0] += 1
+    assert layers.choose(current_received=20) == F
+    assert layers.current == F
+
+
+def test_a_stopped_layer_gives_way_at_once_and_comes_back_later() -> None:
+    layers = Layers(["q", "h", "f"])
+    assert layers.add_media(F, "f")
+    assert not layers.add_media(Q, "q")
+    assert layers.choose(current_received=10) is None, "f flows: keep it"
+    layers.counters[Q][0] += 5  # f stops (bandwidth), q goes on
+    assert layers.choose(current_received=10) == Q
+    for received in (20, 30):
+        layers.counters[F][0] += 1  # f is back
+        chosen = layers.choose(current_received=received)
+    assert chosen == F
+    assert layers.choose(current_received=30) is None, "nothing flows: nothing to switch to"
+
+
+def test_flapping_layer_is_not_taken() -> None:
+    layers = Layers(["q", "h"])
     assert layers.add_media(Q, "q")
     assert not layers.add_media(H, "h")
-    assert layers.choose(current_received=10) is None, "q flows: keep it"
-    layers.counters[H][0] += 5
-    assert layers.choose(current_received=10) == H, "q stopped, h flows"
-    assert layers.current == H
-    layers.counters[Q][0] += 3  # q is back: the lower layer is preferred again
-    assert layers.choose(current_received=15) == Q
-    assert layers.choose(current_received=15) is None, "nothing flows: nothing to switch to"
-
-
-def test_nothing_forwarded_yet_takes_any_flowing_layer() -> None:
-    layers = Layers(["q", "h"])
-    assert not layers.add_media(H, "h")
-    assert layers.choose(current_received=0) == H
+    for received in range(10, 100, 10):
+        if received % 20:
+            layers.counters[H][0] += 1
+        assert layers.choose(current_received=received) is None
 
 
 class _Publisher:
@@ -95,32 +110,36 @@ def test_rtx_padding_first_is_not_taken_for_the_camera() -> None:
     # libwebrtc's bandwidth probes: RTX padding, before any media.
     tracks._on_rtp(_packet(RTX_Q, 1, RTX_PT, [mid, (REPAIRED_RID, b"q")]))
     assert receiver.media_ssrc == 0
-    tracks._on_rtp(_packet(H, 10, VP8_PT, [mid, (RID, b"h")]))
-    assert receiver.media_ssrc == 0, "h waits: the lowest layer is preferred"
     tracks._on_rtp(_packet(Q, 20, VP8_PT, [mid, (RID, b"q")]))
     assert receiver.media_ssrc == Q
     assert receiver.rtx == (RTX_PT, RTX_Q), "q's RTX is known by its repaired rid"
     assert publisher.rtcp, "a keyframe is asked for on the chosen layer"
+    tracks._on_rtp(_packet(H, 10, VP8_PT, [mid, (RID, b"h")]))
+    assert receiver.media_ssrc == Q, "h is only counted until the next check"
     # Later packets of q carry no rid (libwebrtc stops sending it) and are still forwarded.
     tracks._on_rtp(_packet(Q, 21, VP8_PT, []))
     assert receiver.stats.received == 2
 
 
-def test_stopped_layer_gives_way_to_a_flowing_one() -> None:
+def test_layers_switch_up_and_down_as_they_start_and_stop() -> None:
     tracks, _, track = _published_chromium_camera()
     receiver = track.receiver
     mid = (MID, b"1")
     tracks._on_rtp(_packet(Q, 1, VP8_PT, [mid, (RID, b"q")]))
     tracks._on_rtp(_packet(H, 100, VP8_PT, [mid, (RID, b"h")]))
     tracks.tick(1.0)
-    assert receiver.media_ssrc == Q
-    for sequence in range(101, 110):  # q stops, h goes on
-        tracks._on_rtp(_packet(H, sequence, VP8_PT, []))
+    assert receiver.media_ssrc == Q, "h has flowed once"
+    tracks._on_rtp(_packet(Q, 2, VP8_PT, []))
+    tracks._on_rtp(_packet(H, 101, VP8_PT, []))
     tracks.tick(2.0)
-    assert receiver.media_ssrc == H
+    assert receiver.media_ssrc == H, "h has flowed twice in a row: taken"
     assert track.ssrcs == (H,)
     before = receiver.stats.received
-    tracks._on_rtp(_packet(H, 110, VP8_PT, []))
-    tracks._on_rtp(_packet(Q, 2, VP8_PT, []))  # q is dropped and counted, not forwarded
+    tracks._on_rtp(_packet(H, 102, VP8_PT, []))
+    tracks._on_rtp(_packet(Q, 3, VP8_PT, []))  # q is dropped and counted, not forwarded
     assert receiver.stats.received == before + 1
     assert tracks._unforwarded[Q] == [1]
+    tracks.tick(3.0)
+    tracks._on_rtp(_packet(Q, 4, VP8_PT, []))  # h stops, q goes on
+    tracks.tick(4.0)
+    assert receiver.media_ssrc == Q
