@@ -19,6 +19,7 @@ from server.metrics import MetricsSources
 from server.metrics_http import install_metrics
 from sfu.endpoint import Endpoints
 from sfu.events import EventBus
+from sfu.limits import Limits
 from sfu.room import RoomSettings
 from sfu.rooms import RoomManager
 from sfu.rtc_adapter import host_addresses
@@ -47,6 +48,7 @@ def build_app(
             empty_timeout=config.room.empty_timeout,
             departure_timeout=config.room.departure_timeout,
             max_participants=config.room.max_participants,
+            limits=Limits.from_config(config),
         ),
         auto_create=config.room.auto_create,
         events=events,

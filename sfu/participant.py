@@ -51,7 +51,13 @@ class ParticipantListener(Protocol):
 
     def on_participant_active(self, participant: Participant) -> None: ...
 
-    def on_participant_failed(self, participant: Participant) -> None: ...
+    def on_participant_failed(
+        self,
+        participant: Participant,
+        reason: models.DisconnectReason = models.DisconnectReason.CONNECTION_TIMEOUT,
+        *,
+        reconnect: bool = False,
+    ) -> None: ...
 
     def on_track_published(self, participant: Participant, track: PublishedTrack) -> None: ...
 
@@ -124,6 +130,7 @@ class Participant:
         self._publisher_channels: dict[str, DataChannel] = {}
         self._last_reliable_seq = 0
         self.subscriber.pc.on_state_change = self._on_subscriber_state
+        self.subscriber.on_negotiation_failed = self._on_negotiation_failed
         self.publisher.pc.on_state_change = self._on_publisher_state
         self.publisher.pc.on_data_channel = self._on_publisher_channel
         self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
@@ -210,7 +217,11 @@ class Participant:
         try:
             info = self.tracks.add(request, allowed)
         except PublishError as exc:
-            response = rtc.RequestResponse(reason=exc.reason, message=str(exc), add_track=request)
+            # Echo the request as LiveKit does, but not a name too long to have been accepted.
+            echoed = rtc.AddTrackRequest(cid=request.cid, type=request.type, source=request.source)
+            if exc.reason != rtc.RequestResponse.LIMIT_EXCEEDED:
+                echoed = request
+            response = rtc.RequestResponse(reason=exc.reason, message=str(exc), add_track=echoed)
             self.send(rtc.SignalResponse(request_response=response))
             return
         self.send(
@@ -365,6 +376,14 @@ class Participant:
             self.log.info("primary peer connection failed")
             self._listener.on_participant_failed(self)
 
+    def _on_negotiation_failed(self) -> None:
+        # LiveKit issues a full reconnect (``IssueFullReconnect``, negotiation failed): the
+        # client rejoins with fresh peer connections.
+        if not self.is_closed:
+            self._listener.on_participant_failed(
+                self, models.DisconnectReason.STATE_MISMATCH, reconnect=True
+            )
+
     def _send_offer(self, sdp: str, offer_id: int) -> None:
         self.send(
             rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id))
@@ -383,11 +402,13 @@ class Participant:
 
     # --- leaving ---------------------------------------------------------------------------
 
-    def send_leave(self, reason: models.DisconnectReason) -> None:
-        """Tell the client to go away for good (protocol >= 13 reads `action`)."""
-        leave = rtc.LeaveRequest(
-            can_reconnect=False, reason=reason, action=rtc.LeaveRequest.Action.DISCONNECT
+    def send_leave(self, reason: models.DisconnectReason, *, reconnect: bool = False) -> None:
+        """Tell the client to go away for good, or to rejoin at once with ``reconnect``
+        (protocol >= 13 reads ``action``, older clients ``can_reconnect``)."""
+        action = (
+            rtc.LeaveRequest.Action.RECONNECT if reconnect else rtc.LeaveRequest.Action.DISCONNECT
         )
+        leave = rtc.LeaveRequest(can_reconnect=reconnect, reason=reason, action=action)
         self.send(rtc.SignalResponse(leave=leave))
 
     async def close(self, reason: models.DisconnectReason, *, send_leave: bool) -> None:

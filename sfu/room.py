@@ -6,11 +6,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from livekit.protocol import agent_dispatch, models, rtc
 
 from sfu.events import EventBus, EventKind, RoomEvent
+from sfu.limits import Limits
 from sfu.media import PublishedTrack
 from sfu.participant import Participant, ParticipantState
 from sfu.tracks import source_name
@@ -29,6 +30,8 @@ class RoomSettings:
     empty_timeout: int = 300
     departure_timeout: int = 20
     max_participants: int = 0
+    limits: Limits = field(default_factory=Limits)
+    """Sizes of what participants set about themselves (``limit.*``)."""
 
 
 class Room:
@@ -221,7 +224,9 @@ class Room:
         attributes: Mapping[str, str],
     ) -> None:
         """Change name, metadata and attributes (empty values change nothing, an empty
-        attribute value deletes the key, as in LiveKit) and tell everyone."""
+        attribute value deletes the key, as in LiveKit) and tell everyone. Raises
+        LimitExceededError, changing nothing, when the result would be over a limit."""
+        self.settings.limits.check_update(participant.attributes, name, metadata, attributes)
         if name:
             participant.name = name
         if metadata:
@@ -361,9 +366,17 @@ class Room:
         """Data from the server API (RoomService.SendData): no sender identity."""
         self._deliver(packet, None, reliable=reliable)
 
-    def on_participant_failed(self, participant: Participant) -> None:
+    def on_participant_failed(
+        self,
+        participant: Participant,
+        reason: models.DisconnectReason = models.DisconnectReason.CONNECTION_TIMEOUT,
+        *,
+        reconnect: bool = False,
+    ) -> None:
+        if reconnect:
+            participant.send_leave(reason, reconnect=True)
         participant.tasks.spawn(
-            self.remove(participant, models.DisconnectReason.CONNECTION_TIMEOUT, send_leave=True),
+            self.remove(participant, reason, send_leave=not reconnect),
             name="remove-failed-participant",
         )
 

@@ -13,6 +13,11 @@ from livekit.protocol import models, rtc
 from protocol import rtcp, rtp, sdp, sdp_media
 from protocol.ids import TRACK_PREFIX, new_id
 from sfu.counters import NODE_COUNTERS, MediaCounters
+from sfu.limits import (
+    MAX_ADD_TRACK_REQUEST_BYTES,
+    MAX_TRACK_NAME_LENGTH,
+    MAX_TRACKS_PER_PARTICIPANT,
+)
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
 from sfu.simulcast import Layers
@@ -98,6 +103,14 @@ class ParticipantTracks:
             )
         if len(self.pending) >= MAX_PENDING_TRACKS and request.cid not in self.pending:
             raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "too many pending tracks")
+        # Every track's info goes to everyone in the room: bound what one client can put there.
+        if len(request.name.encode()) > MAX_TRACK_NAME_LENGTH:
+            raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "track name exceeds limits")
+        if request.ByteSize() > MAX_ADD_TRACK_REQUEST_BYTES:
+            raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "track request exceeds limits")
+        tracks = len(self.published) + len(self.pending)
+        if tracks >= MAX_TRACKS_PER_PARTICIPANT and request.cid not in self.pending:
+            raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "too many tracks")
         info = models.TrackInfo(
             sid=new_id(TRACK_PREFIX),
             type=request.type,

@@ -13,6 +13,11 @@ from sfu.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
 
+#: An offer the client has not answered within this long has failed (LiveKit's
+#: ``negotiationFailedTimeout``): the client is asked to reconnect rather than left wedged,
+#: looking connected while no new track can reach it.
+NEGOTIATION_TIMEOUT_S = 15.0
+
 
 class NegotiationState(enum.Enum):
     """Offer/answer state of a server-offering (subscriber) transport."""
@@ -52,6 +57,9 @@ class SubscriberTransport:
         self.lossy: DataChannel = pc.create_data_channel("_lossy", reliable=False)
         self.on_answer: Callable[[str], None] | None = None
         """Told each applied answer (to learn which codecs the subscriber kept)."""
+        self.on_negotiation_failed: Callable[[], None] | None = None
+        """Told when an offer went unanswered for :data:`NEGOTIATION_TIMEOUT_S`."""
+        self._answer_deadline: asyncio.TimerHandle | None = None
         self.tracks: list[OutgoingTrack] = []
         """Every track section ever offered, in order (m= sections never go away)."""
 
@@ -82,12 +90,31 @@ class SubscriberTransport:
             return
         self._set_state(NegotiationState.OFFER_SENT)
         self._offer_id += 1
+        self._answer_deadline = asyncio.get_running_loop().call_later(
+            NEGOTIATION_TIMEOUT_S, self._negotiation_timed_out
+        )
         self._send_offer(sdp, self._offer_id)
+
+    def _negotiation_timed_out(self) -> None:
+        self._answer_deadline = None
+        if self.state is not NegotiationState.OFFER_SENT:
+            return
+        self._log.warning(
+            "subscriber negotiation failed: no answer in %.0f s", NEGOTIATION_TIMEOUT_S
+        )
+        if self.on_negotiation_failed is not None:
+            self.on_negotiation_failed()
+
+    def _cancel_deadline(self) -> None:
+        if self._answer_deadline is not None:
+            self._answer_deadline.cancel()
+            self._answer_deadline = None
 
     async def handle_answer(self, sdp: str) -> None:
         if self.state is not NegotiationState.OFFER_SENT:
             raise ValueError(f"answer received in negotiation state {self.state.value}")
         await self.pc.set_answer(sdp)
+        self._cancel_deadline()
         self._set_state(NegotiationState.IDLE)
         if self.on_answer is not None:
             self.on_answer(sdp)
@@ -99,6 +126,7 @@ class SubscriberTransport:
         return (self.reliable if reliable else self.lossy).send(payload)
 
     async def close(self) -> None:
+        self._cancel_deadline()
         self._set_state(NegotiationState.CLOSED)
         await self.pc.close()
 

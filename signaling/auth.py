@@ -17,6 +17,7 @@ from livekit.protocol import models
 
 from config import Config
 from protocol.token import Claims, TokenError, verify_token
+from sfu.limits import LimitExceededError, Limits
 
 
 class HttpError(Exception):
@@ -90,6 +91,12 @@ def validate_connect(
     attributes = _query_attributes(query.get("attributes", ""))
     if attributes and not grant.can_update_own_metadata:
         raise HttpError(401, "permissions denied: attributes need canUpdateOwnMetadata")
+    try:
+        # Name, metadata and attributes go to everyone in the room (LiveKit 400s them too).
+        merged = {**claims.attributes, **attributes}
+        Limits.from_config(config).check_participant(claims.name, claims.metadata, merged)
+    except LimitExceededError as exc:
+        raise HttpError(400, f"participant {exc}") from None
     protocol = _int(query.get("protocol", "0"), "protocol")
     return ConnectRequest(
         claims=claims,

@@ -20,6 +20,7 @@ from config import Config
 from protocol.ids import AGENT_DISPATCH_PREFIX, new_id
 from protocol.token import Claims
 from routing.store import STORE_ERRORS
+from sfu.limits import LimitExceededError, attributes_size
 from sfu.participant import Participant
 from sfu.room import Room
 from sfu.rooms import RoomManager
@@ -241,15 +242,21 @@ class RoomService:
     ) -> Message:
         self._check_metadata(request.metadata)
         limits = self.config.limit
-        if len(request.name) > limits.max_participant_name_length:
+        if len(request.name.encode()) > limits.max_participant_name_length:
             raise TwirpError("invalid_argument", "name length exceeds limits")
-        attributes_size = sum(len(k) + len(v) for k, v in request.attributes.items())
-        if attributes_size > limits.max_attributes_size:
+        if attributes_size(request.attributes) > limits.max_attributes_size:
             raise TwirpError("invalid_argument", "attributes size exceeds limits")
         found, participant = self._participant(claims, request.room, request.identity)
+        try:
+            # The attributes it would leave are checked too: many small updates must not add
+            # up past the limit.
+            found.update_participant(
+                participant, request.name, request.metadata, request.attributes
+            )
+        except LimitExceededError as exc:
+            raise TwirpError("invalid_argument", str(exc)) from None
         if request.HasField("permission"):
             found.update_permission(participant, request.permission)
-        found.update_participant(participant, request.name, request.metadata, request.attributes)
         return participant.to_info()
 
     async def update_subscriptions(

@@ -14,14 +14,20 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
+from sfu.limits import LimitExceededError
 from sfu.participant import Participant
 from sfu.room import Room
 from signaling.socket import SignalSocket
 
 logger = logging.getLogger(__name__)
 
-#: Responses queued for a client that does not read; past this it is disconnected.
+#: Responses, and their bytes, queued for a client that does not read; past either it is
+#: disconnected and what was queued for it is dropped.
 MAX_QUEUED_RESPONSES = 4096
+MAX_QUEUED_BYTES = 32 * 1024 * 1024
+#: A write the client has not taken within this long (its TCP window stays shut) ends it.
+WRITE_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 5.0
 #: LiveKit refreshes the client's token every 5 minutes (`roommanager.go rtcSessionWorker`).
 TOKEN_REFRESH_INTERVAL_S = 300.0
 _CLOSE = None
@@ -37,18 +43,34 @@ class WebSocketSink:
     def __init__(self, ws: SignalSocket, log: logging.LoggerAdapter[logging.Logger]):
         self._ws = ws
         self._log = log
-        self._queue: asyncio.Queue[rtc.SignalResponse | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[rtc.SignalResponse, int] | None] = asyncio.Queue()
+        self._queued_bytes = 0
         self.encoding: Literal["binary", "json"] = "binary"
         self._closing = False
 
     def send(self, response: rtc.SignalResponse) -> None:
         if self._closing:
             return
-        if self._queue.qsize() >= MAX_QUEUED_RESPONSES:
-            self._log.warning("signal client is not reading; closing its connection")
+        size = response.ByteSize()
+        too_many = self._queue.qsize() >= MAX_QUEUED_RESPONSES
+        if too_many or self._queued_bytes + size > MAX_QUEUED_BYTES:
+            self._log.warning(
+                "signal client is not reading (%d responses, %d bytes queued); closing its "
+                "connection",
+                self._queue.qsize(),
+                self._queued_bytes,
+            )
+            self._drop_queued()
             self.close()
             return
-        self._queue.put_nowait(response)
+        self._queued_bytes += size
+        self._queue.put_nowait((response, size))
+
+    def _drop_queued(self) -> None:
+        """Free what a client that does not read would never take."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queued_bytes = 0
 
     def close(self) -> None:
         if not self._closing:
@@ -58,16 +80,26 @@ class WebSocketSink:
     async def run_writer(self) -> None:
         """Write queued responses until closed, then close the WebSocket."""
         try:
-            while (response := await self._queue.get()) is not None:
-                if self.encoding == "json":
-                    await self._ws.send_str(json_format.MessageToJson(response, indent=None))
-                else:
-                    await self._ws.send_bytes(response.SerializeToString())
+            while (queued := await self._queue.get()) is not None:
+                response, size = queued
+                self._queued_bytes -= size
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    if self.encoding == "json":
+                        await self._ws.send_str(json_format.MessageToJson(response, indent=None))
+                    else:
+                        await self._ws.send_bytes(response.SerializeToString())
         except ConnectionError:
             self._log.debug("signal connection lost while writing")
+        except TimeoutError:
+            self._log.warning("signal client took no data for %.0f s; closing", WRITE_TIMEOUT_S)
         finally:
             self._closing = True
-            await self._ws.close()
+            self._drop_queued()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._ws.close()
+            except TimeoutError:
+                self._ws.abort()  # the close frame itself cannot be written
 
 
 def parse_request(message_type: WSMsgType, data: bytes | str) -> rtc.SignalRequest:
@@ -181,7 +213,12 @@ class SignalSession:
         if not participant.grant.can_update_own_metadata:
             self._respond(update.request_id, rtc.RequestResponse.NOT_ALLOWED, "permission denied")
             return
-        self._room.update_participant_metadata(participant, update)
+        try:
+            self._room.update_participant_metadata(participant, update)
+        except LimitExceededError as exc:
+            # LiveKit answers LIMIT_EXCEEDED and changes nothing (participant.go).
+            self._respond(update.request_id, rtc.RequestResponse.LIMIT_EXCEEDED, str(exc))
+            return
         # Success responses go only to protocol >= 15 clients (LiveKit PR #2926).
         if participant.params.protocol >= 15:
             self._respond(update.request_id, rtc.RequestResponse.OK, "")

@@ -23,6 +23,9 @@ class SignalSocket(Protocol):
     async def send_str(self, data: str) -> None: ...
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
     def exception(self) -> BaseException | None: ...
+    def abort(self) -> None:
+        """Drop the connection at once, whatever is still unwritten."""
+
     def __aiter__(self) -> AsyncIterator[WSMessage]: ...
 
 
@@ -47,6 +50,11 @@ class LocalSocket:
 
     def exception(self) -> BaseException | None:
         return self.ws.exception()
+
+    def abort(self) -> None:
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
 
     def __aiter__(self) -> AsyncIterator[WSMessage]:
         return self.ws.__aiter__()
@@ -80,6 +88,10 @@ class RelayedSocket:
         return True
 
     def exception(self) -> BaseException | None:
+        return None
+
+    def abort(self) -> None:
+        # Relay frames are queued without waiting, so a close never blocks: nothing to do.
         return None
 
     async def __aiter__(self) -> AsyncIterator[WSMessage]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
+from typing import Any
 
+import pytest
 from livekit.protocol import metrics, models, rtc
 
 from protocol.token import VideoGrant
+from sfu import transport
 from sfu.endpoint import Endpoint
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
+from sfu.limits import MAX_TRACKS_PER_PARTICIPANT, LimitExceededError, Limits
 from sfu.participant import JoinParams, Participant, ParticipantState
 from sfu.room import Room, RoomSettings
 from sfu.rtc_adapter import ConnectionState
@@ -56,7 +60,7 @@ async def _join(room: Room, identity: str, **kwargs: bool) -> tuple[Participant,
     return participant, sink
 
 
-def _room(**settings: int) -> Room:
+def _room(**settings: Any) -> Room:
     return Room(name="r", sid="RM_test", settings=RoomSettings(**settings), now=0.0)
 
 
@@ -324,4 +328,83 @@ async def test_room_metadata_update_is_broadcast() -> None:
     _, sink = await _join(room, "reader")
     room.update_metadata("topic")
     assert sink.of("room_update")[-1].room_update.room.metadata == "topic"
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_unanswered_offer_makes_the_client_reconnect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # LiveKit's negotiationFailedTimeout: a subscriber that never answers is not left wedged
+    # (looking connected while no new track reaches it), it is told to reconnect.
+    monkeypatch.setattr(transport, "NEGOTIATION_TIMEOUT_S", 0.05)
+    room = _room()
+    silent, sink = await _join(room, "silent")
+    await asyncio.sleep(0.01)
+    assert silent.subscriber.state is NegotiationState.OFFER_SENT
+    for _ in range(100):
+        if silent.is_closed:
+            break
+        await asyncio.sleep(0.01)
+    assert "silent" not in room.participants
+    (leave,) = sink.of("leave")
+    assert leave.leave.action == rtc.LeaveRequest.Action.RECONNECT
+    assert leave.leave.can_reconnect
+    assert leave.leave.reason == models.DisconnectReason.STATE_MISMATCH
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_answered_offer_cancels_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport, "NEGOTIATION_TIMEOUT_S", 0.05)
+    room = _room()
+    prompt, sink = await _join(room, "prompt")
+    await asyncio.sleep(0.01)
+    prompt.subscriber._cancel_deadline()  # what an applied answer does
+    prompt.subscriber.state = NegotiationState.IDLE
+    await asyncio.sleep(0.1)
+    assert not prompt.is_closed and not sink.of("leave")
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_participant_updates_over_the_limits_change_nothing() -> None:
+    limits = Limits(max_metadata_size=100, max_attributes_size=50, max_participant_name_length=10)
+    room = _room(limits=limits)
+    participant, _ = await _join(room, "p")
+    _, watcher = await _join(room, "watcher")
+    updates = len(watcher.of("update"))
+    with pytest.raises(LimitExceededError, match="name length"):
+        room.update_participant(participant, "n" * 11, "", {})
+    with pytest.raises(LimitExceededError, match="metadata size"):
+        room.update_participant(participant, "", "m" * 101, {})
+    room.update_participant(participant, "", "", {"a": "x" * 20})
+    # Small updates must not add up past the limit: the attributes they leave are checked.
+    with pytest.raises(LimitExceededError, match="attributes size"):
+        room.update_participant(participant, "", "", {"b": "y" * 30})
+    room.update_participant(participant, "", "", {"a": "", "b": "y" * 30})  # "a" deleted
+    assert participant.attributes == {"b": "y" * 30}
+    assert participant.name == "" and participant.metadata == ""
+    assert len(watcher.of("update")) == updates + 2, "only accepted updates are broadcast"
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_track_requests_over_the_limits_are_refused() -> None:
+    room = _room()
+    publisher, sink = await _join(room, "pub")
+    publisher.handle_add_track(rtc.AddTrackRequest(cid="long", name="n" * 300))
+    publisher.handle_add_track(
+        rtc.AddTrackRequest(cid="big", layers=[models.VideoLayer(width=1)] * 5000)
+    )
+    refused = sink.of("request_response")
+    assert [r.request_response.reason for r in refused] == [rtc.RequestResponse.LIMIT_EXCEEDED] * 2
+    assert len(refused[0].request_response.add_track.name) == 0, "the long name is not echoed"
+    audio = models.TrackType.AUDIO
+    for index in range(40):
+        publisher.handle_add_track(rtc.AddTrackRequest(cid=f"c{index}", type=audio))
+    assert len(sink.of("track_published")) == 20, "LiveKit's limit of pending tracks"
+    tracks = publisher.tracks
+    tracks.published.update({t.sid: t for t in tracks.pending.values()})  # as if negotiated
+    tracks.pending.clear()
+    for index in range(15):
+        publisher.handle_add_track(rtc.AddTrackRequest(cid=f"more{index}", type=audio))
+    assert len(tracks.published) + len(tracks.pending) == MAX_TRACKS_PER_PARTICIPANT
+    assert sink.of("request_response")[-1].request_response.message == "too many tracks"
     await room.close(models.DisconnectReason.ROOM_DELETED)
