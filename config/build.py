@@ -68,10 +68,9 @@ def convert(hint: Any, value: object, path: str) -> Any:
 
 def _convert_tuple(hint: Any, value: object, path: str) -> tuple[Any, ...]:
     (item_hint, _ellipsis) = typing.get_args(hint)
-    if isinstance(value, str) and item_hint is str:
-        # Env vars carry lists as comma-separated strings.
-        return tuple(part.strip() for part in value.split(",") if part.strip())
     if not isinstance(value, list | tuple):
+        # A YAML string where a list belongs is a mistake ("bind_addresses: 127.0.0.1" would
+        # otherwise bind nothing useful); env vars are split by the loader.
         raise SchemaError(f"{path}: expected a list, got {shown(value)}")
     return tuple(convert(item_hint, item, f"{path}[{i}]") for i, item in enumerate(value))
 

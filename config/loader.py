@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import stat
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from config.build import (
     scalar_paths,
     shown,
 )
+from config.network import host_port, is_ip
 from config.schema import Config
 from config.yamlio import YamlError, parse_mapping
 
@@ -41,7 +43,7 @@ IMPLEMENTED_KEYS = frozenset(
         "room.auto_create", "room.empty_timeout", "room.departure_timeout",
         "room.max_participants", "room.enabled_codecs", "room.enable_remote_unmute",
         "room.max_metadata_size", "limit.max_metadata_size", "limit.max_attributes_size",
-        "limit.max_participant_name_length",
+        "limit.max_participant_name_length", "limit.max_connections_per_source",
         "logging.level", "logging.json", "logging.pion_level",
         "limit.signal_message_size_limit", "limit.max_api_request_body_size",
         "limit.max_room_name_length", "limit.max_participant_identity_length",
@@ -267,8 +269,12 @@ def _set_from_env(raw: dict[str, Any], path: str, hint: Any, name: str, value: s
         _set(raw, path, first)
         _set(raw, "rtc.udp_port_end", last)  # a single port overrides a range from the file
         return
+    parsed: object = value
+    if typing.get_origin(hint) is tuple:
+        # Env vars carry lists as comma-separated strings.
+        parsed = [part.strip() for part in value.split(",") if part.strip()]
     try:
-        _set(raw, path, convert(hint, value, name))
+        _set(raw, path, convert(hint, parsed, name))
     except SchemaError as exc:
         raise ConfigError(f"environment variable {exc}") from None
 
@@ -467,6 +473,34 @@ def _validate(config: Config) -> None:
         # LiveKit refuses to start too (``service/server.go``): half a credential protects nothing.
         raise ConfigError("prometheus.username and prometheus.password: set both or neither")
     _validate_choices(config)
+    _validate_addresses(config)
+    _validate_not_negative(config)
+
+
+def _validate_addresses(config: Config) -> None:
+    for index, address in enumerate(config.bind_addresses):
+        if not is_ip(address):
+            raise ConfigError(f"bind_addresses[{index}]: {shown(address)} is not an IP address")
+    if config.rtc.node_ip and not is_ip(config.rtc.node_ip):
+        raise ConfigError(f"rtc.node_ip: {shown(config.rtc.node_ip)} is not an IP address")
+    redis = config.redis
+    named = [("redis.address", redis.address)] if redis.address else []
+    named += [(f"redis.sentinel_addresses[{i}]", a) for i, a in enumerate(redis.sentinel_addresses)]
+    for name, address in named:
+        try:
+            host_port(address)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
+def _validate_not_negative(config: Config) -> None:
+    """Counts, sizes and timeouts below zero mean nothing (LiveKit's are unsigned)."""
+    sections: dict[str, object] = {"room": config.room, "limit": config.limit}
+    for section_name, section in sections.items():
+        for field in dataclasses.fields(section):  # type: ignore[arg-type]
+            value = getattr(section, field.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{section_name}.{field.name}: {value} is negative")
 
 
 def _validate_choices(config: Config) -> None:

@@ -264,6 +264,8 @@ class LimitConfig:
     """Bytes of one signaling message; a bigger one closes that connection."""
     max_api_request_body_size: int = 10 * 1024 * 1024
     """Bytes of a server API request body."""
+    max_connections_per_source: int = 1000
+    """Open HTTP and ICE-TCP connections from one address (ours, not LiveKit's); 0 = no cap."""
 
 
 @dataclass(frozen=True)

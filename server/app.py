@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from importlib import metadata
 from typing import Any
@@ -17,13 +18,15 @@ from server.cluster import NodeLoad, StoreSync, WorkerIdentity, local_node, open
 from server.membership import CLUSTER, Membership, install_cluster
 from server.metrics import MetricsSources
 from server.metrics_http import install_metrics
-from sfu.endpoint import Endpoints
+from sfu.endpoint import Endpoints, media_bind_address
 from sfu.events import EventBus
+from sfu.guard import SourceLimiter
 from sfu.limits import Limits
 from sfu.room import RoomSettings
 from sfu.rooms import RoomManager
 from sfu.rtc_adapter import host_addresses
 from signaling.http import SignalingContext, add_routes
+from signaling.http_guard import GuardedRunner
 from signaling.webhooks import install_webhooks
 
 logger = logging.getLogger(__name__)
@@ -102,10 +105,24 @@ def build_app(
     return app
 
 
+def raise_file_limit() -> None:
+    """Take the hard limit of open files as the soft one: every participant holds sockets and
+    the default soft limit (1024) is reached by a few hundred clients, or by idle
+    connections an attacker opens (LiveKit's docs ask operators to raise it too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning("could not raise the open-file limit from %d: %s", soft, exc)
+
+
 async def run_server(config: Config, worker: WorkerIdentity | None = None) -> None:
     """Serve until SIGINT or SIGTERM, which drain the node; a second signal closes the rooms
     (participants are told SERVER_SHUTDOWN) and exits, a third exits at once."""
     worker = worker or WorkerIdentity()
+    raise_file_limit()
     rtc = config.rtc
     addresses = host_addresses(
         rtc.node_ip, add_loopback=rtc.enable_loopback_candidate or config.development
@@ -118,10 +135,13 @@ async def run_server(config: Config, worker: WorkerIdentity | None = None) -> No
         port_range=(rtc.port_range_start, rtc.port_range_end),
         tcp_port=rtc.tcp_port + worker.index if rtc.tcp_port else 0,
         enabled_codecs=tuple(codec.mime for codec in config.room.enabled_codecs),
+        tcp_limiter=SourceLimiter(config.limit.max_connections_per_source),
+        bind_address=media_bind_address(config.bind_addresses),
     )
     await endpoints.start()
     app = build_app(config, endpoints, worker)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    limiter = SourceLimiter(config.limit.max_connections_per_source)
+    runner = GuardedRunner(app, limiter, handle_signals=False, access_log=None)
     await runner.setup()
     hosts = list(config.bind_addresses) or ["0.0.0.0"]
     signals = SignalWatch()

@@ -22,6 +22,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from config import Config
+from config.network import host_port
 from config.schema import RedisConfig
 from protocol.ids import node_id_for_host
 from routing.bus import LocalBus, MessageBus, RedisBus
@@ -117,13 +118,10 @@ def redis_client(redis: RedisConfig) -> Redis:
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host:
-        return address, 6379
     try:
-        return host, int(port)
-    except ValueError:
-        raise ClusterConfigError(f"redis address {address!r}: port is not a number") from None
+        return host_port(address)
+    except ValueError as exc:
+        raise ClusterConfigError(f"redis address {exc}") from None
 
 
 def local_node(config: Config, worker: WorkerIdentity, advertised_ip: str) -> NodeInfo:

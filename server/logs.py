@@ -7,6 +7,10 @@ import logging
 import sys
 import time
 
+from aiohttp.http_exceptions import HttpProcessingError
+
+from sfu.guard import DROPPED
+
 #: Context fields attached once per object through LoggerAdapters (see ``sfu/participant.py``).
 CONTEXT_FIELDS = ("worker", "room", "roomID", "participant", "pID", "trackID", "transport")
 #: Loggers of the WebRTC libraries follow ``logging.pion_level`` (LiveKit's name for the same).
@@ -64,6 +68,38 @@ class ProcessContext(logging.Filter):
         return True
 
 
+class BadRequestLines(logging.Filter):
+    """aiohttp logs an ERROR with a traceback for every malformed request (an over-long
+    request line or header, garbage instead of HTTP): a flood of them would be a flood of
+    tracebacks. Each is counted (``livekit_connection_dropped_total{reason="bad_http_request"}``)
+    and at most one line per interval says how many there were."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._logged_at = -interval_s
+        self._unlogged = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        DROPPED["bad_http_request"] += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at < self.interval_s:
+            return False
+        detail = str(error.message or type(error).__name__).strip()
+        first_line = detail.splitlines()[0][:120] if detail else type(error).__name__
+        record.msg = "refused %d malformed HTTP request(s); last: %s"
+        record.args = (self._unlogged, first_line)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        self._unlogged = 0
+        self._logged_at = now
+        return True
+
+
 def add_process_context(**fields: str) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(ProcessContext(**fields))
@@ -81,6 +117,9 @@ def setup_logging(*, level: str, json_format: bool, library_level: str) -> None:
     root.setLevel(level_of(level))
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level_of(library_level))
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.filters[:] = [f for f in server_log.filters if not isinstance(f, BadRequestLines)]
+    server_log.addFilter(BadRequestLines())
     # aiohttp logs every request at INFO; keep its access log for debug runs only.
     logging.getLogger("aiohttp.access").setLevel(
         logging.INFO if level_of(level) <= logging.DEBUG else logging.WARNING

@@ -40,6 +40,7 @@ from prometheus_client.core import (
 
 from sfu.counters import NODE_COUNTERS, MediaCounters, MediaTotals
 from sfu.events import EventKind, RoomEvent
+from sfu.guard import DROPPED
 from sfu.ice import MALFORMED
 from sfu.rooms import RoomManager
 
@@ -297,6 +298,13 @@ class NodeCollector:
         yield self._counter("livekit_pli_total", "Keyframe requests (PLI).", plis, *rtcp)
         firs = [(("incoming", ""), totals.firs_in)]
         yield self._counter("livekit_fir_total", "FIRs sent to publishers.", firs, *rtcp)
+        dropped = sorted(((reason,), count) for reason, count in DROPPED.items())
+        yield self._counter(
+            "livekit_connection_dropped_total",
+            "Connections refused or cut off (per-source cap, no request in time, idle).",
+            dropped,
+            "reason",
+        )
         malformed = sorted(((protocol,), count) for protocol, count in MALFORMED.counts.items())
         yield self._counter(
             "livekit_malformed_packet_total",

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 
 from sfu import fanout
+from sfu.guard import SourceLimiter
 from sfu.ice import IceRegistry, TcpIceConnection, UdpMux
 
 logger = logging.getLogger(__name__)
@@ -18,6 +19,15 @@ logger = logging.getLogger(__name__)
 SHARED_SOCKET_BUFFER = 8 * 1024 * 1024
 #: SO_RCVBUFFORCE / SO_SNDBUFFORCE (Linux): exceed net.core.[rw]mem_max with CAP_NET_ADMIN.
 _FORCE = {socket.SO_RCVBUF: 33, socket.SO_SNDBUF: 32}
+
+
+def media_bind_address(bind_addresses: tuple[str, ...]) -> str:
+    """Where media sockets listen: the one HTTP ``bind_addresses`` entry when exactly one IPv4
+    address is set (a server bound to 127.0.0.1 must not take media from the network), else
+    every interface, as LiveKit's UDP mux does; ``rtc.node_ip`` says what is advertised."""
+    if len(bind_addresses) == 1 and ":" not in bind_addresses[0]:
+        return bind_addresses[0]
+    return "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,8 @@ class Endpoints:
         port_range: tuple[int, int],
         tcp_port: int,
         enabled_codecs: tuple[str, ...] = (),
+        tcp_limiter: SourceLimiter | None = None,
+        bind_address: str = "0.0.0.0",
     ) -> None:
         self.registry = IceRegistry()
         self.addresses = addresses
@@ -78,6 +90,9 @@ class Endpoints:
         self._port_range = port_range
         self._tcp_port = tcp_port
         self._codecs = enabled_codecs
+        self._tcp_limiter = tcp_limiter
+        self._bind_address = bind_address
+        """Where the media sockets listen (``sfu/endpoint.py media_bind_address``)."""
         self._shared: Endpoint | None = None
         self._tcp_server: asyncio.Server | None = None
 
@@ -86,7 +101,9 @@ class Endpoints:
         self.registry.start()
         if self._tcp_port:
             self._tcp_server = await loop.create_server(
-                lambda: TcpIceConnection(self.registry), "0.0.0.0", self._tcp_port
+                lambda: TcpIceConnection(self.registry, self._tcp_limiter),
+                self._bind_address,
+                self._tcp_port,
             )
         if self._udp_port:
             self._shared = await self._bind([self._udp_port], dedicated=False)
@@ -108,7 +125,7 @@ class Endpoints:
         for port in ports:
             try:
                 transport, mux = await loop.create_datagram_endpoint(
-                    lambda: UdpMux(self.registry), local_addr=("0.0.0.0", port)
+                    lambda: UdpMux(self.registry), local_addr=(self._bind_address, port)
                 )
             except OSError:
                 continue

@@ -20,6 +20,8 @@ from typing import Protocol, cast
 
 from aioice import stun
 
+from sfu.guard import DROPPED, FIRST_REQUEST_TIMEOUT_S, ICE_TCP_IDLE_TIMEOUT_S, SourceLimiter
+
 try:  # the optional C accelerator (sfu/_fastsend.c); without it, one sendto per datagram
     from sfu import _fastsend
 except ImportError:  # pragma: no cover - depends on the build
@@ -371,21 +373,58 @@ class UdpMux(asyncio.DatagramProtocol):
 
 
 class TcpIceConnection(asyncio.Protocol):
-    """One passive ICE-TCP connection (RFC 6544), packets framed as in RFC 4571."""
+    """One passive ICE-TCP connection (RFC 6544), packets framed as in RFC 4571.
 
-    def __init__(self, registry: IceRegistry) -> None:
+    Closed when it has not been authenticated by a binding request for one of our sessions
+    within :data:`FIRST_REQUEST_TIMEOUT_S`, or stays silent for :data:`ICE_TCP_IDLE_TIMEOUT_S`
+    (a connection holding a partial frame is silent too); refused over the per-source cap.
+    """
+
+    def __init__(self, registry: IceRegistry, limiter: SourceLimiter | None = None) -> None:
         self.registry = registry
         self.session: IceSession | None = None
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._peer: Address = ("0.0.0.0", 0)
+        self._limiter = limiter
+        self._admitted = False
+        self._authenticated = False
+        """A binding request for one of our sessions arrived (nominated or not)."""
+        self._last_data = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = (str(peer[0]), int(peer[1])) if peer else ("0.0.0.0", 0)
+        if self._limiter is not None:
+            if not self._limiter.admit(self._peer[0]):
+                self._transport.abort()
+                return
+            self._admitted = True
+        loop = asyncio.get_running_loop()
+        self._last_data = loop.time()
+        self._timer = loop.call_later(FIRST_REQUEST_TIMEOUT_S, self._check_alive)
+
+    def _check_alive(self) -> None:
+        self._timer = None
+        if self._transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._authenticated:
+            DROPPED["first_request_timeout"] += 1
+            self._transport.abort()
+            return
+        silent = loop.time() - self._last_data
+        if silent >= ICE_TCP_IDLE_TIMEOUT_S:
+            DROPPED["idle_timeout"] += 1
+            self._transport.abort()
+            return
+        self._timer = loop.call_later(ICE_TCP_IDLE_TIMEOUT_S - silent, self._check_alive)
 
     def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._last_data = asyncio.get_running_loop().time()
         self._buffer += data
         while len(self._buffer) >= 2:
             (length,) = struct.unpack_from("!H", self._buffer)
@@ -403,6 +442,7 @@ class TcpIceConnection(asyncio.Protocol):
         if frame[0] < 4:
             response = self.registry.handle_stun(frame, self._peer, self)
             if response is not None:
+                self._authenticated = True
                 self.send(response)
         elif self.session is not None:
             self.session.receive(frame)
@@ -423,3 +463,9 @@ class TcpIceConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._admitted and self._limiter is not None:
+            self._admitted = False
+            self._limiter.release(self._peer[0])

@@ -57,6 +57,10 @@ def admin_room(rooms: RoomManager, claims: Claims, name: str) -> Room:
     return found
 
 
+#: Room names one ListRooms may ask for (a request naming millions blocked the loop).
+MAX_LISTED_ROOMS = 1000
+
+
 class RoomService:
     """The handlers, each one LiveKit RoomService method, acting on this node's rooms."""
 
@@ -154,6 +158,8 @@ class RoomService:
     async def list_rooms(self, claims: Claims, request: room.ListRoomsRequest) -> Message:
         if not claims.video.room_list:
             raise permission_denied()
+        if len(request.names) > MAX_LISTED_ROOMS:
+            raise TwirpError("invalid_argument", f"more than {MAX_LISTED_ROOMS} room names")
         names = set(request.names)
         listed = {r.name: r.to_proto() for r in self.rooms.rooms.values()}
         if self._cluster_rooms is not None:

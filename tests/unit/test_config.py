@@ -445,3 +445,31 @@ def test_sample_config_shows_every_key() -> None:
             continue  # derived from a "N-M" udp_port, not a key
         leaf = path.rsplit(".", 1)[-1]
         assert re.search(rf"^\s*#?\s*{leaf}:", text, re.MULTILINE), path
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ("redis:\n  address: 'a:b:c:d'\n", "redis.address"),
+        ("redis:\n  address: 'host:notaport'\n", "redis.address"),
+        (
+            "redis:\n  sentinel_addresses: ['ok:26379', 'bad:99999']\n",
+            "redis.sentinel_addresses[1]",
+        ),
+        ("bind_addresses: [999.1.1.1]\n", "bind_addresses[0]"),
+        ("bind_addresses: 127.0.0.1\n", "bind_addresses: expected a list"),
+        ("rtc:\n  node_ip: not-an-ip\n", "rtc.node_ip"),
+        ("room:\n  empty_timeout: -5\n", "room.empty_timeout: -5 is negative"),
+        ("limit:\n  max_metadata_size: -1\n", "limit.max_metadata_size"),
+    ],
+)
+def test_bad_addresses_and_negative_values_name_their_key(body: str, named: str) -> None:
+    assert named in _error(KEYS + body)
+
+
+def test_addresses_that_are_fine() -> None:
+    config = _load(
+        KEYS + "bind_addresses: [127.0.0.1, '::1']\nrtc:\n  node_ip: 10.0.0.1\n"
+        "redis:\n  address: '[::1]:6380'\n"
+    ).config
+    assert config.bind_addresses == ("127.0.0.1", "::1")

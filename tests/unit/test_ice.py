@@ -9,6 +9,7 @@ import struct
 import pytest
 from aioice import stun
 
+from sfu.endpoint import media_bind_address
 from sfu.ice import CONSENT_TIMEOUT_S, MALFORMED, IceRegistry, IceState, TcpIceConnection
 
 
@@ -141,3 +142,10 @@ def test_malformed_stun_is_counted_and_logged_once_per_interval(
     connection = TcpIceConnection(registry)
     connection.data_received(struct.pack("!H", len(bad)) + bad)
     assert MALFORMED.counts["stun"] == before + 101
+
+
+def test_media_sockets_follow_a_single_bind_address() -> None:
+    assert media_bind_address(("127.0.0.1",)) == "127.0.0.1"
+    assert media_bind_address(()) == "0.0.0.0"
+    assert media_bind_address(("10.0.0.1", "127.0.0.1")) == "0.0.0.0"
+    assert media_bind_address(("::1",)) == "0.0.0.0"

@@ -3,7 +3,10 @@ from __future__ import annotations
 import json
 import logging
 
-from server.logs import ConsoleFormatter, JsonFormatter
+from aiohttp.http_exceptions import LineTooLong
+
+from server.logs import BadRequestLines, ConsoleFormatter, JsonFormatter
+from sfu.guard import DROPPED
 
 
 def _record(**context: str) -> logging.LogRecord:
@@ -41,3 +44,23 @@ def test_adapter_context_reaches_the_record() -> None:
     logger.setLevel(logging.INFO)
     logging.LoggerAdapter(logger, {"room": "r9"}).info("hello")
     assert json.loads(JsonFormatter().format(records[0]))["room"] == "r9"
+
+
+def test_malformed_http_requests_are_one_counted_line_not_tracebacks() -> None:
+    flood = BadRequestLines(interval_s=60.0)
+    before = DROPPED["bad_http_request"]
+    kept = []
+    for _ in range(50):
+        error = LineTooLong("a" * 10000, "8190")
+        record = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (),
+            (type(error), error, None),
+        )  # fmt: skip
+        if flood.filter(record):
+            kept.append(record)
+    assert DROPPED["bad_http_request"] == before + 50
+    (line,) = kept
+    assert line.levelno == logging.WARNING and line.exc_info is None
+    assert "\n" not in line.getMessage() and "malformed HTTP" in line.getMessage()
+    other = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "boom", (), None)
+    assert flood.filter(other), "other errors pass untouched"
