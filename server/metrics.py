@@ -20,6 +20,7 @@ alerts written for LiveKit working (``rate()`` does not look at the type).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import time
@@ -224,6 +225,11 @@ class NodeCollector:
         yield from self._media(self._sources.media.snapshot())
         yield from self._events()
         yield from self._api()
+        yield self._gauge(
+            "livekit_asyncio_tasks",
+            "asyncio tasks of this process (a count that only grows is a leak).",
+            [((), _task_count())],
+        )
 
     def _labels(self, *names: str) -> list[str]:
         return ["node_id", "node_type", *names]
@@ -385,3 +391,10 @@ def create_registry(
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped outside the event loop (unit tests)
+        return 0

@@ -44,6 +44,10 @@ class ServerProcess:
     log_path: Path
     tcp_port: int = 0
     """The ICE-TCP port the harness chose."""
+    udp_port: int = 0
+    """The shared media UDP port, when the harness or the test chose it."""
+    metrics_port: int = 0
+    """The Prometheus port, when the test's configuration set one."""
 
     @property
     def ws_url(self) -> str:
@@ -101,12 +105,13 @@ def start_server(
     # Several servers run at once: each gets its own media ports.
     tcp_port = free_port()
     env["LIVEKIT_RTC_TCP_PORT"] = str(tcp_port)
-    if udp_port:
-        env["UDP_PORT"] = str(free_udp_port())
+    chosen_udp = free_udp_port() if udp_port else 0
+    if chosen_udp:
+        env["UDP_PORT"] = str(chosen_udp)
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(proc, port, log_path, tcp_port)
+    server = ServerProcess(proc, port, log_path, tcp_port, chosen_udp)
     wait_until_serving(server)
     if "--workers" in args:
         wait_for_workers(server, int(args[args.index("--workers") + 1]))
