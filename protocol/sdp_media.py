@@ -276,6 +276,8 @@ def offer_media_section(track: OutgoingTrack, params: TransportParams) -> MediaS
         section = MediaSection(
             track.kind, 0, "UDP/TLS/RTP/SAVPF", [str(track.codecs[0].payload_type)]
         )
+        # With its rtpmap: aiortc refuses a section whose payload type has none.
+        section.attributes = codec_attributes(track.codecs[:1])
         return rejected_section(section, track.mid, params)
     section = MediaSection(
         kind=track.kind,

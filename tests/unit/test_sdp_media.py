@@ -85,6 +85,21 @@ def test_subscriber_offer_with_tracks() -> None:
     assert sdp.serialize(offer) == text
 
 
+def test_unsubscribed_section_keeps_the_rtpmap_of_its_format() -> None:
+    # aiortc 1.16 refuses a re-offer whose port-0 section names a payload type without its
+    # rtpmap ("Failed to set remote audio description send parameters"); browsers keep it.
+    opus = sdp_media.offered_codecs(AUDIO)[0]
+    stopped = sdp_media.OutgoingTrack(
+        "audio", "1", (opus,), (), "PA_pub|TR_a", "TR_a", ssrc=1111, stopped=True
+    )
+    offer = sdp.parse(
+        sdp_media.subscriber_offer((stopped,), PARAMS, session_id=1, version=5, address="x")
+    )
+    section = offer.media[1]
+    assert section.rejected and section.formats == ["111"]
+    assert section.values("rtpmap") == ["111 opus/48000/2"]
+
+
 AUDIO_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 
