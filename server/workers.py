@@ -106,7 +106,10 @@ class Supervisor:
             args += ["--worker-broker", self._broker_path]
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it once.
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server.cli", *args, start_new_session=True
+            # -P: the working directory is not put first on sys.path, so a worker imports the
+            # installed package (with its C fan-out), not a checkout or a user's own
+            # "server"/"config" folder in the directory the supervisor was started from.
+            sys.executable, "-P", "-m", "server.cli", *args, start_new_session=True
         )
 
 

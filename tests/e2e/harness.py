@@ -87,6 +87,7 @@ def start_server(
     node_ip: bool = True,
     udp_port: bool = True,
     extra_env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> ServerProcess:
     """Start the server with ``config_yaml`` plus our test key, and wait until it serves."""
     port = port or free_port()
@@ -110,7 +111,7 @@ def start_server(
         env["UDP_PORT"] = str(chosen_udp)
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     server = ServerProcess(proc, port, log_path, tcp_port, chosen_udp)
     wait_until_serving(server)
     if "--workers" in args:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -90,3 +91,19 @@ async def test_workers_drain_and_exit_on_sigterm(start: Callable[..., ServerProc
         assert not disconnected.items
         assert participant.connection_state == rtc.ConnectionState.CONN_CONNECTED
     assert await asyncio.to_thread(server.proc.wait, 15) == 0
+
+
+async def test_workers_import_the_installed_package_not_the_working_directory(
+    start: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # A user's project may have its own "server" or "sfu" package; started from there (or from
+    # a checkout), workers must still run the installed server.
+    for decoy in ("server", "sfu", "config"):
+        (tmp_path / decoy).mkdir()
+        (tmp_path / decoy / "__init__.py").write_text(f'raise ImportError("decoy {decoy}")\n')
+    server = start(args=("--workers", "2"), cwd=tmp_path)
+    logs = server.logs()
+    assert "decoy" not in logs
+    assert logs.count("registered (SERVING)") == 2
+    async with joined(server, "someone", "decoys") as room:
+        assert room.local_participant.sid.startswith("PA_")
