@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 from importlib import metadata
 from typing import Any
 
@@ -105,6 +106,20 @@ def build_app(
     return app
 
 
+def _listening_socket(host: str, port: int, shared: bool) -> socket.socket:
+    """A TCP socket bound and listening on ``host:port`` (``SO_REUSEPORT`` when workers share
+    the port); OSError naming the port when it is taken."""
+    try:
+        return socket.create_server(
+            (host, port),
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            backlog=1024,
+            reuse_port=shared,
+        )
+    except OSError as exc:
+        raise OSError(f"HTTP port {port} on {host}: {exc.strerror}") from None
+
+
 def raise_file_limit() -> None:
     """Take the hard limit of open files as the soft one: every participant holds sockets and
     the default soft limit (1024) is reached by a few hundred clients, or by idle
@@ -139,16 +154,22 @@ async def run_server(config: Config, worker: WorkerIdentity | None = None) -> No
         bind_address=media_bind_address(config.bind_addresses),
     )
     await endpoints.start()
+    hosts = list(config.bind_addresses) or ["0.0.0.0"]
+    try:
+        # Bound before the node registers as SERVING (on the app's startup): a node that
+        # cannot take its HTTP port must never be offered rooms.
+        sockets = [_listening_socket(host, config.port, worker.count > 1) for host in hosts]
+    except OSError:
+        await endpoints.stop()
+        raise
     app = build_app(config, endpoints, worker)
     limiter = SourceLimiter(config.limit.max_connections_per_source)
     runner = GuardedRunner(app, limiter, handle_signals=False, access_log=None)
     await runner.setup()
-    hosts = list(config.bind_addresses) or ["0.0.0.0"]
     signals = SignalWatch()
     try:
-        for host in hosts:
-            site = web.TCPSite(runner, host, config.port, reuse_port=worker.count > 1)
-            await site.start()
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         logger.info(
             "livekit-py-server %s listening on %s port %d",
             server_version(),

@@ -11,20 +11,37 @@ from collections.abc import Sequence
 
 from config import CliOverrides, Config, ConfigError, LoadedConfig, load_config
 from server import tools
-from server.app import run_server
+from server.app import run_server, server_version
 from server.cluster import WorkerIdentity
 from server.logs import add_process_context, setup_logging
-from server.workers import Supervisor, default_worker_count, strip_worker_flags
+from server.ports import PortInUseError, check_ports
+from server.workers import (
+    EXIT_STARTUP_FAILED,
+    Supervisor,
+    default_worker_count,
+    strip_worker_flags,
+)
 
 # Named, not __name__: workers run this module as __main__ (python -m server.cli).
 logger = logging.getLogger("server.cli")
+
+COMMANDS = """commands (server flags such as --config, --keys or --dev may come before or after):
+  (none)              run the server
+  generate-keys       print a new API key and secret
+  create-join-token   print a join token: --room ROOM --identity IDENTITY [--recorder]
+  load-test           run lk load-test's load against a LiveKit-compatible server
+                      (livekit-py-server load-test --help)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livekit-py-server",
         description="A LiveKit-compatible WebRTC SFU. Flags win over env, env over the config.",
+        epilog=COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {server_version()}")
     parser.add_argument("--config", help="path to a YAML config file")
     parser.add_argument(
         "--config-body", help="YAML config as a string (env LIVEKIT_CONFIG); wins over --config"
@@ -52,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=int,
-        help="worker processes, one node each, sharing the HTTP port (default: CPU count; "
-        "1 runs a single process)",
+        help="worker processes, one node each, sharing the HTTP port (default: one per CPU, "
+        "one with --dev; 1 runs a single process)",
     )
     # Set by the supervisor for each worker it starts.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
@@ -83,11 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     if command == "generate-keys":
+        tools.generate_keys_parser().parse_args(command_args)  # --help, or refuse extra words
         return tools.generate_keys()
     if command == "load-test":
         from server.loadtest.cli import main as load_test  # not needed to run the server
 
         return load_test(command_args)
+    token_args = None
+    if command == "create-join-token":
+        # Its own flags, and server flags written after it ("create-join-token --dev").
+        token_args, extra = tools.join_token_parser().parse_known_args(command_args)
+        server_args = [*server_args, *extra]
     args = build_parser().parse_args(server_args)
     if args.workers is not None and args.workers < 1:
         print("livekit-py-server: --workers must be at least 1", file=sys.stderr)
@@ -97,18 +120,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"livekit-py-server: config error: {exc}", file=sys.stderr)
         return 2
-    if command == "create-join-token":
-        return tools.create_join_token(
-            tools.join_token_parser().parse_args(command_args), loaded.config
-        )
+    if token_args is not None:
+        return tools.create_join_token(token_args, loaded.config)
     config = loaded.config
     setup_logging(
         level=config.logging.level,
         json_format=config.logging.json,
         library_level=config.logging.pion_level,
     )
-    _announce(loaded)
-    count = args.workers if args.workers is not None else default_worker_count()
+    if args.worker_index is None:
+        _announce(loaded)  # once, not once per worker
+    count = _worker_count(args, config)
+    if args.worker_index is None:
+        try:
+            check_ports(config, count)
+        except PortInUseError as exc:
+            print(f"livekit-py-server: {exc}", file=sys.stderr)
+            return 1
     if args.worker_index is None and count > 1:
         return _supervise(server_args, config, count)
     worker = WorkerIdentity(
@@ -125,12 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runner(run_server(config, worker))
     except OSError as exc:
-        # Typically a port already in use: one line, not a traceback.
+        # Typically a port already in use: one line, not a traceback. A worker says it failed
+        # to start, so the supervisor does not start it again and again.
         print(f"livekit-py-server: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_STARTUP_FAILED if args.worker_index is not None else 1
     except KeyboardInterrupt:
         return 130  # interrupted before the signal handlers were installed
     return 0
+
+
+def _worker_count(args: argparse.Namespace, config: Config) -> int:
+    """--workers, else one process in development mode (as LiveKit's --dev), else one per
+    CPU."""
+    if args.workers is not None:
+        return int(args.workers)
+    return 1 if config.development else default_worker_count()
 
 
 def _supervise(server_args: Sequence[str], config: Config, count: int) -> int:
@@ -145,12 +182,16 @@ def _supervise(server_args: Sequence[str], config: Config, count: int) -> int:
 def _announce(loaded: LoadedConfig) -> None:
     for warning in loaded.warnings:
         logger.warning("%s", warning)
+    config = loaded.config
     if loaded.dev_placeholder_keys:
         # LiveKit prints the placeholder pair so developers can mint tokens at once.
-        for key, secret in loaded.config.keys.items():
+        for key, secret in config.keys.items():
             logger.info(
                 "no keys provided, using placeholder keys: API key %s, secret %s", key, secret
             )
+    hosts = [h for h in config.bind_addresses if h not in ("0.0.0.0", "::")] or ["127.0.0.1"]
+    host = f"[{hosts[0]}]" if ":" in hosts[0] else hosts[0]
+    logger.info("clients connect to ws://%s:%d", host, config.port)
 
 
 if __name__ == "__main__":

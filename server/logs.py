@@ -117,6 +117,8 @@ def setup_logging(*, level: str, json_format: bool, library_level: str) -> None:
     root.setLevel(level_of(level))
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level_of(library_level))
+    # asyncio's only DEBUG line is which selector it uses: noise in --dev.
+    logging.getLogger("asyncio").setLevel(max(logging.INFO, level_of(level)))
     server_log = logging.getLogger("aiohttp.server")
     server_log.filters[:] = [f for f in server_log.filters if not isinstance(f, BadRequestLines)]
     server_log.addFilter(BadRequestLines())

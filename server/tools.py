@@ -15,6 +15,13 @@ _ALPHABET = string.ascii_letters + string.digits
 JOIN_TOKEN_TTL_S = 24 * 3600
 
 
+def generate_keys_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="livekit-py-server generate-keys",
+        description="Print a new API key and secret for the keys section of the config.",
+    )
+
+
 def generate_keys() -> int:
     """Print a new API key and a 32-character secret (LiveKit's ``generate-keys``)."""
     key = "API" + "".join(secrets.choice(_ALPHABET) for _ in range(12))

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 #: A worker that keeps dying is given up on after this many restarts within a minute.
 MAX_RESTARTS_PER_MINUTE = 5
+#: A worker's exit status when it could not start (a port taken since the supervisor checked,
+#: Redis unreachable): starting it again would fail the same way.
+EXIT_STARTUP_FAILED = 3
 RESTART_DELAY_S = 1.0
 
 
@@ -88,6 +91,10 @@ class Supervisor:
                 # Killed by the SIGTERM we forwarded before it could install its handlers
                 # (still starting up): that is the stop we asked for.
                 return 0 if code == -signal.SIGTERM else code
+            if code == EXIT_STARTUP_FAILED:
+                logger.error("worker %d could not start; stopping the others", index)
+                self._on_signal()
+                return code
             logger.error("worker %d exited with %d; starting it again", index, code)
             recent = [t for t in self._restarts.get(index, []) if time.monotonic() - t < 60]
             if len(recent) >= MAX_RESTARTS_PER_MINUTE:
@@ -109,7 +116,12 @@ class Supervisor:
             # -P: the working directory is not put first on sys.path, so a worker imports the
             # installed package (with its C fan-out), not a checkout or a user's own
             # "server"/"config" folder in the directory the supervisor was started from.
-            sys.executable, "-P", "-m", "server.cli", *args, start_new_session=True
+            sys.executable,
+            "-P",
+            "-m",
+            "server.cli",
+            *args,
+            start_new_session=True,
         )
 
 

@@ -128,9 +128,10 @@ class TwirpServer:
             code = exc.code
             response = _error_response(exc)
         except HttpError as exc:
-            # Refused before Twirp (bad token), still counted.
-            self.stats[(service_name, method_name, exc.status, "unauthenticated")] += 1
-            raise
+            # A bad token: answered as a Twirp error too, so every SDK shows its message
+            # (livekit-api showed an empty one for a plain-text body).
+            code = "unauthenticated"
+            response = _error_response(TwirpError(code, exc.reason))
         self.stats[(service_name, method_name, response.status, code)] += 1
         logger.debug(
             "twirp %s/%s -> %d %s (%.1f ms)",

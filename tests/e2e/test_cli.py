@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import SERVER_SCRIPT, ServerProcess, free_port, start_server
+from tests.e2e.harness import (
+    SERVER_SCRIPT,
+    ServerProcess,
+    free_port,
+    start_server,
+    wait_until_serving,
+)
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -122,3 +129,71 @@ def test_unreachable_redis_is_one_clear_line() -> None:
 def test_workers_must_be_positive() -> None:
     line = _one_line_error(_run("--dev", "--workers", "0"))
     assert "--workers must be at least 1" in line
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_in_use_is_one_line_and_exit_1(workers: str) -> None:
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        env = {"LIVEKIT_RTC_TCP_PORT": str(free_port()), "UDP_PORT": "0"}
+        result = subprocess.run(
+            [SERVER_SCRIPT, "--port", str(port), "--workers", workers, "--keys", "k: " + "s" * 32],
+            capture_output=True, text=True, timeout=30, env={**os.environ, **env},
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"livekit-py-server: HTTP port {port} on 0.0.0.0 is already in use (another server "
+        "running? choose another port or stop it)"
+    )
+    assert "SERVING" not in result.stderr, "nothing registers before its ports are bound"
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3
+
+
+def test_help_lists_the_subcommands_and_version_is_printed() -> None:
+    helped = subprocess.run([SERVER_SCRIPT, "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0
+    for command in ("generate-keys", "create-join-token", "load-test"):
+        assert command in helped.stdout
+    version = subprocess.run([SERVER_SCRIPT, "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("livekit-py-server ")
+    keys_help = subprocess.run(
+        [SERVER_SCRIPT, "generate-keys", "--help"], capture_output=True, text=True
+    )
+    assert keys_help.returncode == 0 and "usage:" in keys_help.stdout
+    assert "API Secret" not in keys_help.stdout, "help, not a key pair"
+
+
+def test_global_flags_after_a_subcommand() -> None:
+    result = subprocess.run(
+        [SERVER_SCRIPT, "create-join-token", "--room", "r", "--identity", "i", "--dev"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(".") == 2, "a JWT"
+
+
+def test_dev_mode_is_one_process_announced_once(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "dev.log"
+    env = {**os.environ, "LIVEKIT_RTC_TCP_PORT": str(free_port()), "UDP_PORT": str(free_port())}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [SERVER_SCRIPT, "--dev", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
+    server = ServerProcess(proc, port, log)
+    try:
+        wait_until_serving(server)
+    finally:
+        assert server.stop() == 0
+    text = log.read_text()
+    assert text.count(f"clients connect to ws://127.0.0.1:{port}") == 1
+    assert text.count("placeholder keys: API key devkey, secret secret") == 1
+    assert "starting" not in text and "worker=" not in text, "one process"
+    assert "Using selector" not in text

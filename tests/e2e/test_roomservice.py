@@ -144,7 +144,8 @@ async def test_every_method_needs_its_grant(server: ServerProcess) -> None:
 async def test_bad_token_is_refused_before_twirp(server: ServerProcess) -> None:
     async with server_api(server, grant_token(secret="x" * 40, room_list=True)) as lk:
         error = await refused(lk.room.list_rooms(api.ListRoomsRequest()))
-    assert error.status == 401
+    assert (error.status, error.code) == (401, "unauthenticated")
+    assert error.message.startswith("invalid authorization token"), "never an empty message"
     async with aiohttp.ClientSession() as http:
         url = f"{server.http_url}/twirp/livekit.RoomService/ListRooms"
         headers = {"Authorization": "Bearer not-a-jwt", "Content-Type": "application/json"}
