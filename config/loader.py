@@ -108,7 +108,7 @@ _NOT_GENERATED = {
 #: Schema fields that are not keys of their own (``udp_port_end`` comes from a "N-M" udp_port).
 _DERIVED = {"rtc.udp_port_end"}
 _UDP_RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")
-_LEVELS = {"debug", "info", "warn", "warning", "error"}
+_LEVELS = {"trace", "debug", "info", "warn", "warning", "error"}
 # "random" is LiveKit's deprecated spelling of "any"; LiveKit configs still use it.
 _SELECTORS = {"any", "sysload", "cpuload", "regionaware", "random"}
 DEV_KEYS = {"devkey": "secret"}
@@ -509,7 +509,9 @@ def _validate_choices(config: Config) -> None:
         "logging.pion_level": config.logging.pion_level,
     }.items():
         if level.lower() not in _LEVELS:
-            raise ConfigError(f"{name}: unknown level {shown(level)} (debug, info, warn or error)")
+            raise ConfigError(
+                f"{name}: unknown level {shown(level)} (trace, debug, info, warn or error)"
+            )
     if config.node_selector.kind.lower() not in _SELECTORS:
         raise ConfigError(
             f"node_selector.kind: unknown kind {shown(config.node_selector.kind)}"

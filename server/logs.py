@@ -15,7 +15,10 @@ from sfu.guard import DROPPED
 CONTEXT_FIELDS = ("worker", "room", "roomID", "participant", "pID", "trackID", "transport")
 #: Loggers of the WebRTC libraries follow ``logging.pion_level`` (LiveKit's name for the same).
 LIBRARY_LOGGERS = ("aiortc", "aioice", "pylibsrtp")
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
 _LEVELS = {
+    "trace": TRACE,
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warn": logging.WARNING,

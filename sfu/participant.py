@@ -23,6 +23,9 @@ from sfu.transport import PublisherTransport, SubscriberTransport
 
 logger = logging.getLogger(__name__)
 
+#: Below DEBUG: whole SDPs (about 1,000 lines for two participants in 2 s), off by default even
+#: in --dev; ``logging.level: trace`` turns them on.
+TRACE = 5
 _RELIABLE_LABEL = "_reliable"
 _LOSSY_LABEL = "_lossy"
 
@@ -195,9 +198,9 @@ class Participant:
     # --- signal requests -------------------------------------------------------------------
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
-        self.log.debug("publisher offer:\n%s", offer.sdp)
+        self.log.log(TRACE, "publisher offer:\n%s", offer.sdp)
         sdp = await self.publisher.handle_offer(offer.sdp, self.tracks.preferred_codecs())
-        self.log.debug("publisher answer:\n%s", sdp)
+        self.log.log(TRACE, "publisher answer:\n%s", sdp)
         answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
         self.send(rtc.SignalResponse(answer=answer))
         self._trickle(self.publisher.pc, rtc.SignalTarget.PUBLISHER)
@@ -300,7 +303,7 @@ class Participant:
             self.subscriber.negotiate()
 
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
-        self.log.debug("subscriber answer:\n%s", answer.sdp)
+        self.log.log(TRACE, "subscriber answer:\n%s", answer.sdp)
         await self.subscriber.handle_answer(answer.sdp)
 
     async def handle_trickle(self, trickle: rtc.TrickleRequest, init: dict[str, object]) -> None:

@@ -81,6 +81,8 @@ async def test_dev_mode_from_the_readme(start: Start) -> None:
     finally:
         await participant.disconnect()
     assert "devkey" in server.logs() and "secret" in server.logs()
+    # --dev logs at debug, but whole SDPs only at trace (a thousand lines per two joins).
+    assert "a=ice-pwd" not in server.logs()
 
 
 async def test_shutdown_tells_participants(start: Start) -> None:
