@@ -78,6 +78,7 @@ class Room:
             creation_time_ms=int(self.created_at * 1000),
             metadata=self.metadata,
             num_participants=len(visible),
+            num_publishers=sum(1 for p in visible if p.tracks.published),
             version=models.TimedVersion(unix_micro=int(time.time() * 1e6), ticks=self._version),
         )
 

@@ -17,6 +17,7 @@ from multidict import CIMultiDict, MultiDict
 from config import Config
 from protocol.ids import PARTICIPANT_PREFIX, new_id
 from protocol.token import Claims, refresh_token
+from routing.node import NodeState
 from routing.router import Router, RoutingError
 from routing.store import STORE_ERRORS
 from sfu.endpoint import Endpoints
@@ -96,7 +97,13 @@ async def cors_and_errors(
 
 
 async def health(request: web.Request) -> web.Response:
-    if not request.app[CONTEXT].router.healthy(time.monotonic()):
+    """200 OK while serving; 406 Not Ready when the node's stats are stale (LiveKit); 503
+    while draining, so a load balancer sends new sessions elsewhere (existing rooms carry on
+    and their participants stay connected: their WebSockets are already open)."""
+    router = request.app[CONTEXT].router
+    if router.node.state is NodeState.SHUTTING_DOWN:
+        return web.Response(status=503, text="Draining")
+    if not router.healthy(time.monotonic()):
         return web.Response(status=406, text="Not Ready")
     return web.Response(text="OK")
 

@@ -94,6 +94,10 @@ async def test_shutdown_tells_participants(start: Start) -> None:
         await asyncio.sleep(1.0)
         assert not disconnected.items
         assert server.proc.poll() is None
+        # A load balancer stops sending new sessions here; the existing one carries on.
+        async with aiohttp.ClientSession() as http, http.get(server.http_url + "/") as health:
+            assert (health.status, await health.text()) == (503, "Draining")
+        assert participant.connection_state == rtc.ConnectionState.CONN_CONNECTED
         server.proc.terminate()  # the second signal closes the rooms now
         reason = await disconnected.wait_for()
         assert reason == rtc.DisconnectReason.SERVER_SHUTDOWN

@@ -482,3 +482,21 @@ async def test_oversized_request_body_is_refused(start: Callable[..., ServerProc
         assert error.code == "resource_exhausted"
         rooms = await lk.room.list_rooms(api.ListRoomsRequest())
         assert "api-big" not in {r.name for r in rooms.rooms}
+
+
+async def test_list_rooms_counts_participants_and_publishers(server: ServerProcess) -> None:
+    async with (
+        joined(server, "talker", "counted") as talker,
+        joined(server, "quiet", "counted"),
+        server_api(server) as lk,
+    ):
+        listed = await lk.room.list_rooms(api.ListRoomsRequest(names=["counted"]))
+        (room,) = listed.rooms
+        assert (room.num_participants, room.num_publishers) == (2, 0)
+        async with publishing_tone(talker):
+            for _ in range(50):
+                listed = await lk.room.list_rooms(api.ListRoomsRequest(names=["counted"]))
+                if listed.rooms[0].num_publishers == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert (listed.rooms[0].num_participants, listed.rooms[0].num_publishers) == (2, 1)
