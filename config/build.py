@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -42,6 +43,27 @@ def build(cls: type[T], raw: object, path: str = "") -> T:
             raise SchemaError(f'unknown config key "{dotted}"')
         values[key] = convert(hints[key], value, dotted)
     return cls(**values)
+
+
+def unknown_keys(cls: type, raw: object, path: str = "") -> list[str]:
+    """Every key of ``raw`` the schema lacks, each with a "did you mean" when a sibling is
+    close, so a config with several typos is fixed in one go."""
+    if not isinstance(raw, Mapping):
+        return []
+    hints = field_types(cls)
+    found: list[str] = []
+    for key, value in raw.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        hint = hints.get(key)
+        if hint is None:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            suggestion = (
+                f' (did you mean "{path + "." if path else ""}{close[0]}"?)' if close else ""
+            )
+            found.append(f'"{dotted}"{suggestion}')
+        elif dataclasses.is_dataclass(hint) and isinstance(hint, type):
+            found += unknown_keys(hint, value, dotted)
+    return found
 
 
 def convert(hint: Any, value: object, path: str) -> Any:

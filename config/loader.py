@@ -6,6 +6,8 @@ and validation. Every problem is a one-line :class:`ConfigError`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import logging
 import os
 import re
@@ -26,6 +28,7 @@ from config.build import (
     leaf_paths,
     scalar_paths,
     shown,
+    unknown_keys,
 )
 from config.network import host_port, is_ip
 from config.schema import Config
@@ -165,6 +168,11 @@ def load_config(cli: CliOverrides, env: Mapping[str, str]) -> LoadedConfig:
     user_set = set(leaf_paths(raw))
     warnings = [_not_implemented(path) for path in sorted(user_set) if _livekit_only(path)]
     _strip_livekit_only(raw)
+    unknown = unknown_keys(Config, raw)
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        raise ConfigError(f"unknown config key{plural} " + ", ".join(unknown))
+    warnings += _unknown_env_warnings(env)
     try:
         config = build(Config, raw)
     except SchemaError as exc:
@@ -173,7 +181,9 @@ def load_config(cli: CliOverrides, env: Mapping[str, str]) -> LoadedConfig:
     config, placeholder = _with_keys(config, cli, env)
     config = _apply_dev_defaults(config, user_set, placeholder)
     _validate(config)
+    warnings += _refuse_sample_keys(config)
     warnings += _secret_warnings(config)
+    warnings += _codec_warnings(config)
     logger.debug("configuration loaded: %d warnings", len(warnings))
     return LoadedConfig(config, tuple(warnings), placeholder)
 
@@ -548,6 +558,60 @@ def _is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+#: Environment variables that are not keys but are read: the worker count (server/cli.py),
+#: the pure-Python fan-out switch (sfu/fanout.py), and what LiveKit's own tools (lk, the
+#: server SDKs) read, which users export in the same shell.
+_OTHER_ENV = {
+    "LIVEKIT_WORKERS",
+    "LIVEKIT_PY_PURE_FANOUT",
+    "LIVEKIT_URL",
+    "LIVEKIT_API_KEY",
+    "LIVEKIT_API_SECRET",
+}
+
+
+def _unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
+    known = {"LIVEKIT_" + path.replace(".", "_").upper() for path, _ in scalar_paths(Config)}
+    known |= _NOT_GENERATED | _OTHER_ENV | set(NAMED_ENV)
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("LIVEKIT_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"environment variable {name} is not a setting; ignored{hint}")
+    return warnings
+
+
+#: The key of config-sample.yaml: a server on the network must not run with a published key.
+SAMPLE_KEY = "APIkeyReplaceMe"
+
+
+def _refuse_sample_keys(config: Config) -> list[str]:
+    """Refused on a server others can reach; a loud warning in --dev, which is for trying."""
+    if SAMPLE_KEY not in config.keys:
+        return []
+    loopback = config.bind_addresses and all(
+        ipaddress.ip_address(address).is_loopback for address in config.bind_addresses
+    )
+    if loopback:
+        return []
+    if config.development:
+        return [f'keys: "{SAMPLE_KEY}" is the published placeholder; anyone can sign tokens']
+    raise ConfigError(
+        f'keys: "{SAMPLE_KEY}" is config-sample.yaml\'s placeholder, published with it; '
+        "make your own (livekit-py-server generate-keys), or bind to 127.0.0.1 only"
+    )
+
+
+def _codec_warnings(config: Config) -> list[str]:
+    return [
+        f"room.enabled_codecs[{index}].fmtp_line is not implemented yet: every {codec.mime} "
+        "profile the publisher offers is accepted"
+        for index, codec in enumerate(config.room.enabled_codecs)
+        if codec.fmtp_line
+    ]
 
 
 def _secret_warnings(config: Config) -> list[str]:

@@ -115,6 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         print("livekit-py-server: --workers must be at least 1", file=sys.stderr)
         return 2
+    env_workers = os.environ.get("LIVEKIT_WORKERS", "")
+    if env_workers and (not env_workers.isdigit() or int(env_workers) < 1):
+        print(
+            f"livekit-py-server: LIVEKIT_WORKERS={env_workers!r} is not a count of 1 or more",
+            file=sys.stderr,
+        )
+        return 2
     try:
         loaded = load_config(overrides_from(args), os.environ)
     except ConfigError as exc:
@@ -163,10 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _worker_count(args: argparse.Namespace, config: Config) -> int:
-    """--workers, else one process in development mode (as LiveKit's --dev), else one per
-    CPU."""
+    """--workers, else LIVEKIT_WORKERS (the Docker image sets 1), else one process in
+    development mode (as LiveKit's --dev), else one per CPU."""
     if args.workers is not None:
         return int(args.workers)
+    if os.environ.get("LIVEKIT_WORKERS"):
+        return int(os.environ["LIVEKIT_WORKERS"])
     return 1 if config.development else default_worker_count()
 
 

@@ -155,10 +155,42 @@ def test_bad_env_value_names_the_variable(name: str, value: str) -> None:
 
 
 def test_other_programs_env_vars_are_ignored() -> None:
-    env = {"LIVEKIT_API_KEY": "x", "LIVEKIT_URL": "ws://x", "LIVEKIT_KEY_FILE_X": "y"}
+    # What lk and the server SDKs read, often exported in the same shell.
+    env = {"LIVEKIT_API_KEY": "x", "LIVEKIT_URL": "ws://x", "LIVEKIT_API_SECRET": "y"}
     loaded = _load(env=env)
     assert loaded.config.port == 7880
     assert loaded.warnings == ()
+
+
+def test_unknown_livekit_env_vars_are_warned_about() -> None:
+    loaded = _load(env={"LIVEKIT_KEY_FILE_X": "y", "LIVEKIT_RTC_TCP_PROT": "1"})
+    assert loaded.warnings == (
+        "environment variable LIVEKIT_KEY_FILE_X is not a setting; ignored "
+        "(did you mean LIVEKIT_KEY_FILE?)",
+        "environment variable LIVEKIT_RTC_TCP_PROT is not a setting; ignored "
+        "(did you mean LIVEKIT_RTC_TCP_PORT?)",
+    )
+
+
+def test_every_unknown_key_is_named_at_once_with_suggestions() -> None:
+    message = _error(KEYS + "prot: 1\nrtc:\n  udp_prot: 7882\n  tcp_port: 7881\nroom:\n  xyz: 1\n")
+    assert message == (
+        'unknown config keys "prot" (did you mean "port"?), "rtc.udp_prot" (did you mean '
+        '"rtc.udp_port"?), "room.xyz"'
+    )
+
+
+def test_the_sample_key_is_refused_off_loopback() -> None:
+    sample = "keys:\n  APIkeyReplaceMe: secret-of-at-least-32-characters-replace-me\n"
+    assert "placeholder" in _error(sample)
+    assert "placeholder" in _error(sample + "bind_addresses: [0.0.0.0]\n")
+    local = _load(sample + "bind_addresses: [127.0.0.1]\n")
+    assert "APIkeyReplaceMe" in local.config.keys
+
+
+def test_fmtp_line_is_warned_about() -> None:
+    loaded = _load(KEYS + "room:\n  enabled_codecs:\n    - {mime: video/H264, fmtp_line: x=1}\n")
+    assert any("fmtp_line is not implemented" in w for w in loaded.warnings)
 
 
 def test_turn_cert_env_vars_fill_turn_files() -> None:
@@ -188,8 +220,9 @@ def test_secrets_are_taken_as_written() -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("prot: 1\n", 'unknown config key "prot"'),
-        ("rtc:\n  udp_prot: 7882\n", 'unknown config key "rtc.udp_prot"'),
+        ("prot: 1\n", 'unknown config key "prot" (did you mean "port"?)'),
+        ("rtc:\n  udp_prot: 7882\n",
+         'unknown config key "rtc.udp_prot" (did you mean "rtc.udp_port"?)'),
         ("room:\n  enabled_codecs:\n    - mim: x\n",
          'unknown config key "room.enabled_codecs[0].mim"'),
         ("rtc:\n  udp_port_end: 3\n", 'unknown config key "rtc.udp_port_end"'),
@@ -430,12 +463,18 @@ def test_codecs_and_lists() -> None:
 
 
 def test_sample_config_loads() -> None:
+    # As published, its placeholder key is fit for a server on 127.0.0.1 or --dev only.
     path = ROOT / "config-sample.yaml"
-    loaded = load_config(CliOverrides(config_path=str(path)), {})
-    assert loaded.config == dataclasses.replace(Config(), keys=loaded.config.keys)
+    local = CliOverrides(config_path=str(path), bind=("127.0.0.1",))
+    loaded = load_config(local, {})
+    expected = dataclasses.replace(Config(), keys=loaded.config.keys, bind_addresses=("127.0.0.1",))
+    assert loaded.config == expected
     assert loaded.warnings == ()
     dev = load_config(CliOverrides(config_path=str(path), dev=True), {})
     assert (dev.config.rtc.udp_port, dev.config.logging.level) == (7882, "debug")
+    assert any("placeholder" in warning for warning in dev.warnings)
+    with pytest.raises(ConfigError, match="placeholder"):
+        load_config(CliOverrides(config_path=str(path)), {})
 
 
 def test_sample_config_shows_every_key() -> None:
