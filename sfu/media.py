@@ -100,6 +100,13 @@ class DownTrack(DownTrackCore):
         # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
         self.needs_keyframe = outgoing.kind == "video"
 
+    def bind(self) -> None:
+        """The subscriber's answer has this track: forwarding starts, and the publisher hears
+        the first time any subscriber gets its track (LiveKit ``track_subscribed``)."""
+        if not self.bound:
+            self.bound = True
+            self._receiver.subscriber_bound()
+
     def retransmit(self, sequence: int, now: float) -> bool:
         """Answer a subscriber's NACK from the receiver's cache (same sequence number again,
         RFC 4585 allows plain retransmission when RTX is not in use)."""
@@ -174,11 +181,20 @@ class TrackReceiver:
         self._fir_sequence = 0
         self._keyframe_pending = False
         self._last_tick = 0.0
+        self.on_first_subscriber: Callable[[], None] | None = None
+        """Called once, when a subscriber first has this track (not per packet)."""
+        self._ever_subscribed = False
         # RTCP sent upstream, for metrics (LiveKit's incoming nack/pli/fir totals); counted
         # per feedback packet, never per media packet.
         self.nacks = 0
         self.plis = 0
         self.firs = 0
+
+    def subscriber_bound(self) -> None:
+        if not self._ever_subscribed:
+            self._ever_subscribed = True
+            if self.on_first_subscriber is not None:
+                self.on_first_subscriber()
 
     def request_keyframe(self, now: float) -> None:
         """Send a PLI upstream, at most once per interval (LiveKit throttles PLIs per track:

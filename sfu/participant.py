@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -47,6 +48,17 @@ class SignalSink(Protocol):
 
     def close(self) -> None:
         """Close the signal connection once queued responses are written."""
+
+
+class DetachedSink:
+    """Where responses go while a participant's signal connection is away: nowhere. A resume
+    sends the full state again (``Room.resume``)."""
+
+    def send(self, response: rtc.SignalResponse) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class ParticipantListener(Protocol):
@@ -117,6 +129,8 @@ class Participant:
         self.state = ParticipantState.JOINING
         self.disconnect_reason: models.DisconnectReason = models.DisconnectReason.UNKNOWN_REASON
         self.sink = sink
+        self.signal_lost_at: float | None = None
+        """Monotonic time the signal connection went away, while it is away."""
         self._listener = listener
         self.log = logging.LoggerAdapter(
             logger, {"room": room_name, "participant": self.identity, "pID": sid}
@@ -195,6 +209,26 @@ class Participant:
         if not self.is_closed:
             self.sink.send(response)
 
+    def detach_signal(self) -> None:
+        """The signal connection went away; media and data carry on until a resume."""
+        self.sink = DetachedSink()
+        self.signal_lost_at = time.monotonic()
+
+    def attach_signal(self, sink: SignalSink) -> float:
+        """A resume: responses go to ``sink`` from now on (a connection still attached is
+        closed). Returns since when the participant missed signalling."""
+        old, self.sink = self.sink, sink
+        old.close()
+        lost_at = self.signal_lost_at if self.signal_lost_at is not None else time.monotonic()
+        self.signal_lost_at = None
+        return lost_at
+
+    @property
+    def last_reliable_sequence(self) -> int:
+        """The highest reliable data sequence received from this client (LiveKit's
+        ``last_message_seq``: the client resends what came after it)."""
+        return self._last_reliable_seq
+
     # --- signal requests -------------------------------------------------------------------
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
@@ -210,7 +244,14 @@ class Participant:
             self._listener.on_track_unpublished(self, track)
         for track in ready:
             self.log.info("track published: %s (%s)", track.sid, track.info.mime_type)
+            if track.receiver is not None:
+                track.receiver.on_first_subscriber = partial(self._track_subscribed, track.sid)
             self._listener.on_track_published(self, track)
+
+    def _track_subscribed(self, track_sid: str) -> None:
+        # LiveKit tells a publisher once, when its track first reaches a subscriber
+        # (``sendTrackHasBeenSubscribed``); clients use it to know publishing really works.
+        self.send(rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=track_sid)))
 
     def handle_add_track(self, request: rtc.AddTrackRequest) -> None:
         """Announce a track and answer at once with its sid (LiveKit sends

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self.closed = False
         self._version = 0
+        self._departed: deque[tuple[float, models.ParticipantInfo]] = deque(maxlen=256)
+        """Who left lately (monotonic time, last info): a resumed client missed their leave."""
         self._created_monotonic = now
         self._last_left_monotonic: float | None = None
         self.events = events or EventBus()
@@ -136,6 +139,8 @@ class Room:
             return
         was_active = participant.state is ParticipantState.ACTIVE
         await participant.close(reason, send_leave=send_leave)
+        if not participant.hidden:
+            self._departed.append((time.monotonic(), participant.to_info()))
         # Everyone learns of the departure before any subscriber re-offer (LiveKit order).
         self.broadcast_participant(participant)
         self._broadcast_room_update()
@@ -148,6 +153,45 @@ class Room:
             for track in other.tracks.published.values():
                 if track.receiver is not None:
                     track.receiver.downtracks.pop(participant.sid, None)
+
+    def resume(self, participant: Participant, reconnect: rtc.ReconnectResponse) -> None:
+        """A participant's signal connection came back (LiveKit ``ResumeParticipant``): the
+        ReconnectResponse first (the Rust SDK waits for it), those who left meanwhile, the
+        whole room again, and the subscriber offer it may have missed."""
+        lost_at = participant.signal_lost_at
+        reconnect.last_message_seq = participant.last_reliable_sequence
+        participant.send(rtc.SignalResponse(reconnect=reconnect))
+        if lost_at is not None and participant.params.protocol >= 9:
+            gone = [info for left_at, info in self._departed if left_at >= lost_at]
+            if gone:
+                update = rtc.ParticipantUpdate(participants=gone)
+                participant.send(rtc.SignalResponse(update=update))
+        everyone = [
+            p.to_info() for p in self.participants.values() if not p.hidden or p is participant
+        ]
+        participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
+        room_update = rtc.RoomUpdate(room=self.to_proto())
+        participant.send(rtc.SignalResponse(room_update=room_update))
+        participant.subscriber.resend_outstanding()
+        self.log.info("participant resumed: %s (%s)", participant.identity, participant.sid)
+
+    def sync_state(self, participant: Participant, state: rtc.SyncState) -> bool:
+        """A resumed client's view (LiveKit ``onSyncState``): every track it says it publishes
+        must be ours, else it must rejoin (False). Disabled tracks, then its subscriptions,
+        are applied again; the SDPs and data-channel states are for migration only."""
+        tracks = participant.tracks
+        known = set(tracks.published) | {track.sid for track in tracks.pending.values()}
+        for published in state.publish_tracks:
+            if not published.HasField("track") or published.track.sid not in known:
+                participant.log.info("sync state names unknown track %s", published.track.sid)
+                participant.send_leave(models.DisconnectReason.STATE_MISMATCH, reconnect=True)
+                return False
+        if state.track_sids_disabled:
+            settings = rtc.UpdateTrackSettings(track_sids=state.track_sids_disabled, disabled=True)
+            participant.update_track_settings(settings)
+        if state.HasField("subscription"):
+            self.update_subscription(participant, state.subscription)
+        return True
 
     def _unpublish_all(self, participant: Participant) -> None:
         participant.tracks.pending.clear()
@@ -346,7 +390,12 @@ class Room:
         )
         participant.version += 1
         if before.can_publish and not permission.can_publish:
+            removed = [*participant.tracks.published]
             self._unpublish_all(participant)
+            # The publisher is told which of its tracks the server took down (LiveKit).
+            for track_sid in removed:
+                unpublished = rtc.TrackUnpublishedResponse(track_sid=track_sid)
+                participant.send(rtc.SignalResponse(track_unpublished=unpublished))
         if before.can_subscribe and not permission.can_subscribe:
             for track_sid in list(participant.tracks.downtracks):
                 found = self.find_track(track_sid)

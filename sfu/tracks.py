@@ -363,7 +363,7 @@ class ParticipantTracks:
         for downtrack in self.downtracks.values():
             outgoing = downtrack.outgoing
             if outgoing.mid in formats:
-                downtrack.bound = True
+                downtrack.bind()
             red = [c for c in outgoing.codecs if c.name.lower() == "red"]
             if red:
                 accepted = formats.get(outgoing.mid, set())

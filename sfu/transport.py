@@ -60,6 +60,7 @@ class SubscriberTransport:
         self.on_negotiation_failed: Callable[[], None] | None = None
         """Told when an offer went unanswered for :data:`NEGOTIATION_TIMEOUT_S`."""
         self._answer_deadline: asyncio.TimerHandle | None = None
+        self._last_offer = ""
         self.tracks: list[OutgoingTrack] = []
         """Every track section ever offered, in order (m= sections never go away)."""
 
@@ -90,10 +91,22 @@ class SubscriberTransport:
             return
         self._set_state(NegotiationState.OFFER_SENT)
         self._offer_id += 1
+        self._last_offer = sdp
+        self._arm_deadline()
+        self._send_offer(sdp, self._offer_id)
+
+    def _arm_deadline(self) -> None:
+        self._cancel_deadline()
         self._answer_deadline = asyncio.get_running_loop().call_later(
             NEGOTIATION_TIMEOUT_S, self._negotiation_timed_out
         )
-        self._send_offer(sdp, self._offer_id)
+
+    def resend_outstanding(self) -> None:
+        """After a resume: an offer sent while the signal connection was away is sent again
+        (LiveKit re-sends it), with a fresh deadline."""
+        if self.state is NegotiationState.OFFER_SENT and self._last_offer:
+            self._arm_deadline()
+            self._send_offer(self._last_offer, self._offer_id)
 
     def _negotiation_timed_out(self) -> None:
         self._answer_deadline = None

@@ -28,6 +28,7 @@ from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
 from signaling.relay import relay_to_host
 from signaling.roomservice import AgentDispatchService, RoomService
+from signaling.scenarios import take_resume_cut
 from signaling.session import SignalSession, WebSocketSink
 from signaling.socket import LocalSocket, SignalSocket
 from signaling.twirp import TwirpServer, add_twirp_routes
@@ -193,7 +194,10 @@ async def serve_session(
     """Admit the participant and run its session until it leaves."""
     room = _find_room(ctx, connect, create=not connect.reconnect)
     await socket.prepare()
-    if room is None or connect.reconnect:
+    if connect.reconnect:
+        await _resume_session(ctx, connect, socket, room)
+        return
+    if room is None:
         await _refuse_resume(socket)
         return
     participant_sid = new_id(PARTICIPANT_PREFIX)
@@ -221,9 +225,46 @@ async def serve_session(
         await writer
 
 
+async def _resume_session(
+    ctx: SignalingContext, connect: ConnectRequest, socket: SignalSocket, room: Room | None
+) -> None:
+    """``reconnect=1``: the same participant (matched by identity, as LiveKit does) carries
+    on with this connection; one it no longer has must rejoin from scratch."""
+    identity = connect.claims.identity
+    participant = room.participants.get(identity) if room is not None else None
+    if room is None or participant is None or participant.is_closed:
+        await _refuse_resume(socket)
+        return
+    cut = take_resume_cut(room.name, identity)
+    if cut is not None and cut.before_any_frame:
+        await socket.close()  # simulate: disconnect_signal_on_resume_no_messages
+        return
+    sink = WebSocketSink(socket, participant.log)
+    writer = asyncio.get_running_loop().create_task(sink.run_writer(), name="signal-writer")
+    participant.attach_signal(sink)
+    session = SignalSession(socket, sink, room, participant, lambda: _refresh(ctx, connect.claims))
+    try:
+        room.resume(participant, _reconnect_response(ctx))
+        if cut is not None:  # simulate: disconnect_signal_on_resume, after the responses
+            sink.close()
+        await session.run()
+    finally:
+        sink.close()
+        await writer
+
+
+def _reconnect_response(ctx: SignalingContext) -> rtc.ReconnectResponse:
+    join = _join_response_fields(ctx)
+    return rtc.ReconnectResponse(
+        ice_servers=join.ice_servers,
+        client_configuration=join.client_configuration,
+        server_info=join.server_info,
+    )
+
+
 async def _refuse_resume(ws: SignalSocket) -> None:
-    """Session resumption is not implemented: tell the client to rejoin from scratch, as
-    LiveKit does for a participant it no longer knows (STATE_MISMATCH + RECONNECT)."""
+    """A resume for a participant this node no longer has: tell the client to rejoin from
+    scratch, as LiveKit does (STATE_MISMATCH + RECONNECT, as the first frame)."""
     leave = rtc.LeaveRequest(
         can_reconnect=True,
         reason=models.DisconnectReason.STATE_MISMATCH,
@@ -253,6 +294,13 @@ def _join_params(connect: ConnectRequest) -> JoinParams:
 def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinResponse:
     """Everything of the JoinResponse but the room and participants (LiveKit
     ``room.go createJoinResponseLocked``)."""
+    join = _join_response_fields(ctx)
+    join.subscriber_primary = participant.subscriber_primary
+    return join
+
+
+def _join_response_fields(ctx: SignalingContext) -> rtc.JoinResponse:
+    """What a JoinResponse and a ReconnectResponse share."""
     config = ctx.config
     server_info = models.ServerInfo(
         edition=models.ServerInfo.Standard,
@@ -267,11 +315,6 @@ def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinR
         server_version=LIVEKIT_COMPATIBLE_VERSION,
         server_region=config.region,
         ice_servers=ice_servers,
-        subscriber_primary=participant.subscriber_primary,
-        # Resume is not implemented yet, so clients must rejoin rather than resume.
-        client_configuration=models.ClientConfiguration(
-            resume_connection=models.ClientConfigSetting.DISABLED
-        ),
         ping_interval=PING_INTERVAL_S,
         ping_timeout=PING_TIMEOUT_S,
         server_info=server_info,

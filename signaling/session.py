@@ -15,8 +15,10 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from sfu.limits import LimitExceededError
-from sfu.participant import Participant
+from sfu.participant import Participant, ParticipantState
 from sfu.room import Room
+from sfu.tasks import cancel_and_wait
+from signaling.scenarios import simulate
 from signaling.socket import SignalSocket
 
 logger = logging.getLogger(__name__)
@@ -139,16 +141,35 @@ class SignalSession:
         self._refresh_token = refresh_token
         self.log = participant.log
         self._leave_reason: models.DisconnectReason = models.DisconnectReason.SIGNAL_CLOSE
+        self._socket_lost = False
+        """The connection ended without a leave: the client may resume (LiveKit C.5)."""
 
     async def run(self) -> None:
-        """Read until the client leaves or the connection ends, then remove the participant."""
-        self.participant.tasks.spawn(self._refresh_tokens(), name="refresh-token")
+        """Read until the client leaves or the connection ends; then remove the participant,
+        or keep it for a resume when only the socket went away."""
+        refresher = asyncio.get_running_loop().create_task(
+            self._refresh_tokens(), name="refresh-token"
+        )
         try:
             await self._read_loop()
         finally:
-            await self._room.remove(self.participant, self._leave_reason)
+            await cancel_and_wait(refresher)
+            await self._end()
+
+    async def _end(self) -> None:
+        participant = self.participant
+        if participant.sink is not self._sink:
+            return  # resumed on another connection meanwhile: that session owns it now
+        if self._socket_lost and participant.state is ParticipantState.ACTIVE:
+            # LiveKit keeps a participant whose socket dropped while its media transport is
+            # up, with no timer: ICE consent ends it if the client is really gone.
+            self.log.info("signal connection lost; kept for a resume")
+            participant.detach_signal()
+            return
+        await self._room.remove(participant, self._leave_reason)
 
     async def _read_loop(self) -> None:
+        self._socket_lost = True  # unless a leave or a refusal says otherwise below
         async for message in self._ws:
             if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE, WSMsgType.CLOSING):
                 self.log.info("signal connection error: %s", self._ws.exception())
@@ -158,11 +179,13 @@ class SignalSession:
             except ValueError as exc:
                 # Garbage from one client ends that client's connection, nothing else.
                 self.log.warning("closing signal connection: %s", exc)
+                self._socket_lost = False
                 self._leave_reason = models.DisconnectReason.STATE_MISMATCH
                 await self._ws.close(code=1007, message=b"invalid signal request")
                 return
             self._sink.encoding = "json" if message.type is WSMsgType.TEXT else "binary"
             if not await self.dispatch(request):
+                self._socket_lost = False
                 return
 
     async def dispatch(self, request: rtc.SignalRequest) -> bool:
@@ -200,6 +223,15 @@ class SignalSession:
                         last_ping_timestamp=request.ping_req.timestamp, timestamp=_now_ms()
                     )
                     participant.send(rtc.SignalResponse(pong_resp=pong))
+                case "sync_state":
+                    if not self._room.sync_state(participant, request.sync_state):
+                        self._leave_reason = models.DisconnectReason.STATE_MISMATCH
+                        return False
+                case "simulate":
+                    outcome = await simulate(self._room, participant, request.simulate)
+                    if outcome is not None:
+                        self._leave_reason = outcome
+                        return False
                 case None:
                     self.log.debug("x empty signal request ignored")
                 case other:

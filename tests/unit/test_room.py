@@ -408,3 +408,16 @@ async def test_track_requests_over_the_limits_are_refused() -> None:
     assert len(tracks.published) + len(tracks.pending) == MAX_TRACKS_PER_PARTICIPANT
     assert sink.of("request_response")[-1].request_response.message == "too many tracks"
     await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_revoked_publish_right_tells_the_publisher_which_tracks_went() -> None:
+    room = _room()
+    publisher, sink = await _join(room, "pub")
+    info = publisher.tracks.add(rtc.AddTrackRequest(cid="c", type=models.TrackType.AUDIO), True)
+    track = publisher.tracks.pending.pop("c")
+    publisher.tracks.published[info.sid] = track  # as if negotiated
+    room.update_permission(publisher, models.ParticipantPermission(can_subscribe=True))
+    (unpublished,) = sink.of("track_unpublished")
+    assert unpublished.track_unpublished.track_sid == info.sid
+    assert not publisher.tracks.published
+    await room.close(models.DisconnectReason.ROOM_DELETED)
