@@ -11,12 +11,19 @@ import pytest
 from livekit import rtc
 
 from tests.browser.conftest import Pages
-from tests.browser.driver import COLOUR
+from tests.browser.driver import COLOUR, TONE_HZ
 from tests.browser.test_media import close_to
 from tests.e2e.conftest import assert_clean_exit
 from tests.e2e.harness import IN_NETNS, ServerProcess, free_udp_port, make_token, start_server
 from tests.e2e.sdk import watching
-from tests.e2e.test_media import centre_colour, first_frames, publishing_colour
+from tests.e2e.test_media import (
+    SAMPLE_RATE,
+    centre_colour,
+    dominant_frequency,
+    first_frames,
+    hear,
+    publishing_colour,
+)
 from tests.e2e.test_transport import tcp_established_on, udp_dropped
 
 UDP_PORT = free_udp_port()
@@ -80,3 +87,19 @@ async def test_ice_tcp_when_udp_to_the_media_port_is_dropped(
             await page.wait_for("inbound", decoding, "python", within_s=30)
             # Both of the browser's peer connections and both of the SDK's run over ICE-TCP.
             assert tcp_established_on(server.proc.pid, server.tcp_port) >= 4
+
+
+async def test_signal_reconnect_resumes_the_page(server: ServerProcess, pages: Pages) -> None:
+    events = ("track_subscribed", "participant_disconnected")
+    async with watching(server, "python", "browser-resume", *events) as (_, logs):
+        page = await pages.join("chromium", "browser-resume")
+        await page.lk("setMicrophone", True)
+        track, _, _ = await logs["track_subscribed"].wait_for()
+        sid = (await page.lk("local"))["sid"]
+        await page.lk("simulate", "signal-reconnect")
+        await page.wait_for("events", lambda e: any(x["type"] == "reconnected" for x in e))
+        assert (await page.lk("local"))["sid"] == sid, "resumed, not rejoined"
+        assert not logs["participant_disconnected"].items
+        assert "participant resumed: chromium" in server.logs()
+        samples = await hear(track, 1.0)
+        assert abs(dominant_frequency(samples[SAMPLE_RATE // 2 :], SAMPLE_RATE) - TONE_HZ) < 15

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from livekit import api, rtc
+from livekit.protocol import rtc as proto
 from redis.asyncio import Redis
 
 from tests.e2e.conftest import assert_clean_exit
@@ -282,3 +283,25 @@ async def test_refusal_by_the_hosting_node_is_the_edges_http_status(
         assert refused.value.status == 500
         async with http.get(f"{second.http_url}/rtc/validate?access_token={token}") as response:
             assert response.status == 200  # the room exists, on the other node
+
+
+async def test_a_resume_reaching_another_node_is_relayed_to_the_room(
+    nodes: Callable[..., ServerProcess],
+) -> None:
+    host, edge = nodes(), nodes()
+    participant = await connect(host, "traveller", "cluster-resume")
+    try:
+        sid = participant.local_participant.sid
+        # The client comes back through the load balancer, which picks the other node.
+        token = make_token("traveller", "cluster-resume")
+        url = f"{edge.ws_url}/rtc?access_token={token}&reconnect=1&sid={sid}&protocol=15"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            first = proto.SignalResponse()
+            first.ParseFromString(await ws.receive_bytes(timeout=10))
+            assert first.WhichOneof("message") == "reconnect", first
+            following = proto.SignalResponse()
+            following.ParseFromString(await ws.receive_bytes(timeout=10))
+            assert following.WhichOneof("message") == "update"
+        await wait_until(lambda: "participant resumed: traveller" in host.logs())
+    finally:
+        await participant.disconnect()

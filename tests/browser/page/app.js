@@ -231,6 +231,11 @@ window.lk = {
     return { rgb: [pixel[0], pixel[1], pixel[2]], width: canvas.width, height: canvas.height };
   },
 
+  async simulate(scenario) {
+    await state.room.simulateScenario(scenario);
+    return null;
+  },
+
   async publishData(text, options = {}) {
     const payload = new TextEncoder().encode(text);
     await state.room.localParticipant.publishData(payload, options);
