@@ -29,7 +29,8 @@ from signaling.forward import ApiForwarder
 from signaling.relay import relay_to_host
 from signaling.roomservice import AgentDispatchService, RoomService
 from signaling.scenarios import take_resume_cut
-from signaling.session import SignalSession, WebSocketSink
+from signaling.session import SignalSession
+from signaling.sink import WebSocketSink
 from signaling.socket import LocalSocket, SignalSocket
 from signaling.twirp import TwirpServer, add_twirp_routes
 

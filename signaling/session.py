@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal
 
 from aiohttp import WSMsgType
 from google.protobuf import json_format
@@ -19,89 +18,13 @@ from sfu.participant import Participant, ParticipantState
 from sfu.room import Room
 from sfu.tasks import cancel_and_wait
 from signaling.scenarios import simulate
+from signaling.sink import WebSocketSink
 from signaling.socket import SignalSocket
 
 logger = logging.getLogger(__name__)
 
-#: Responses, and their bytes, queued for a client that does not read; past either it is
-#: disconnected and what was queued for it is dropped.
-MAX_QUEUED_RESPONSES = 4096
-MAX_QUEUED_BYTES = 32 * 1024 * 1024
-#: A write the client has not taken within this long (its TCP window stays shut) ends it.
-WRITE_TIMEOUT_S = 30.0
-CLOSE_TIMEOUT_S = 5.0
 #: LiveKit refreshes the client's token every 5 minutes (`roommanager.go rtcSessionWorker`).
 TOKEN_REFRESH_INTERVAL_S = 300.0
-_CLOSE = None
-
-
-class WebSocketSink:
-    """The signal sink of one WebSocket: a bounded queue drained by one writer task.
-
-    Responses go out as binary protobuf, or as protojson once the client has sent a text frame
-    (LiveKit ``wsprotocol.go``).
-    """
-
-    def __init__(self, ws: SignalSocket, log: logging.LoggerAdapter[logging.Logger]):
-        self._ws = ws
-        self._log = log
-        self._queue: asyncio.Queue[tuple[rtc.SignalResponse, int] | None] = asyncio.Queue()
-        self._queued_bytes = 0
-        self.encoding: Literal["binary", "json"] = "binary"
-        self._closing = False
-
-    def send(self, response: rtc.SignalResponse) -> None:
-        if self._closing:
-            return
-        size = response.ByteSize()
-        too_many = self._queue.qsize() >= MAX_QUEUED_RESPONSES
-        if too_many or self._queued_bytes + size > MAX_QUEUED_BYTES:
-            self._log.warning(
-                "signal client is not reading (%d responses, %d bytes queued); closing its "
-                "connection",
-                self._queue.qsize(),
-                self._queued_bytes,
-            )
-            self._drop_queued()
-            self.close()
-            return
-        self._queued_bytes += size
-        self._queue.put_nowait((response, size))
-
-    def _drop_queued(self) -> None:
-        """Free what a client that does not read would never take."""
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queued_bytes = 0
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._queue.put_nowait(_CLOSE)
-
-    async def run_writer(self) -> None:
-        """Write queued responses until closed, then close the WebSocket."""
-        try:
-            while (queued := await self._queue.get()) is not None:
-                response, size = queued
-                self._queued_bytes -= size
-                async with asyncio.timeout(WRITE_TIMEOUT_S):
-                    if self.encoding == "json":
-                        await self._ws.send_str(json_format.MessageToJson(response, indent=None))
-                    else:
-                        await self._ws.send_bytes(response.SerializeToString())
-        except ConnectionError:
-            self._log.debug("signal connection lost while writing")
-        except TimeoutError:
-            self._log.warning("signal client took no data for %.0f s; closing", WRITE_TIMEOUT_S)
-        finally:
-            self._closing = True
-            self._drop_queued()
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await self._ws.close()
-            except TimeoutError:
-                self._ws.abort()  # the close frame itself cannot be written
 
 
 def parse_request(message_type: WSMsgType, data: bytes | str) -> rtc.SignalRequest:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -94,3 +96,27 @@ async def wait_until(condition: Callable[[], bool], within_s: float = EVENT_TIME
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(poll(), within_s)
+
+
+class Hearing:
+    """Arrival times of the audio frames a participant decodes from one track."""
+
+    def __init__(self, track: rtc.Track) -> None:
+        self.arrivals: list[float] = []
+        self._task = asyncio.get_running_loop().create_task(self._run(track))
+
+    async def _run(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=48000, num_channels=1)
+        try:
+            async for _ in stream:
+                self.arrivals.append(time.monotonic())
+        finally:
+            await stream.aclose()
+
+    def longest_gap(self, since: float) -> float:
+        times = [since, *(t for t in self.arrivals if t >= since), time.monotonic()]
+        return max(b - a for a, b in itertools.pairwise(times))
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

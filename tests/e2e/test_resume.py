@@ -4,7 +4,6 @@ reliable data carrying on; LiveKit's simulated scenarios; what a publisher is to
 from __future__ import annotations
 
 import asyncio
-import itertools
 import subprocess
 import time
 
@@ -12,36 +11,12 @@ import pytest
 from livekit import api, rtc
 
 from tests.e2e.harness import API_KEY, API_SECRET, IN_NETNS, ServerProcess, make_token
-from tests.e2e.sdk import EventLog, connect, wait_until
-from tests.e2e.test_media import SAMPLE_RATE, publishing_tone
+from tests.e2e.sdk import EventLog, Hearing, connect, wait_until
+from tests.e2e.test_media import publishing_tone
 
 pytestmark = pytest.mark.sdk
 
 KIND = rtc.SimulateScenarioKind
-
-
-class Hearing:
-    """Arrival times of the audio frames a participant decodes from one track."""
-
-    def __init__(self, track: rtc.Track) -> None:
-        self.arrivals: list[float] = []
-        self._task = asyncio.get_running_loop().create_task(self._run(track))
-
-    async def _run(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
-        try:
-            async for _ in stream:
-                self.arrivals.append(time.monotonic())
-        finally:
-            await stream.aclose()
-
-    def longest_gap(self, since: float) -> float:
-        times = [since, *(t for t in self.arrivals if t >= since), time.monotonic()]
-        return max(b - a for a, b in itertools.pairwise(times))
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def test_signal_reconnect_resumes_the_same_participant(server: ServerProcess) -> None:

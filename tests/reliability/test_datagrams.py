@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import secrets
 import socket
 import struct
 import time
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 from aioice import stun
-from livekit.protocol import rtc as proto
 
 from tests.e2e.harness import ServerProcess, make_token
+from tests.e2e.raw import binding_request, ice_credentials
 from tests.reliability.conftest import media_keeps_flowing
 
 SEED = 20261205
@@ -48,32 +49,15 @@ def _fuzzed(rng: random.Random, kind: str) -> bytes:
     return bytes(body)
 
 
-def _binding_request(ufrag: str, pwd: str) -> bytes:
-    message = stun.Message(
-        message_method=stun.Method.BINDING,
-        message_class=stun.Class.REQUEST,
-        transaction_id=secrets.token_bytes(12),
-    )
-    message.attributes["USERNAME"] = f"{ufrag}:attacker"
-    message.attributes["PRIORITY"] = 1
-    message.attributes["ICE-CONTROLLING"] = 1
-    message.attributes["USE-CANDIDATE"] = None
-    message.add_message_integrity(pwd.encode())
-    message.add_fingerprint()
-    return bytes(message)
-
-
-async def _ice_credentials(ws: aiohttp.ClientWebSocketResponse) -> tuple[str, str]:
-    """The server's ICE ufrag and password from its first subscriber offer."""
-    while True:
-        response = proto.SignalResponse()
-        response.ParseFromString(await ws.receive_bytes(timeout=10))
-        if response.WhichOneof("message") == "offer":
-            sdp = response.offer.sdp
-            ufrag = re.search(r"a=ice-ufrag:(\S+)", sdp)
-            pwd = re.search(r"a=ice-pwd:(\S+)", sdp)
-            assert ufrag and pwd
-            return ufrag[1], pwd[1]
+@asynccontextmanager
+async def _attacker(server: ServerProcess, room: str) -> AsyncIterator[tuple[str, str]]:
+    """A participant of the attacked room, for the server's ICE credentials it is given."""
+    token = make_token("attacker", room)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.ws_url}/rtc?access_token={token}&protocol=15") as ws,
+    ):
+        yield await ice_credentials(ws)
 
 
 async def _spray(sock: socket.socket, target: tuple[str, int], datagrams: list[bytes]) -> None:
@@ -98,17 +82,15 @@ async def test_fuzzed_datagrams_from_strangers_and_an_authenticated_path(
     rng = random.Random(SEED)
     target = ("127.0.0.1", server.udp_port)
     room = "datagrams"
-    async with media_keeps_flowing(server, room) as victim, aiohttp.ClientSession() as http:
+    async with media_keeps_flowing(server, room) as victim, _attacker(server, room) as creds:
         since = time.monotonic()
-        token = make_token("attacker", room)
-        ws = await http.ws_connect(f"{server.ws_url}/rtc?access_token={token}&protocol=15")
-        ufrag, pwd = await _ice_credentials(ws)
+        ufrag, pwd = creds
         stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         insider = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         insider.settimeout(5)
         try:
             await _spray(stranger, target, [_bad_stun() for _ in range(5000)])
-            insider.sendto(_binding_request(ufrag, pwd), target)
+            insider.sendto(binding_request(ufrag, pwd, remote="attacker"), target)
             answer = stun.parse_message(insider.recv(1500))
             assert answer.message_class is stun.Class.RESPONSE, "the path is authenticated"
             for kind in ("stun", "dtls", "rtp"):
@@ -119,7 +101,6 @@ async def test_fuzzed_datagrams_from_strangers_and_an_authenticated_path(
             stranger.close()
             insider.close()
         await asyncio.sleep(1.0)
-        await ws.close()
         assert _metric(server, "livekit_malformed_packet_total", 'protocol="stun"') >= 5000
         logged = [line for line in server.logs().splitlines() if "malformed packet" in line]
         assert len(logged) <= 3, "a flood of bad packets is a few log lines"
@@ -129,14 +110,16 @@ async def test_fuzzed_datagrams_from_strangers_and_an_authenticated_path(
 async def test_fuzzed_ice_tcp_frames(server: ServerProcess) -> None:
     rng = random.Random(SEED + 1)
     room = "tcp-frames"
-    async with media_keeps_flowing(server, room) as victim, aiohttp.ClientSession() as http:
+    async with media_keeps_flowing(server, room) as victim, _attacker(server, room) as creds:
         since = time.monotonic()
-        token = make_token("attacker", room)
-        ws = await http.ws_connect(f"{server.ws_url}/rtc?access_token={token}&protocol=15")
-        ufrag, pwd = await _ice_credentials(ws)
+        ufrag, pwd = creds
         for connection in range(20):
             reader, writer = await asyncio.open_connection("127.0.0.1", server.tcp_port)
-            frames = [_binding_request(ufrag, pwd)] if connection % 2 else [_bad_stun()]
+            frames = (
+                [binding_request(ufrag, pwd, remote="attacker")]
+                if connection % 2
+                else [_bad_stun()]
+            )
             frames += [_fuzzed(rng, rng.choice(["stun", "dtls", "rtp"])) for _ in range(100)]
             for frame in frames:
                 writer.write(struct.pack("!H", len(frame)) + frame)
@@ -147,5 +130,4 @@ async def test_fuzzed_ice_tcp_frames(server: ServerProcess) -> None:
             writer.close()
             await asyncio.gather(writer.wait_closed(), return_exceptions=True)
             del reader
-        await ws.close()
         victim.assert_unharmed(since)

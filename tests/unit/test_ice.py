@@ -11,6 +11,7 @@ from aioice import stun
 
 from sfu.endpoint import media_bind_address
 from sfu.ice import CONSENT_TIMEOUT_S, MALFORMED, IceRegistry, IceState, TcpIceConnection
+from tests.e2e.raw import binding_request
 
 
 class RecordingPath:
@@ -32,19 +33,7 @@ class RecordingPath:
 
 
 def _request(ufrag: str, pwd: str, *, nominate: bool = False) -> bytes:
-    message = stun.Message(
-        message_method=stun.Method.BINDING,
-        message_class=stun.Class.REQUEST,
-        transaction_id=secrets.token_bytes(12),
-    )
-    message.attributes["USERNAME"] = f"{ufrag}:client"
-    message.attributes["PRIORITY"] = 1
-    message.attributes["ICE-CONTROLLING"] = 1
-    if nominate:
-        message.attributes["USE-CANDIDATE"] = None
-    message.add_message_integrity(pwd.encode())
-    message.add_fingerprint()
-    return bytes(message)
+    return binding_request(ufrag, pwd, nominate=nominate)
 
 
 def test_binding_request_answered_and_path_selected() -> None:
