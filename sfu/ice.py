@@ -138,6 +138,25 @@ class IceSession:
         self.on_path_change: Callable[[], None] | None = None
         """Told when checks select another path (the fan-out sends on the selected one)."""
         self._registry = registry
+        self.passwords: dict[str, str] = {self.local_ufrag: self.local_pwd}
+        """Every local ufrag still answered, with its password: after an ICE restart the old
+        credentials keep working until the client checks with the new ones."""
+
+    def restart(self) -> None:
+        """New local credentials (RFC 8445 9, ICE restart); media stays on the selected path
+        until a check with the new ones nominates one."""
+        self.local_ufrag, self.local_pwd = random_string(8), random_string(24)
+        self.passwords[self.local_ufrag] = self.local_pwd
+        self._registry.add_alias(self, self.local_ufrag)
+        logger.debug("ice %s: restarted with ufrag %s", self.name, self.local_ufrag)
+
+    def forget_old_credentials(self, ufrag: str) -> None:
+        """The client checked with ``ufrag``: credentials older than it are no longer needed."""
+        if ufrag != self.local_ufrag or len(self.passwords) == 1:
+            return
+        for old in [u for u in self.passwords if u != ufrag]:
+            del self.passwords[old]
+            self._registry.remove_alias(old)
 
     def set_state(self, state: IceState) -> None:
         if state is self.state:
@@ -178,6 +197,8 @@ class IceSession:
 
     def close(self) -> None:
         self._registry.remove(self)
+        for ufrag in list(self.passwords):
+            self._registry.remove_alias(ufrag)
         if self.selected is not None:
             self.selected.detach(self)
         self.set_state(IceState.CLOSED)
@@ -197,6 +218,12 @@ class IceRegistry:
 
     def remove(self, session: IceSession) -> None:
         self._by_ufrag.pop(session.local_ufrag, None)
+
+    def add_alias(self, session: IceSession, ufrag: str) -> None:
+        self._by_ufrag[ufrag] = session
+
+    def remove_alias(self, ufrag: str) -> None:
+        self._by_ufrag.pop(ufrag, None)
 
     @property
     def session_count(self) -> int:
@@ -218,10 +245,12 @@ class IceRegistry:
         ):
             return None  # ICE-lite sends no checks, so expects no responses
         username = str(message.attributes.get("USERNAME", ""))
-        session = self._by_ufrag.get(username.split(":", 1)[0])
-        if session is None:
+        local_ufrag = username.split(":", 1)[0]
+        session = self._by_ufrag.get(local_ufrag)
+        password = session.passwords.get(local_ufrag) if session is not None else None
+        if session is None or password is None:
             return None
-        key = session.local_pwd.encode()
+        key = password.encode()
         try:
             authentic = message.check_message_integrity(key)
         except Exception as exc:  # a garbled MESSAGE-INTEGRITY is garbage too
@@ -231,6 +260,7 @@ class IceRegistry:
             logger.debug("x STUN integrity check failed from %s", addr)
             return None
         session.handle_check(path, "USE-CANDIDATE" in message.attributes, time.monotonic())
+        session.forget_old_credentials(local_ufrag)
         return binding_success(message, addr, key)
 
     def start(self) -> None:

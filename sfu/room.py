@@ -154,14 +154,16 @@ class Room:
                 if track.receiver is not None:
                     track.receiver.downtracks.pop(participant.sid, None)
 
-    def resume(self, participant: Participant, reconnect: rtc.ReconnectResponse) -> None:
+    def resume(
+        self, participant: Participant, reconnect: rtc.ReconnectResponse, lost_at: float
+    ) -> None:
         """A participant's signal connection came back (LiveKit ``ResumeParticipant``): the
         ReconnectResponse first (the Rust SDK waits for it), those who left meanwhile, the
-        whole room again, and the subscriber offer it may have missed."""
-        lost_at = participant.signal_lost_at
+        whole room again, and the subscriber offer it may have missed. ``lost_at``: since
+        when it missed signalling (``Participant.attach_signal``)."""
         reconnect.last_message_seq = participant.last_reliable_sequence
         participant.send(rtc.SignalResponse(reconnect=reconnect))
-        if lost_at is not None and participant.params.protocol >= 9:
+        if participant.params.protocol >= 9:
             gone = [info for left_at, info in self._departed if left_at >= lost_at]
             if gone:
                 update = rtc.ParticipantUpdate(participants=gone)
@@ -172,7 +174,9 @@ class Room:
         participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
         room_update = rtc.RoomUpdate(room=self.to_proto())
         participant.send(rtc.SignalResponse(room_update=room_update))
-        participant.subscriber.resend_outstanding()
+        # In two-peer-connection mode the server restarts the subscriber's ICE (LiveKit
+        # ``ICERestart``): the client may have come back from another address.
+        participant.subscriber.restart_ice()
         self.log.info("participant resumed: %s (%s)", participant.identity, participant.sid)
 
     def sync_state(self, participant: Participant, state: rtc.SyncState) -> bool:

@@ -273,6 +273,11 @@ class PeerConnection:
             setup=setup,
         )
 
+    def restart_ice(self) -> None:
+        """New ICE credentials for the next offer (an ICE restart, RFC 8445 9): the client
+        checks again, possibly from another address; DTLS and SRTP carry on."""
+        self._ice.restart()
+
     def create_data_channel(self, label: str, *, reliable: bool) -> DataChannel:
         """Create a channel the way LiveKit does: ``_reliable`` ordered, ``_lossy`` unordered
         with no retransmissions. It opens once SCTP connects."""

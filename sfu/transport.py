@@ -101,6 +101,16 @@ class SubscriberTransport:
             NEGOTIATION_TIMEOUT_S, self._negotiation_timed_out
         )
 
+    def restart_ice(self) -> None:
+        """An ICE-restart offer now, or with the next one when an offer is outstanding (LiveKit
+        ``doICERestart``): the outstanding one is sent again first."""
+        self.pc.restart_ice()
+        if self.state is NegotiationState.OFFER_SENT:
+            self.resend_outstanding()
+            self._renegotiate = True
+        else:
+            self.negotiate()
+
     def resend_outstanding(self) -> None:
         """After a resume: an offer sent while the signal connection was away is sent again
         (LiveKit re-sends it), with a fresh deadline."""

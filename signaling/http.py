@@ -242,10 +242,10 @@ async def _resume_session(
         return
     sink = WebSocketSink(socket, participant.log)
     writer = asyncio.get_running_loop().create_task(sink.run_writer(), name="signal-writer")
-    participant.attach_signal(sink)
+    lost_at = participant.attach_signal(sink)
     session = SignalSession(socket, sink, room, participant, lambda: _refresh(ctx, connect.claims))
     try:
-        room.resume(participant, _reconnect_response(ctx))
+        room.resume(participant, _reconnect_response(ctx), lost_at)
         if cut is not None:  # simulate: disconnect_signal_on_resume, after the responses
             sink.close()
         await session.run()

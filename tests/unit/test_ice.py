@@ -138,3 +138,24 @@ def test_media_sockets_follow_a_single_bind_address() -> None:
     assert media_bind_address(()) == "0.0.0.0"
     assert media_bind_address(("10.0.0.1", "127.0.0.1")) == "0.0.0.0"
     assert media_bind_address(("::1",)) == "0.0.0.0"
+
+
+def test_ice_restart_moves_to_new_credentials_and_path() -> None:
+    registry = IceRegistry()
+    session = registry.create_session("sub")
+    old_ufrag, old_pwd = session.local_ufrag, session.local_pwd
+    before, after = RecordingPath(), RecordingPath()
+    registry.handle_stun(_request(old_ufrag, old_pwd, nominate=True), ("10.0.0.1", 1), before)
+    session.restart()
+    assert (session.local_ufrag, session.local_pwd) != (old_ufrag, old_pwd)
+    # Until the client has the new offer, its checks with the old credentials still count.
+    assert registry.handle_stun(_request(old_ufrag, old_pwd), ("10.0.0.1", 1), before)
+    assert session.selected is before
+    # From another address with the new ones: the path moves, the old credentials go.
+    new = _request(session.local_ufrag, session.local_pwd, nominate=True)
+    assert registry.handle_stun(new, ("10.0.0.9", 7), after) is not None
+    assert session.selected is after and session.state is IceState.CONNECTED
+    assert registry.handle_stun(_request(old_ufrag, old_pwd), ("10.0.0.1", 1), before) is None
+    session.close()
+    assert registry.session_count == 0
+    assert registry.handle_stun(new, ("10.0.0.9", 7), after) is None

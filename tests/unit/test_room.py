@@ -421,3 +421,28 @@ async def test_revoked_publish_right_tells_the_publisher_which_tracks_went() -> 
     assert unpublished.track_unpublished.track_sid == info.sid
     assert not publisher.tracks.published
     await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_resume_sends_the_room_again_and_restarts_subscriber_ice() -> None:
+    room = _room()
+    resumed, sink = await _join(room, "resumed")
+    await _join(room, "other")
+    await asyncio.sleep(0.05)
+    first_offer = sink.of("offer")[0].offer.sdp
+    resumed.subscriber.state = NegotiationState.IDLE  # as if the client had answered
+    resumed.detach_signal()
+    await room.remove(room.participants["other"], models.DisconnectReason.CLIENT_INITIATED)
+    fresh = RecordingSink()
+    lost_at = resumed.attach_signal(fresh)
+    room.resume(resumed, rtc.ReconnectResponse(), lost_at)
+    await asyncio.sleep(0.05)
+    kinds = [r.WhichOneof("message") for r in fresh.responses]
+    assert kinds[:4] == ["reconnect", "update", "update", "room_update"], kinds
+    gone = fresh.responses[1].update.participants
+    assert [(p.identity, p.state) for p in gone] == [
+        ("other", models.ParticipantInfo.State.DISCONNECTED)
+    ]
+    (offer,) = fresh.of("offer")
+    ufrag = [line for line in offer.offer.sdp.splitlines() if line.startswith("a=ice-ufrag")]
+    assert ufrag and ufrag[0] not in first_offer, "an ICE restart offer"
+    await room.close(models.DisconnectReason.ROOM_DELETED)
