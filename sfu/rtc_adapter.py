@@ -484,6 +484,11 @@ class PeerConnection:
                 self._set_state(ConnectionState.CONNECTED)
             case "failed":
                 self._set_state(ConnectionState.FAILED)
+            case "closed":
+                # The client closed its peer connection (DTLS close_notify, RFC 5246 7.2.1):
+                # it is gone even if its leave never arrived, so a participant kept for a
+                # resume does not linger until consent expires. Our own close is CLOSED first.
+                self._set_state(ConnectionState.FAILED)
 
     def _on_remote_channel(self, channel: RTCDataChannel) -> None:
         # LiveKit's clients open `_reliable` ordered and `_lossy`/`_data_track` unordered.

@@ -289,6 +289,10 @@ async def test_a_resume_reaching_another_node_is_relayed_to_the_room(
     nodes: Callable[..., ServerProcess],
 ) -> None:
     host, edge = nodes(), nodes()
+    async with server_api(edge) as lk:
+        await lk.room.create_room(
+            api.CreateRoomRequest(name="cluster-resume", node_id=node_id_of(host))
+        )
     participant = await connect(host, "traveller", "cluster-resume")
     try:
         sid = participant.local_participant.sid
