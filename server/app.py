@@ -139,8 +139,11 @@ async def run_server(config: Config, worker: WorkerIdentity | None = None) -> No
     worker = worker or WorkerIdentity()
     raise_file_limit()
     rtc = config.rtc
+    media_host = media_bind_address(config.bind_addresses)
     addresses = host_addresses(
-        rtc.node_ip, add_loopback=rtc.enable_loopback_candidate or config.development
+        # Media sockets bound to one address can only be reached there (--dev: 127.0.0.1).
+        rtc.node_ip or (media_host if media_host != "0.0.0.0" else ""),
+        add_loopback=rtc.enable_loopback_candidate or config.development,
     )
     # Workers of one machine: one UDP and one ICE-TCP port each, counted up from the
     # configured ones, so media reaches the worker hosting the room.
@@ -151,7 +154,7 @@ async def run_server(config: Config, worker: WorkerIdentity | None = None) -> No
         tcp_port=rtc.tcp_port + worker.index if rtc.tcp_port else 0,
         enabled_codecs=tuple(codec.mime for codec in config.room.enabled_codecs),
         tcp_limiter=SourceLimiter(config.limit.max_connections_per_source),
-        bind_address=media_bind_address(config.bind_addresses),
+        bind_address=media_host,
     )
     await endpoints.start()
     hosts = list(config.bind_addresses) or ["0.0.0.0"]
