@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -18,6 +19,10 @@ from sfu.participant import Participant, ParticipantState
 from sfu.tracks import source_name
 
 logger = logging.getLogger(__name__)
+
+
+#: How long a non-publisher's changed info may wait to be broadcast (LiveKit: 3 s).
+UPDATE_BATCH_S = 0.5
 
 
 class RoomFullError(Exception):
@@ -58,6 +63,9 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self.closed = False
         self._version = 0
+        self._batched: dict[str, Participant] = {}
+        """Non-publishers whose changed info waits for the next batch (``_broadcast_soon``)."""
+        self._batch_timer: asyncio.TimerHandle | None = None
         self._departed: deque[tuple[float, models.ParticipantInfo]] = deque(maxlen=256)
         """Who left lately (monotonic time, last info): a resumed client missed their leave."""
         self._created_monotonic = now
@@ -206,6 +214,9 @@ class Room:
 
     async def close(self, reason: models.DisconnectReason) -> None:
         self.closed = True
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, send_leave=True)
         self.log.info("room closed")
@@ -286,7 +297,27 @@ class Room:
             else:
                 participant.attributes.pop(key, None)
         participant.version += 1
-        self.broadcast_participant(participant)
+        self._broadcast_soon(participant)
+
+    def _broadcast_soon(self, changed: Participant) -> None:
+        """A publisher's change goes out now; a non-publisher's within
+        :data:`UPDATE_BATCH_S`, only its latest version (LiveKit batches non-publisher
+        updates, ``room.go changeUpdateWorker``): one participant rewriting its metadata many
+        times a second costs the room a couple of broadcasts, not one per change."""
+        if changed.tracks.published:
+            self.broadcast_participant(changed)
+            return
+        self._batched[changed.sid] = changed
+        if self._batch_timer is None:
+            loop = asyncio.get_running_loop()
+            self._batch_timer = loop.call_later(UPDATE_BATCH_S, self._flush_batched)
+
+    def _flush_batched(self) -> None:
+        self._batch_timer = None
+        batched, self._batched = self._batched, {}
+        for participant in batched.values():
+            if not participant.is_closed and not self.closed:
+                self.broadcast_participant(participant)
 
     # --- ParticipantListener ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
 from sfu.limits import MAX_TRACKS_PER_PARTICIPANT, LimitExceededError, Limits
 from sfu.participant import JoinParams, Participant, ParticipantState
-from sfu.room import Room, RoomSettings
+from sfu.room import UPDATE_BATCH_S, Room, RoomSettings
 from sfu.rtc_adapter import ConnectionState
 from sfu.transport import NegotiationState
 
@@ -169,6 +169,9 @@ async def test_metadata_update_and_attribute_deletion() -> None:
     update = rtc.UpdateParticipantMetadata(metadata="m", name="N", attributes={"a": "1", "b": "2"})
     room.update_participant_metadata(editor, update)
     room.update_participant_metadata(editor, rtc.UpdateParticipantMetadata(attributes={"a": ""}))
+    await asyncio.sleep(UPDATE_BATCH_S + 0.1)
+    sent = editor_sink.of("update")[-1].update.participants[0]
+    assert (sent.metadata, dict(sent.attributes)) == ("m", {"b": "2"}), "the latest, batched"
     info = editor.to_info()
     assert (info.metadata, info.name, dict(info.attributes)) == ("m", "N", {"b": "2"})
     assert editor.version == version + 2
@@ -382,7 +385,10 @@ async def test_participant_updates_over_the_limits_change_nothing() -> None:
     room.update_participant(participant, "", "", {"a": "", "b": "y" * 30})  # "a" deleted
     assert participant.attributes == {"b": "y" * 30}
     assert participant.name == "" and participant.metadata == ""
-    assert len(watcher.of("update")) == updates + 2, "only accepted updates are broadcast"
+    await asyncio.sleep(UPDATE_BATCH_S + 0.1)
+    # Accepted changes of a non-publisher go out batched: one update with the latest info.
+    assert len(watcher.of("update")) == updates + 1
+    assert dict(watcher.of("update")[-1].update.participants[0].attributes) == {"b": "y" * 30}
     await room.close(models.DisconnectReason.ROOM_DELETED)
 
 
