@@ -72,6 +72,7 @@ class ParticipantListener(Protocol):
         reason: models.DisconnectReason = models.DisconnectReason.CONNECTION_TIMEOUT,
         *,
         reconnect: bool = False,
+        send_leave: bool = True,
     ) -> None: ...
 
     def on_track_published(self, participant: Participant, track: PublishedTrack) -> None: ...
@@ -419,6 +420,13 @@ class Participant:
             # (LiveKit closes it with CONNECTION_TIMEOUT when its peer connection fails).
             self.log.info("primary peer connection failed")
             self._listener.on_participant_failed(self)
+        elif state is ConnectionState.PEER_CLOSED and not self.is_closed:
+            # The client is leaving (its leave may still be on the way, on another socket):
+            # no leave back, which it would take for the server sending it away.
+            self.log.info("primary peer connection closed by the client")
+            self._listener.on_participant_failed(
+                self, models.DisconnectReason.CLIENT_INITIATED, send_leave=False
+            )
 
     def _on_negotiation_failed(self) -> None:
         # LiveKit issues a full reconnect (``IssueFullReconnect``, negotiation failed): the

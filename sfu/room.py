@@ -457,11 +457,12 @@ class Room:
         reason: models.DisconnectReason = models.DisconnectReason.CONNECTION_TIMEOUT,
         *,
         reconnect: bool = False,
+        send_leave: bool = True,
     ) -> None:
         if reconnect:
             participant.send_leave(reason, reconnect=True)
         participant.tasks.spawn(
-            self.remove(participant, reason, send_leave=not reconnect),
+            self.remove(participant, reason, send_leave=send_leave and not reconnect),
             name="remove-failed-participant",
         )
 

@@ -81,6 +81,8 @@ class ConnectionState(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     FAILED = "failed"
+    PEER_CLOSED = "peer_closed"
+    """The client closed it (DTLS close_notify)."""
     CLOSED = "closed"
 
 
@@ -488,7 +490,7 @@ class PeerConnection:
                 # The client closed its peer connection (DTLS close_notify, RFC 5246 7.2.1):
                 # it is gone even if its leave never arrived, so a participant kept for a
                 # resume does not linger until consent expires. Our own close is CLOSED first.
-                self._set_state(ConnectionState.FAILED)
+                self._set_state(ConnectionState.PEER_CLOSED)
 
     def _on_remote_channel(self, channel: RTCDataChannel) -> None:
         # LiveKit's clients open `_reliable` ordered and `_lossy`/`_data_track` unordered.
