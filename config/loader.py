@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import stat
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,12 +278,8 @@ def _set_from_env(raw: dict[str, Any], path: str, hint: Any, name: str, value: s
         _set(raw, path, first)
         _set(raw, "rtc.udp_port_end", last)  # a single port overrides a range from the file
         return
-    parsed: object = value
-    if typing.get_origin(hint) is tuple:
-        # Env vars carry lists as comma-separated strings.
-        parsed = [part.strip() for part in value.split(",") if part.strip()]
     try:
-        _set(raw, path, convert(hint, parsed, name))
+        _set(raw, path, convert(hint, value, name))
     except SchemaError as exc:
         raise ConfigError(f"environment variable {exc}") from None
 

@@ -9,7 +9,7 @@ import time
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from sfu.guard import DROPPED
+from sfu.guard import DROPPED, LOG_INTERVAL_S, Throttle
 
 #: Context fields attached once per object through LoggerAdapters (see ``sfu/participant.py``).
 CONTEXT_FIELDS = ("worker", "room", "roomID", "participant", "pID", "trackID", "transport")
@@ -77,29 +77,24 @@ class BadRequestLines(logging.Filter):
     tracebacks. Each is counted (``livekit_connection_dropped_total{reason="bad_http_request"}``)
     and at most one line per interval says how many there were."""
 
-    def __init__(self, interval_s: float = 10.0) -> None:
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
         super().__init__()
-        self.interval_s = interval_s
-        self._logged_at = -interval_s
-        self._unlogged = 0
+        self._throttle = Throttle(interval_s)
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if not isinstance(error, HttpProcessingError):
             return True
         DROPPED["bad_http_request"] += 1
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._logged_at < self.interval_s:
+        refused = self._throttle.due(time.monotonic())
+        if not refused:
             return False
         detail = str(error.message or type(error).__name__).strip()
         first_line = detail.splitlines()[0][:120] if detail else type(error).__name__
         record.msg = "refused %d malformed HTTP request(s); last: %s"
-        record.args = (self._unlogged, first_line)
+        record.args = (refused, first_line)
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
-        self._unlogged = 0
-        self._logged_at = now
         return True
 
 

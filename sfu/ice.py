@@ -20,7 +20,14 @@ from typing import Protocol, cast
 
 from aioice import stun
 
-from sfu.guard import DROPPED, FIRST_REQUEST_TIMEOUT_S, ICE_TCP_IDLE_TIMEOUT_S, SourceLimiter
+from sfu.guard import (
+    DROPPED,
+    FIRST_REQUEST_TIMEOUT_S,
+    ICE_TCP_IDLE_TIMEOUT_S,
+    LOG_INTERVAL_S,
+    SourceLimiter,
+    Throttle,
+)
 
 try:  # the optional C accelerator (sfu/_fastsend.c); without it, one sendto per datagram
     from sfu import _fastsend
@@ -29,10 +36,6 @@ except ImportError:  # pragma: no cover - depends on the build
 
 logger = logging.getLogger(__name__)
 
-#: At most one log line per this many seconds about malformed packets (a flood of them must
-#: not become a flood of log lines).
-MALFORMED_LOG_INTERVAL_S = 10.0
-
 
 class MalformedDrops:
     """Packets from the network dropped because they do not parse, by protocol: counted for
@@ -40,25 +43,21 @@ class MalformedDrops:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self._unlogged = 0
-        self._logged_at = -MALFORMED_LOG_INTERVAL_S
+        self._throttle = Throttle(LOG_INTERVAL_S)
 
     def drop(self, protocol: str, peer: Address, error: Exception, now: float) -> None:
         self.counts[protocol] = self.counts.get(protocol, 0) + 1
-        self._unlogged += 1
-        if now - self._logged_at < MALFORMED_LOG_INTERVAL_S:
-            return
-        logger.warning(
-            "dropped %d malformed packet(s); last: %s from %s:%d (%s: %s)",
-            self._unlogged,
-            protocol,
-            peer[0],
-            peer[1],
-            type(error).__name__,
-            error,
-        )
-        self._unlogged = 0
-        self._logged_at = now
+        dropped = self._throttle.due(now)
+        if dropped:
+            logger.warning(
+                "dropped %d malformed packet(s); last: %s from %s:%d (%s: %s)",
+                dropped,
+                protocol,
+                peer[0],
+                peer[1],
+                type(error).__name__,
+                error,
+            )
 
 
 MALFORMED = MalformedDrops()

@@ -20,7 +20,7 @@ from sfu.limits import (
 )
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
-from sfu.simulcast import Layers
+from sfu.simulcast import LIVEKIT_RID_ORDER, Layers
 from sfu.transport import SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,13 @@ SOURCES_BY_NAME = {
 _NAMES_BY_SOURCE = {source: name for name, source in SOURCES_BY_NAME.items()}
 #: Codecs whose layers travel in one stream (scalable video coding, not simulcast).
 SVC_MIME_TYPES = frozenset({"video/vp9", "video/av1"})
-_RID_BY_QUALITY = {
-    models.VideoQuality.LOW: "q",
-    models.VideoQuality.MEDIUM: "h",
-    models.VideoQuality.HIGH: "f",
-}
+_RID_BY_QUALITY = dict(
+    zip(
+        (models.VideoQuality.LOW, models.VideoQuality.MEDIUM, models.VideoQuality.HIGH),
+        LIVEKIT_RID_ORDER,
+        strict=True,
+    )
+)
 
 
 class PublishError(Exception):
@@ -188,7 +190,7 @@ class ParticipantTracks:
                 # Layers announced by rid only: one is chosen as their packets arrive.
                 track.layers = Layers(stream.rids)
             # Per-subscriber layer selection is not implemented: one layer (the first
-            # announced, or the lowest flowing rid) is forwarded to everyone.
+            # announced, or the highest flowing rid, sfu/simulcast.py) goes to everyone.
             track.ssrcs = stream.ssrcs[:1] + ((stream.rtx[1],) if stream.rtx else ())
             for ssrc in track.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
@@ -303,6 +305,7 @@ class ParticipantTracks:
             self._drop_ssrc(ssrc, [0])
             return None
         if payload_type not in (receiver.codec.payload_type, receiver.red_payload_type):
+            self._drop_ssrc(ssrc, [0])  # neither media nor its RTX: not parsed again
             return None
         rid = values.get(self._rid_extension_id, b"").decode(errors="replace")
         if layers.add_media(ssrc, rid):

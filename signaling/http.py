@@ -6,8 +6,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 from aiohttp import web
@@ -205,22 +207,33 @@ async def serve_session(
     log = logging.LoggerAdapter(
         logger, {"room": room.name, "participant": connect.claims.identity, "pID": participant_sid}
     )
+    async with _signal_sink(socket, log) as sink:
+        participant = Participant(
+            sid=participant_sid,
+            params=_join_params(connect),
+            room_name=room.name,
+            sink=sink,
+            listener=room,
+            endpoint=await ctx.endpoints.acquire(),
+        )
+        refresh = partial(_refresh, ctx, connect.claims)
+        session = SignalSession(socket, sink, room, participant, refresh)
+        try:
+            await room.join(participant, _join_response(ctx, participant))
+            await session.run()
+        except RoomFullError:
+            await participant.close(models.DisconnectReason.JOIN_FAILURE, send_leave=True)
+
+
+@asynccontextmanager
+async def _signal_sink(
+    socket: SignalSocket, log: logging.LoggerAdapter[logging.Logger]
+) -> AsyncIterator[WebSocketSink]:
+    """A sink on ``socket`` with its writer task, closed and drained when the block ends."""
     sink = WebSocketSink(socket, log)
     writer = asyncio.get_running_loop().create_task(sink.run_writer(), name="signal-writer")
-    participant = Participant(
-        sid=participant_sid,
-        params=_join_params(connect),
-        room_name=room.name,
-        sink=sink,
-        listener=room,
-        endpoint=await ctx.endpoints.acquire(),
-    )
-    session = SignalSession(socket, sink, room, participant, lambda: _refresh(ctx, connect.claims))
     try:
-        await room.join(participant, _join_response(ctx, participant))
-        await session.run()
-    except RoomFullError:
-        await participant.close(models.DisconnectReason.JOIN_FAILURE, send_leave=True)
+        yield sink
     finally:
         sink.close()
         await writer
@@ -240,18 +253,14 @@ async def _resume_session(
     if cut is not None and cut.before_any_frame:
         await socket.close()  # simulate: disconnect_signal_on_resume_no_messages
         return
-    sink = WebSocketSink(socket, participant.log)
-    writer = asyncio.get_running_loop().create_task(sink.run_writer(), name="signal-writer")
-    lost_at = participant.attach_signal(sink)
-    session = SignalSession(socket, sink, room, participant, lambda: _refresh(ctx, connect.claims))
-    try:
+    async with _signal_sink(socket, participant.log) as sink:
+        lost_at = participant.attach_signal(sink)
+        refresh = partial(_refresh, ctx, connect.claims)
+        session = SignalSession(socket, sink, room, participant, refresh)
         room.resume(participant, _reconnect_response(ctx), lost_at)
         if cut is not None:  # simulate: disconnect_signal_on_resume, after the responses
             sink.close()
         await session.run()
-    finally:
-        sink.close()
-        await writer
 
 
 def _reconnect_response(ctx: SignalingContext) -> rtc.ReconnectResponse:

@@ -35,6 +35,13 @@ class ResumeCut:
 RESUME_CUTS: dict[tuple[str, str], ResumeCut] = {}
 
 
+def _sweep_resume_cuts() -> None:
+    """Marks nobody resumed into expire (LiveKit sweeps them too, ``simulationCleanupWorker``)."""
+    now = time.monotonic()
+    for key in [k for k, cut in RESUME_CUTS.items() if now > cut.expires_at]:
+        del RESUME_CUTS[key]
+
+
 def take_resume_cut(room: str, identity: str) -> ResumeCut | None:
     """The mark for this resume, if one is live (it is used up by the call)."""
     key = (room, identity)
@@ -74,6 +81,7 @@ async def simulate(
             await room.remove(participant, reasons.STATE_MISMATCH)
             return reasons.STATE_MISMATCH
         case "disconnect_signal_on_resume" | "disconnect_signal_on_resume_no_messages":
+            _sweep_resume_cuts()
             silent = kind.endswith("no_messages")
             RESUME_CUTS[(room.name, participant.identity)] = ResumeCut(
                 time.monotonic() + RESUME_CUT_WINDOW_S,

@@ -197,3 +197,9 @@ def test_dev_mode_is_one_process_announced_once(tmp_path: Path) -> None:
     assert text.count("placeholder keys: API key devkey, secret secret") == 1
     assert "starting" not in text and "worker=" not in text, "one process"
     assert "Using selector" not in text
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_worker_count_from_the_environment(value: str) -> None:
+    line = _one_line_error(_run("--keys", "k: " + "s" * 32, env={"LIVEKIT_WORKERS": value}))
+    assert "LIVEKIT_WORKERS" in line

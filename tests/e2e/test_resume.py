@@ -7,8 +7,11 @@ import asyncio
 import subprocess
 import time
 
+import aiohttp
 import pytest
 from livekit import api, rtc
+from livekit.protocol import models
+from livekit.protocol import rtc as proto
 
 from tests.e2e.harness import API_KEY, API_SECRET, IN_NETNS, ServerProcess, make_token
 from tests.e2e.sdk import EventLog, Hearing, connect, wait_until
@@ -163,3 +166,16 @@ async def test_publisher_is_told_when_its_track_is_first_subscribed(server: Serv
                 await viewer.disconnect()
     finally:
         await publisher.disconnect()
+
+
+async def test_resuming_a_participant_the_node_does_not_have_means_rejoining(
+    server: ServerProcess,
+) -> None:
+    token = make_token("stranger", "resume-unknown")
+    url = f"{server.ws_url}/rtc?access_token={token}&reconnect=1&sid=PA_gone&protocol=15"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        first = proto.SignalResponse()
+        first.ParseFromString(await ws.receive_bytes(timeout=10))
+        assert first.WhichOneof("message") == "leave", "the first frame"
+        assert first.leave.action == proto.LeaveRequest.Action.RECONNECT
+        assert first.leave.reason == models.DisconnectReason.STATE_MISMATCH
