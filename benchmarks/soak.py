@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,13 +59,32 @@ async def _cycle(server: ServerProcess, index: int, seconds: float) -> None:
         await participant.disconnect()
 
 
-async def _churn(server: ServerProcess, until: float, at_once: int, first: int) -> int:
-    """Batches of ``at_once`` participants until ``until``; returns the next index."""
+async def _churn_here(server: ServerProcess, seconds: float, at_once: int, first: int) -> int:
+    """Batches of ``at_once`` participants for ``seconds``; returns the next index."""
     index = first
+    until = time.monotonic() + seconds
     while time.monotonic() < until:
         await asyncio.gather(*(_cycle(server, i, 1.0) for i in range(index, index + at_once)))
         index += at_once
     return index
+
+
+async def _churn(server: ServerProcess, seconds: float, at_once: int, first: int) -> int:
+    """The churn of one sample period, in a child process of its own.
+
+    The Python SDK leaks in its own process over thousands of connections (an FFI handle
+    assertion and 23.8 GB resident after about 40 minutes), which ended the first soak runs.
+    A fresh process per period keeps the client's leak from being mistaken for the server's,
+    and the victim listener, which stays in this process, still sees one connection only.
+    """
+    command = [sys.executable, "-m", "benchmarks.soak", "--churn-port", str(server.port)]
+    command += ["--churn-seconds", f"{seconds:.1f}", "--at-once", str(at_once)]
+    command += ["--churn-first", str(first)]
+    child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"churn child exited {child.returncode}")
+    return int(out.decode().split()[-1])
 
 
 async def _sample(server: ServerProcess, started: float, joins: int) -> Sample:
@@ -91,13 +111,19 @@ async def soak(args: argparse.Namespace) -> list[Sample]:
         async with media_keeps_flowing(server, "soak") as victim:
             samples.append(await _sample(server, started, joins))
             while time.monotonic() < stop:
-                until = min(stop, time.monotonic() + args.sample_s - SETTLE_S)
-                joins = await _churn(server, until, args.at_once, joins)
+                seconds = min(stop - time.monotonic(), args.sample_s - SETTLE_S)
+                joins = await _churn(server, seconds, args.at_once, joins)
                 samples.append(await _sample(server, started, joins))
             victim.assert_unharmed(started)
     finally:
         server.stop()
     return samples
+
+
+def _churn_child(args: argparse.Namespace) -> None:
+    """One period's churn against the soak's server; prints the next participant index."""
+    server = ServerProcess(proc=None, port=args.churn_port, log_path=Path(os.devnull))  # type: ignore[arg-type]
+    print(asyncio.run(_churn_here(server, args.churn_seconds, args.at_once, args.churn_first)))
 
 
 def main() -> None:
@@ -106,7 +132,13 @@ def main() -> None:
     parser.add_argument("--warm-up-minutes", type=float, default=10.0)
     parser.add_argument("--sample-s", type=float, default=60.0)
     parser.add_argument("--at-once", type=int, default=4, help="participants per churn batch")
+    parser.add_argument("--churn-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--churn-seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--churn-first", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.churn_port is not None:
+        _churn_child(args)
+        return
     print("| minute | joins so far | server RSS | asyncio tasks | open fds |")
     print("|---|---|---|---|---|")
     samples = asyncio.run(soak(args))
