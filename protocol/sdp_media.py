@@ -218,11 +218,15 @@ def answer(
     session_id: int,
     address: str,
     preferred: Mapping[str, Sequence[str]] | None = None,
+    outgoing: Mapping[str, OutgoingTrack] | None = None,
 ) -> str:
     """Answer a client's offer on one BUNDLE transport: data channels accepted, audio and video
     accepted with the codecs we share (receive-only), anything else rejected with port 0.
-    ``preferred`` maps a section's msid track id to the mime types to answer first."""
+    ``preferred`` maps a section's msid track id to the mime types to answer first.
+    ``outgoing`` maps the mid of a receive-only section to the track we send on it (single
+    peer connection mode, where the client offers the sections it subscribes with)."""
     preferred = preferred or {}
+    outgoing = outgoing or {}
     description = SessionDescription(session_lines=session_head(session_id, 2, address))
     accepted: list[str] = []
     for index, offered in enumerate(offer.media):
@@ -232,6 +236,8 @@ def answer(
             section = None
         elif offered.kind == "application":
             section = application_section(params, mid)
+        elif offered.kind in ("audio", "video") and mid in outgoing:
+            section = offer_media_section(outgoing[mid], params)
         elif offered.kind in ("audio", "video"):
             wanted = preferred.get(msid_track_id(offered), ())
             section = answer_media_section(offered, params, enabled, mid, wanted)

@@ -187,8 +187,9 @@ class Lifecycle:
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """The signal stages of ``rtcservice.go``: the WebSocket upgrade (101) is
         signal_connected, a refused join request signal_validation_failed (4xx: bad token,
-        unknown room) or signal_failed (5xx: the room could not take the participant)."""
-        if request.path != "/rtc":
+        unknown room) or signal_failed (5xx: the room could not take the participant); on both
+        join paths."""
+        if request.path not in ("/rtc", "/rtc/v1"):
             return
         if response.status == 101:
             self.joins["signal_connected", ""] += 1

@@ -79,8 +79,9 @@ class DownTrack(DownTrackCore):
             outgoing.codecs[0].clock_rate,
             secrets.randbelow(1 << 15),
             secrets.randbelow(1 << 31),
-            # Only the mid travels with each packet: it must name the subscriber's m= section.
-            rtp.build_extension_block([(MID_EXTENSION_ID, outgoing.mid.encode())]),
+            # Only the mid travels with each packet: it must name the subscriber's m= section,
+            # with the id the subscriber's description gave it.
+            _mid_extension(outgoing),
             payload_types,
             receiver.red_payload_type,
         )
@@ -145,6 +146,15 @@ class DownTrack(DownTrackCore):
         sent = self._sr_sent.get(last_sr)
         if last_sr and sent is not None:
             self.rtt = max(0.0, now - sent - delay / 65536)
+
+
+def _mid_extension(outgoing: OutgoingTrack) -> bytes:
+    """The header-extension block naming ``outgoing``'s section, or none when the section did
+    not negotiate ``sdes:mid`` (libwebrtc then demultiplexes by the announced SSRC)."""
+    for ident, uri in outgoing.extensions:
+        if uri == MID_EXTENSION_URI:
+            return rtp.build_extension_block([(ident, outgoing.mid.encode())])
+    return b""
 
 
 class TrackReceiver:

@@ -14,10 +14,13 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
+from protocol.sdp import parse as sdp_parse
+from protocol.sdp_media import OutgoingTrack
 from protocol.token import VideoGrant
 from sfu.endpoint import Endpoint
 from sfu.media import PublishedTrack
 from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
+from sfu.single_pc import SinglePcSubscriber
 from sfu.tasks import TaskSet
 from sfu.tracks import SOURCES_BY_NAME, ParticipantTracks, PublishError, source_name
 from sfu.transport import PublisherTransport, SubscriberTransport
@@ -99,6 +102,8 @@ class JoinParams:
     protocol: int = 0
     auto_subscribe: bool = True
     client_info: models.ClientInfo = field(default_factory=models.ClientInfo)
+    single_pc: bool = False
+    """One peer connection both ways, the client always offering (``/rtc/v1``)."""
 
 
 class Participant:
@@ -138,20 +143,32 @@ class Participant:
         )
         self.tasks = TaskSet(self.log)
         # Protocol >= 3 with subscribe permission makes the subscriber PC primary (LiveKit
-        # `room.go createJoinResponseLocked`); the client then waits for it to connect.
-        self.subscriber_primary = params.protocol > 2 and self.grant.can_subscribe
-        self.subscriber = SubscriberTransport(
-            PeerConnection("subscriber", endpoint), self._send_offer, self.tasks, self.log
+        # `room.go createJoinResponseLocked`); the client then waits for it to connect. A
+        # single peer connection is the publisher's (LiveKit ``setupTransportManager``).
+        self.subscriber_primary = (
+            params.protocol > 2 and self.grant.can_subscribe and not params.single_pc
         )
-        self.publisher = PublisherTransport(PeerConnection("publisher", endpoint))
+        self.publisher = PublisherTransport(
+            PeerConnection("pc" if params.single_pc else "publisher", endpoint)
+        )
+        self.subscriber: SubscriberTransport | SinglePcSubscriber
+        if params.single_pc:
+            self.tracks = ParticipantTracks(self.publisher.pc, None)
+            self.subscriber = SinglePcSubscriber(
+                self._send_requirement, self.tracks.sections_needed, self.tasks, self.log
+            )
+        else:
+            self.subscriber = SubscriberTransport(
+                PeerConnection("subscriber", endpoint), self._send_offer, self.tasks, self.log
+            )
+            self.subscriber.pc.on_state_change = self._on_subscriber_state
+            self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
         self._endpoint = endpoint
         self._publisher_channels: dict[str, DataChannel] = {}
         self._last_reliable_seq = 0
-        self.subscriber.pc.on_state_change = self._on_subscriber_state
         self.subscriber.on_negotiation_failed = self._on_negotiation_failed
         self.publisher.pc.on_state_change = self._on_publisher_state
         self.publisher.pc.on_data_channel = self._on_publisher_channel
-        self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
         self.subscription_permission: rtc.SubscriptionPermission | None = None
         """Who may subscribe to this participant's tracks; None allows everyone."""
 
@@ -234,11 +251,24 @@ class Participant:
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
         self.log.log(TRACE, "publisher offer:\n%s", offer.sdp)
-        sdp = await self.publisher.handle_offer(offer.sdp, self.tracks.preferred_codecs())
+        outgoing: dict[str, OutgoingTrack] = {}
+        if isinstance(self.subscriber, SinglePcSubscriber):
+            self.subscriber.offer_received()
+            outgoing = self._place_subscriptions(offer.sdp)
+        preferred = self.tracks.preferred_codecs()
+        sdp = await self.publisher.handle_offer(offer.sdp, preferred, outgoing)
         self.log.log(TRACE, "publisher answer:\n%s", sdp)
-        answer = rtc.SessionDescription(type="answer", sdp=sdp, id=offer.id)
+        # Single PC: which track each of our sending sections carries (clients name remote
+        # tracks by it; their receivers' own track ids are locally generated).
+        mid_to_track_id = {mid: track.track_id for mid, track in outgoing.items()}
+        answer = rtc.SessionDescription(
+            type="answer", sdp=sdp, id=offer.id, mid_to_track_id=mid_to_track_id
+        )
         self.send(rtc.SignalResponse(answer=answer))
         self._trickle(self.publisher.pc, rtc.SignalTarget.PUBLISHER)
+        if isinstance(self.subscriber, SinglePcSubscriber):
+            self.tracks.answered()
+            self.subscriber.offer_answered()
         ready, removed = self.tracks.negotiated(offer.sdp, sdp)
         for track in removed:
             self.log.info("track unpublished: %s", track.sid)
@@ -248,6 +278,22 @@ class Participant:
             if track.receiver is not None:
                 track.receiver.on_first_subscriber = partial(self._track_subscribed, track.sid)
             self._listener.on_track_published(self, track)
+
+    def _place_subscriptions(self, offer_sdp: str) -> dict[str, OutgoingTrack]:
+        """Single PC: subscriptions go on the offer's receive-only sections; one the client
+        cannot decode is refused as LiveKit refuses it (``SE_CODEC_UNSUPPORTED``)."""
+        outgoing, refused = self.tracks.place(sdp_parse(offer_sdp), self.sid)
+        for track in refused:
+            self.log.info("subscription to %s refused: no codec in common", track.sid)
+            error = rtc.SubscriptionResponse(
+                track_sid=track.sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED
+            )
+            self.send(rtc.SignalResponse(subscription_response=error))
+        return outgoing
+
+    def _send_requirement(self, audios: int, videos: int) -> None:
+        requirement = rtc.MediaSectionsRequirement(num_audios=audios, num_videos=videos)
+        self.send(rtc.SignalResponse(media_sections_requirement=requirement))
 
     def _track_subscribed(self, track_sid: str) -> None:
         # LiveKit tells a publisher once, when its track first reaches a subscriber
@@ -346,17 +392,24 @@ class Participant:
 
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
         self.log.log(TRACE, "subscriber answer:\n%s", answer.sdp)
+        if isinstance(self.subscriber, SinglePcSubscriber):
+            # LiveKit logs and ignores it: the server never offers on a single PC.
+            raise ValueError("answer on a single peer connection, where the server never offers")
         await self.subscriber.handle_answer(answer.sdp)
 
     async def handle_trickle(self, trickle: rtc.TrickleRequest, init: dict[str, object]) -> None:
-        if trickle.target == rtc.SignalTarget.SUBSCRIBER:
+        if isinstance(self.subscriber, SubscriberTransport) and (
+            trickle.target == rtc.SignalTarget.SUBSCRIBER
+        ):
             await self.subscriber.pc.add_candidate(init)
         else:
             await self.publisher.pc.add_candidate(init)
 
     def start_negotiation(self) -> None:
-        """Send the first subscriber offer (with LiveKit's data channels) right after join."""
-        self.subscriber.negotiate()
+        """Send the first subscriber offer (with LiveKit's data channels) right after join; a
+        single-PC client offers first instead."""
+        if isinstance(self.subscriber, SubscriberTransport):
+            self.subscriber.negotiate()
 
     # --- data ------------------------------------------------------------------------------
 
@@ -364,7 +417,7 @@ class Participant:
         """Deliver a serialized DataPacket on the primary PC's channel of the same kind."""
         if self.is_closed:
             return
-        if self.subscriber_primary:
+        if isinstance(self.subscriber, SubscriberTransport) and self.subscriber_primary:
             sent = self.subscriber.send_data(payload, reliable=reliable)
         else:
             channel = self._publisher_channels.get(_RELIABLE_LABEL if reliable else _LOSSY_LABEL)
@@ -440,7 +493,8 @@ class Participant:
         self.send(
             rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=sdp, id=offer_id))
         )
-        self._trickle(self.subscriber.pc, rtc.SignalTarget.SUBSCRIBER)
+        if isinstance(self.subscriber, SubscriberTransport):
+            self._trickle(self.subscriber.pc, rtc.SignalTarget.SUBSCRIBER)
 
     def _trickle(self, pc: PeerConnection, target: rtc.SignalTarget) -> None:
         """Trickle our candidates too (they are also in the SDP), the last marked final as
@@ -472,7 +526,10 @@ class Participant:
         self.set_state(ParticipantState.DISCONNECTED)
         self.sink.close()
         await self.tasks.close()
-        await self.subscriber.close()
+        if isinstance(self.subscriber, SinglePcSubscriber):
+            self.subscriber.close()
+        else:
+            await self.subscriber.close()
         await self.publisher.close()
         self.tracks.close()
         self._endpoint.release()

@@ -129,7 +129,10 @@ class Room:
         participant.start_negotiation()
         self.broadcast_participant(participant)
         self._broadcast_room_update()
-        self.log.info("participant joined: %s (%s)", participant.identity, participant.sid)
+        mode = "one peer connection" if participant.params.single_pc else "two peer connections"
+        self.log.info(
+            "participant joined: %s (%s, %s)", participant.identity, participant.sid, mode
+        )
 
     async def remove(
         self,

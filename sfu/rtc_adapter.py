@@ -305,10 +305,14 @@ class PeerConnection:
         self._start(_parse(text), offered=False)
 
     async def answer(
-        self, offer_text: str, preferred: Mapping[str, Sequence[str]] | None = None
+        self,
+        offer_text: str,
+        preferred: Mapping[str, Sequence[str]] | None = None,
+        outgoing: Mapping[str, sdp_media.OutgoingTrack] | None = None,
     ) -> str:
         """Answer a client's offer; ValueError when it cannot be applied. ``preferred``: the
-        codecs to answer first, by msid track id (``sdp_media.answer``)."""
+        codecs to answer first, by msid track id; ``outgoing``: the tracks we send, by the mid
+        of the client's receive-only section (``sdp_media.answer``)."""
         offer = _parse(offer_text)
         self._start(offer, offered=True)
         address = self._endpoint.addresses[0] if self._endpoint.addresses else "0.0.0.0"
@@ -319,6 +323,7 @@ class PeerConnection:
             session_id=self._session_id,
             address=address,
             preferred=preferred,
+            outgoing=outgoing,
         )
         return self._remember_bundle_tag(text)
 

@@ -21,6 +21,7 @@ from sfu.limits import (
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
 from sfu.simulcast import LIVEKIT_RID_ORDER, Layers
+from sfu.single_pc import Placement, SectionPlan, track_kind
 from sfu.transport import SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -59,14 +60,16 @@ class PublishError(Exception):
 class ParticipantTracks:
     """Published tracks (pending until their media section is negotiated) and subscriptions.
 
-    :param subscriber: the participant's subscriber transport, where its downtracks go.
+    :param subscriber: the participant's subscriber transport, where its downtracks go; None
+        in single peer connection mode, where they go on ``publisher``, on the sections the
+        client offers to receive on (``sfu/single_pc.py``).
     :param counters: where receivers and downtracks are registered for the metrics.
     """
 
     def __init__(
         self,
         publisher: PeerConnection,
-        subscriber: SubscriberTransport,
+        subscriber: SubscriberTransport | None,
         counters: MediaCounters = NODE_COUNTERS,
     ) -> None:
         self._counters = counters
@@ -88,10 +91,17 @@ class ParticipantTracks:
         self._downtrack_by_ssrc: dict[int, DownTrack] = {}
         self._subscriber = subscriber
         self._publisher = publisher
+        self.plan = SectionPlan() if subscriber is None else None
+        """Single peer connection mode: which offered section carries which subscription."""
         publisher.on_rtp = self._on_rtp
-        publisher.on_rtcp = self._on_publisher_rtcp
-        subscriber.pc.on_rtcp = self._on_subscriber_rtcp
-        subscriber.on_answer = self._on_subscriber_answer
+        if subscriber is None:
+            self._subscriber_pc = publisher
+            publisher.on_rtcp = self._on_rtcp
+        else:
+            self._subscriber_pc = subscriber.pc
+            publisher.on_rtcp = self._on_publisher_rtcp
+            subscriber.pc.on_rtcp = self._on_subscriber_rtcp
+            subscriber.on_answer = self._on_subscriber_answer
 
     def add(self, request: rtc.AddTrackRequest, can_publish_source: bool) -> models.TrackInfo:
         """Announce a track (LiveKit ``participant.go AddTrack``); raises PublishError."""
@@ -336,6 +346,12 @@ class ParticipantTracks:
             self._by_ssrc[new] = receiver
         receiver.switch_source(ssrc, rtx, now)
 
+    def _on_rtcp(self, packet: bytes) -> None:
+        """One peer connection both ways: a compound packet may hold a publisher's Sender
+        Reports and a subscriber's feedback; each handler ignores SSRCs not its own."""
+        self._on_publisher_rtcp(packet)
+        self._on_subscriber_rtcp(packet)
+
     def _on_subscriber_rtcp(self, packet: bytes) -> None:
         """A subscriber's keyframe request goes to the publisher of that track; its NACKs are
         answered from the track's packet cache."""
@@ -395,13 +411,20 @@ class ParticipantTracks:
     # --- subscribing -----------------------------------------------------------------------
 
     def subscribe(self, publisher_sid: str, track: PublishedTrack, subscriber_sid: str) -> bool:
-        """Add a downtrack of ``track``; True when the subscriber needs a new offer."""
+        """Add a downtrack of ``track``; True when the subscriber needs a new offer (in single
+        peer connection mode the downtrack waits for a section of the client's next offer)."""
         if track.sid in self.downtracks or track.receiver is None:
             return False
+        if self.plan is not None:
+            if track.sid in self.plan.waiting:
+                return False
+            self.plan.want(Placement(publisher_sid, track))
+            return True
+        assert self._subscriber is not None
         codec = track.receiver.codec
         red = track.receiver.red
         outgoing = sdp_media.OutgoingTrack(
-            kind="audio" if track.info.type == models.TrackType.AUDIO else "video",
+            kind=track_kind(track),
             mid=self._subscriber.next_mid(),
             # RED first when the publisher sends it, as in the publisher's answer.
             codecs=(red, codec) if red is not None else (codec,),
@@ -410,37 +433,107 @@ class ParticipantTracks:
             track_id=track.sid,
             ssrc=secrets.randbelow(0xFFFFFFFE) + 1,
         )
+        self._add_downtrack(track, subscriber_sid, outgoing)
+        self._subscriber.tracks.append(outgoing)
+        return True
+
+    def _add_downtrack(
+        self, track: PublishedTrack, subscriber_sid: str, outgoing: sdp_media.OutgoingTrack
+    ) -> DownTrack:
         receiver = track.receiver
-        downtrack = DownTrack(
-            outgoing, self._subscriber.pc.rtp_sink, self._subscriber.pc.send_rtcp, receiver
-        )
+        assert receiver is not None
+        pc = self._subscriber_pc
+        downtrack = DownTrack(outgoing, pc.rtp_sink, pc.send_rtcp, receiver)
         # Nothing is forwarded until the subscriber's answer has the track (LiveKit binds a
         # downtrack on the answer): a keyframe sent before the client knows the m= section is
         # dropped by it, and libwebrtc then waits for the next one.
         downtrack.bound = False
         self.downtracks[track.sid] = downtrack
-        track.receiver.downtracks[subscriber_sid] = downtrack
+        receiver.downtracks[subscriber_sid] = downtrack
         self._counters.add_downtrack(downtrack)
-        self._receiver_by_downtrack_ssrc[outgoing.ssrc] = track.receiver
+        self._receiver_by_downtrack_ssrc[outgoing.ssrc] = receiver
         self._downtrack_by_ssrc[outgoing.ssrc] = downtrack
-        self._subscriber.tracks.append(outgoing)
-        return True
+        return downtrack
 
     def unsubscribe(
         self, track_sid: str, subscriber_sid: str, track: PublishedTrack | None
     ) -> bool:
-        downtrack = self.downtracks.pop(track_sid, None)
+        if self.plan is not None and self.plan.forget(track_sid):
+            return False
+        downtrack = self._remove_downtrack(track_sid, subscriber_sid, track)
         if downtrack is None:
             return False
+        if self.plan is not None:
+            self.plan.release(downtrack.outgoing.mid)
+            return True
+        assert self._subscriber is not None
+        tracks = self._subscriber.tracks
+        index = tracks.index(downtrack.outgoing)
+        tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)
+        return True
+
+    # --- single peer connection mode ---------------------------------------------------------
+
+    def place(
+        self, offer: sdp.SessionDescription, subscriber_sid: str
+    ) -> tuple[dict[str, sdp_media.OutgoingTrack], list[PublishedTrack]]:
+        """Put waiting subscriptions on the receive-only sections of the client's ``offer``.
+        Returns (the track each such section carries, by mid; tracks the client cannot
+        decode, no longer subscribed)."""
+        assert self.plan is not None
+        lost, placed, refused = self.plan.apply_offer(offer)
+        for placement in lost:
+            # A section the client no longer offers: the subscription waits for another.
+            self._remove_downtrack(placement.track.sid, subscriber_sid, placement.track)
+        for item in placed:
+            track = item.placement.track
+            outgoing = sdp_media.OutgoingTrack(
+                kind=item.section.kind,
+                mid=item.section.mid,
+                codecs=item.codecs,
+                extensions=(
+                    ((item.section.mid_extension, MID_EXTENSION_URI),)
+                    if item.section.mid_extension
+                    else ()
+                ),
+                stream_id=f"{item.placement.publisher_sid}|{track.sid}",
+                track_id=track.sid,
+                ssrc=secrets.randbelow(0xFFFFFFFE) + 1,
+            )
+            downtrack = self._add_downtrack(track, subscriber_sid, outgoing)
+            # RED goes through only where the client's section kept it (sfu/single_pc.py).
+            downtrack.red_accepted = item.codecs[0].name.lower() == "red"
+        outgoing_by_mid = {
+            mid: self.downtracks[p.track.sid].outgoing
+            for mid, p in self.plan.assigned.items()
+            if p.track.sid in self.downtracks
+        }
+        return outgoing_by_mid, [placement.track for placement in refused]
+
+    def _remove_downtrack(
+        self, track_sid: str, subscriber_sid: str, track: PublishedTrack | None
+    ) -> DownTrack | None:
+        downtrack = self.downtracks.pop(track_sid, None)
+        if downtrack is None:
+            return None
         if track is not None and track.receiver is not None:
             track.receiver.downtracks.pop(subscriber_sid, None)
         self._receiver_by_downtrack_ssrc.pop(downtrack.outgoing.ssrc, None)
         self._downtrack_by_ssrc.pop(downtrack.outgoing.ssrc, None)
         self._counters.retire_downtrack(downtrack)
-        tracks = self._subscriber.tracks
-        index = tracks.index(downtrack.outgoing)
-        tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)
-        return True
+        return downtrack
+
+    def answered(self) -> None:
+        """Our answer to the client's offer is out: the tracks it placed start flowing."""
+        assert self.plan is not None
+        for placement in self.plan.assigned.values():
+            downtrack = self.downtracks.get(placement.track.sid)
+            if downtrack is not None:
+                downtrack.bind()
+        self.plan.answered()
+
+    def sections_needed(self) -> tuple[int, int]:
+        return self.plan.sections_needed() if self.plan is not None else (0, 0)
 
 
 def _layers(requested: Iterable[models.VideoLayer]) -> list[models.VideoLayer]:

@@ -161,9 +161,14 @@ class PublisherTransport:
         self.pc = pc
         self._lock = asyncio.Lock()
 
-    async def handle_offer(self, sdp: str, preferred: Mapping[str, Sequence[str]]) -> str:
+    async def handle_offer(
+        self,
+        sdp: str,
+        preferred: Mapping[str, Sequence[str]],
+        outgoing: Mapping[str, OutgoingTrack] | None = None,
+    ) -> str:
         async with self._lock:
-            return await self.pc.answer(sdp, preferred)
+            return await self.pc.answer(sdp, preferred, outgoing)
 
     async def close(self) -> None:
         await self.pc.close()

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from config import Config
 from protocol.token import Claims, TokenError, verify_token
 from sfu.limits import LimitExceededError, Limits
+from signaling.join_request import decode_join_request
 
 
 class HttpError(Exception):
@@ -40,6 +41,15 @@ class ConnectRequest:
     reconnect: bool
     attributes: Mapping[str, str]
     client_info: models.ClientInfo
+    join_request: rtc.JoinRequest | None = None
+    """Single peer connection mode (``/rtc/v1``, or ``join_request`` on ``/rtc``): what the
+    client sent, including its first offer and tracks."""
+    metadata: str | None = None
+    """Metadata the client's join request sets instead of the token's."""
+
+    @property
+    def single_pc(self) -> bool:
+        return self.join_request is not None
 
 
 _SDKS: dict[str, models.ClientInfo.SDK] = {
@@ -71,10 +81,41 @@ def authenticate(headers: Mapping[str, str], query: Mapping[str, str], config: C
 
 
 def validate_connect(
-    headers: Mapping[str, str], query: Mapping[str, str], config: Config
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    config: Config,
+    *,
+    single_pc_path: bool = False,
 ) -> ConnectRequest:
-    """Check the token and the query of an ``/rtc`` or ``/rtc/validate`` request."""
+    """Check the token and the query of an ``/rtc`` or ``/rtc/validate`` request (``/rtc/v1``
+    and its validate with ``single_pc_path``, where ``join_request`` is required)."""
     claims = authenticate(headers, query, config)
+    _check_claims(claims, config)
+    encoded = query.get("join_request", "")
+    if single_pc_path and not encoded:
+        raise HttpError(400, "join_request is required")
+    if encoded:
+        try:
+            join = decode_join_request(encoded)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        connect = _from_join_request(claims, join)
+    else:
+        connect = _from_query(claims, query)
+    if connect.attributes or connect.metadata:
+        if not claims.video.can_update_own_metadata:
+            raise HttpError(401, "permissions denied: attributes need canUpdateOwnMetadata")
+    try:
+        # Name, metadata and attributes go to everyone in the room (LiveKit 400s them too).
+        merged = {**claims.attributes, **connect.attributes}
+        metadata = claims.metadata if connect.metadata is None else connect.metadata
+        Limits.from_config(config).check_participant(claims.name, metadata, merged)
+    except LimitExceededError as exc:
+        raise HttpError(400, f"participant {exc}") from None
+    return connect
+
+
+def _check_claims(claims: Claims, config: Config) -> None:
     grant = claims.video
     if not grant.room_join:
         raise HttpError(401, "permissions denied: token lacks roomJoin")
@@ -88,25 +129,39 @@ def validate_connect(
     if len(claims.identity) > limits.max_participant_identity_length:
         limit = limits.max_participant_identity_length
         raise HttpError(400, f"participant identity exceeds {limit} characters")
-    attributes = _query_attributes(query.get("attributes", ""))
-    if attributes and not grant.can_update_own_metadata:
-        raise HttpError(401, "permissions denied: attributes need canUpdateOwnMetadata")
-    try:
-        # Name, metadata and attributes go to everyone in the room (LiveKit 400s them too).
-        merged = {**claims.attributes, **attributes}
-        Limits.from_config(config).check_participant(claims.name, claims.metadata, merged)
-    except LimitExceededError as exc:
-        raise HttpError(400, f"participant {exc}") from None
+
+
+def _from_query(claims: Claims, query: Mapping[str, str]) -> ConnectRequest:
+    """Two peer connections: everything from the v0 query parameters."""
     protocol = _int(query.get("protocol", "0"), "protocol")
     return ConnectRequest(
         claims=claims,
-        room_name=grant.room,
+        room_name=claims.video.room,
         protocol=protocol,
         # LiveKit's /rtc defaults auto_subscribe to true when absent.
         auto_subscribe=query.get("auto_subscribe", "1").lower() not in ("0", "false"),
         reconnect=query.get("reconnect", "").lower() in ("1", "true"),
-        attributes=attributes,
+        attributes=_query_attributes(query.get("attributes", "")),
         client_info=_client_info(query, protocol),
+    )
+
+
+def _from_join_request(claims: Claims, join: rtc.JoinRequest) -> ConnectRequest:
+    """Single peer connection: everything from the JoinRequest, v0 parameters ignored. An
+    unset ``auto_subscribe`` means false here, and empty attribute values are skipped
+    (LiveKit ``validateInternal``, ``ValidateConnectRequest``)."""
+    client_info = models.ClientInfo()
+    client_info.CopyFrom(join.client_info)
+    return ConnectRequest(
+        claims=claims,
+        room_name=claims.video.room,
+        protocol=join.client_info.protocol,
+        auto_subscribe=join.connection_settings.auto_subscribe,
+        reconnect=join.reconnect,
+        attributes={k: v for k, v in join.participant_attributes.items() if v},
+        client_info=client_info,
+        join_request=join,
+        metadata=join.metadata or None,
     )
 
 

@@ -112,15 +112,15 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
-async def single_pc_not_supported(request: web.Request) -> web.Response:
-    # Both official SDKs try /rtc/v1 first and fall back to /rtc on a 404 (the JS client from
-    # /rtc/v1/validate, the Python SDK from the WebSocket itself).
-    raise HttpError(404, "single peer connection mode (/rtc/v1) is not supported; use /rtc")
-
-
 async def validate(request: web.Request) -> web.Response:
+    """``/rtc/validate`` and ``/rtc/v1/validate``: what the join would say, without joining.
+    An unknown room must be 404 "requested room does not exist" exactly: livekit-client takes
+    any other 404 on the v1 path for a server without it and falls back to two PCs."""
     ctx = request.app[CONTEXT]
-    connect = validate_connect(request.headers, request.query, ctx.config)
+    single_pc_path = request.path.startswith("/rtc/v1")
+    connect = validate_connect(
+        request.headers, request.query, ctx.config, single_pc_path=single_pc_path
+    )
     if ctx.rooms.get(connect.room_name) is None:
         try:
             host = await ctx.router.room_host(connect.room_name, create=False)
@@ -159,7 +159,9 @@ async def rtc_websocket(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         raise HttpError(404, "expected a WebSocket upgrade")
-    connect = validate_connect(request.headers, request.query, ctx.config)
+    connect = validate_connect(
+        request.headers, request.query, ctx.config, single_pc_path=request.path == "/rtc/v1"
+    )
     host = await _room_host(ctx, connect)
     if host is not None and host != ctx.router.node_id:
         return await relay_to_host(ctx.router.bus, ctx.router.node_id, host, request, ws)
@@ -220,6 +222,7 @@ async def serve_session(
         session = SignalSession(socket, sink, room, participant, refresh)
         try:
             await room.join(participant, _join_response(ctx, participant))
+            await _apply_join_request(session, connect)
             await session.run()
         except RoomFullError:
             await participant.close(models.DisconnectReason.JOIN_FAILURE, send_leave=True)
@@ -260,7 +263,20 @@ async def _resume_session(
         room.resume(participant, _reconnect_response(ctx), lost_at)
         if cut is not None:  # simulate: disconnect_signal_on_resume, after the responses
             sink.close()
+        await _apply_join_request(session, connect)
         await session.run()
+
+
+async def _apply_join_request(session: SignalSession, connect: ConnectRequest) -> None:
+    """Single PC: the tracks and the first offer a client put in its join request are handled
+    after the join as if they had come as requests (LiveKit ``StartSession``)."""
+    join = connect.join_request
+    if join is None:
+        return
+    for add_track in join.add_track_requests:
+        await session.dispatch(rtc.SignalRequest(add_track=add_track))
+    if join.HasField("publisher_offer") and join.publisher_offer.sdp:
+        await session.dispatch(rtc.SignalRequest(offer=join.publisher_offer))
 
 
 def _reconnect_response(ctx: SignalingContext) -> rtc.ReconnectResponse:
@@ -292,12 +308,13 @@ def _join_params(connect: ConnectRequest) -> JoinParams:
         identity=claims.identity,
         grant=claims.video,
         name=claims.name,
-        metadata=claims.metadata,
+        metadata=claims.metadata if connect.metadata is None else connect.metadata,
         attributes=attributes,
         kind=_KINDS.get(claims.kind.lower(), models.ParticipantInfo.Kind.STANDARD),
         protocol=connect.protocol,
         auto_subscribe=connect.auto_subscribe,
         client_info=connect.client_info,
+        single_pc=connect.single_pc,
     )
 
 
@@ -306,6 +323,9 @@ def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinR
     ``room.go createJoinResponseLocked``)."""
     join = _join_response_fields(ctx)
     join.subscriber_primary = participant.subscriber_primary
+    # A single-PC client may publish before it has connected (LiveKit sets fast_publish for
+    # a publisher when no ICE fallback applies).
+    join.fast_publish = participant.params.single_pc and participant.grant.can_publish
     return join
 
 
@@ -347,8 +367,8 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     app.router.add_get("/", health)
     app.router.add_get("/rtc", rtc_websocket)
     app.router.add_get("/rtc/validate", validate)
-    app.router.add_get("/rtc/v1", single_pc_not_supported)
-    app.router.add_get("/rtc/v1/validate", single_pc_not_supported)
+    app.router.add_get("/rtc/v1", rtc_websocket)
+    app.router.add_get("/rtc/v1/validate", validate)
     twirp = TwirpServer(ctx.config, stats=ctx.twirp_stats)
     store = ctx.router.store
     service = RoomService(ctx.rooms, ctx.config, store.list_rooms, ctx.publish_room)

@@ -10,7 +10,13 @@ import pytest
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
 from sfu.buffer import RembEstimator
-from sfu.media import KEYFRAME_REQUEST_INTERVAL_S, MID_EXTENSION_ID, DownTrack, TrackReceiver
+from sfu.media import (
+    KEYFRAME_REQUEST_INTERVAL_S,
+    MID_EXTENSION_ID,
+    MID_EXTENSION_URI,
+    DownTrack,
+    TrackReceiver,
+)
 
 VP8 = Codec(96, "video/VP8", 90000)
 
@@ -34,8 +40,26 @@ def _packet(seq: int, pt: int = 96, ssrc: int = 5555) -> bytes:
     return struct.pack("!BBHII", 0x80, pt, seq, seq * 3000, ssrc) + b"frame-data"
 
 
-def _outgoing(mid: str, ssrc: int) -> OutgoingTrack:
-    return OutgoingTrack("video", mid, (Codec(100, "video/VP8", 90000),), (), "PA|TR", "TR", ssrc)
+def _outgoing(mid: str, ssrc: int, mid_extension: int = MID_EXTENSION_ID) -> OutgoingTrack:
+    extensions = ((mid_extension, MID_EXTENSION_URI),) if mid_extension else ()
+    codecs = (Codec(100, "video/VP8", 90000),)
+    return OutgoingTrack("video", mid, codecs, extensions, "PA|TR", "TR", ssrc)
+
+
+@pytest.mark.parametrize("mid_extension", [MID_EXTENSION_ID, 9, 0])
+def test_mid_is_sent_with_the_subscribers_extension_id(mid_extension: int) -> None:
+    """A single-PC client numbers the extension in its own offer; a section without it gets
+    no extension block (libwebrtc then demultiplexes by the announced SSRC)."""
+    receiver = TrackReceiver(VP8, 5555, _drop)
+    sink = Sink()
+    receiver.downtracks["s"] = DownTrack(_outgoing("4", 111, mid_extension), sink, _drop, receiver)
+    receiver.on_packet(_packet(10), now=0.0)
+    (sent,) = sink.packets
+    extension, header, _ = rtp.header_end(sent)
+    if mid_extension:
+        assert list(rtp.extensions(sent, extension, header)) == [(mid_extension, b"4")]
+    else:
+        assert extension < 0 and header == rtp.RTP_HEADER_SIZE
 
 
 def test_fan_out_rewrites_per_subscriber_and_requests_one_keyframe() -> None:
