@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from livekit.protocol import models
 
 from protocol.sdp import SessionDescription
-from protocol.sdp_media import MID_URI, Codec, offered_codecs
+from protocol.sdp_media import MID_URI, Codec, offered_codecs, select_extensions
 from sfu.media import PublishedTrack
 from sfu.tasks import TaskSet
 from sfu.transport import NEGOTIATION_TIMEOUT_S
@@ -43,8 +43,15 @@ class ReceiveSection:
     mid: str
     kind: str
     codecs: tuple[Codec, ...]
-    mid_extension: int
-    """The client's header-extension id for ``sdes:mid`` (0 when it offered none)."""
+    extensions: tuple[tuple[int, str], ...]
+    """The offered header extensions we support, with the client's ids. All are answered, not
+    only the mid we write: libwebrtc offers later sections of the kind with the extensions
+    the last answer kept, and a simulcast section without the rid one fails to apply."""
+
+    @property
+    def mid_extension(self) -> int:
+        """The client's header-extension id for ``sdes:mid`` (0 when it offered none)."""
+        return next((ident for ident, uri in self.extensions if uri == MID_URI), 0)
 
 
 def receive_sections(offer: SessionDescription) -> list[ReceiveSection]:
@@ -55,14 +62,9 @@ def receive_sections(offer: SessionDescription) -> list[ReceiveSection]:
             continue
         if not section.has("recvonly"):
             continue
-        mid_extension = 0
-        for value in section.values("extmap"):
-            ident, _, uri = value.partition(" ")
-            if uri.split(" ")[0] == MID_URI and ident.split("/")[0].isdigit():
-                mid_extension = int(ident.split("/")[0])
-        found.append(
-            ReceiveSection(section.mid, section.kind, tuple(offered_codecs(section)), mid_extension)
-        )
+        codecs = tuple(offered_codecs(section))
+        extensions = tuple(select_extensions(section))
+        found.append(ReceiveSection(section.mid, section.kind, codecs, extensions))
     return found
 
 

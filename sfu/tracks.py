@@ -491,11 +491,7 @@ class ParticipantTracks:
                 kind=item.section.kind,
                 mid=item.section.mid,
                 codecs=item.codecs,
-                extensions=(
-                    ((item.section.mid_extension, MID_EXTENSION_URI),)
-                    if item.section.mid_extension
-                    else ()
-                ),
+                extensions=item.section.extensions,
                 stream_id=f"{item.placement.publisher_sid}|{track.sid}",
                 track_id=track.sid,
                 ssrc=secrets.randbelow(0xFFFFFFFE) + 1,

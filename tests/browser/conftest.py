@@ -60,7 +60,7 @@ class Pages:
     async def join(self, identity: str, room: str, **options: object) -> Page:
         page = await self.open(identity)
         token = make_token(identity, room)
-        await page.lk("connect", self.server.ws_url, token, options)
+        page.joined = await page.lk("connect", self.server.ws_url, token, options)
         return page
 
 

@@ -213,6 +213,8 @@ class Page:
     def __init__(self, browser: Browser, name: str) -> None:
         self.browser = browser
         self.name = name
+        self.joined: dict[str, Any] = {}
+        """What ``lk.connect`` returned: the local sid and identity, and the signal URL."""
 
     async def run(self, js: str, within_s: float = CALL_TIMEOUT_S) -> Any:
         return await self.browser.call({"cmd": "eval", "page": self.name, "js": js}, within_s)

@@ -39,6 +39,9 @@ async def test_browser_camera_and_microphone_reach_the_python_sdk(
 ) -> None:
     async with watching(server, "python", "browser-publishes", "track_subscribed") as (_, logs):
         page = await pages.join("chromium", "browser-publishes")
+        # livekit-client's default: one peer connection through /rtc/v1, with no fallback.
+        assert "/rtc/v1?" in page.joined["url"], page.joined
+        assert f"chromium ({page.joined['sid']}, one peer connection)" in server.logs()
         local = await page.lk("enableCameraAndMicrophone")
         sources = {t["source"] for t in local["tracks"]}
         assert sources == {"camera", "microphone"}, local
@@ -147,8 +150,11 @@ async def test_python_mute_reaches_the_browser(server: ServerProcess, pages: Pag
 
 
 async def test_two_browsers_see_each_others_video(server: ServerProcess, pages: Pages) -> None:
+    """One browser on livekit-client's default single peer connection, the other on two (its
+    fallback when a server has no /rtc/v1), in one room."""
     first = await pages.join("first", "two-browsers")
-    second = await pages.join("second", "two-browsers")
+    second = await pages.join("second", "two-browsers", singlePeerConnection=False)
+    assert "/rtc/v1?" in first.joined["url"] and "/rtc?" in second.joined["url"]
     await first.lk("setCamera", True)
     await second.lk("setCamera", True)
     for page, other in ((first, "second"), (second, "first")):

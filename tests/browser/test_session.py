@@ -85,8 +85,8 @@ async def test_ice_tcp_when_udp_to_the_media_port_is_dropped(
                 return any(s["kind"] == "video" and s["framesDecoded"] > 10 for s in stats)
 
             await page.wait_for("inbound", decoding, "python", within_s=30)
-            # Both of the browser's peer connections and both of the SDK's run over ICE-TCP.
-            assert tcp_established_on(server.proc.pid, server.tcp_port) >= 4
+            # The browser's peer connection and the SDK's (one each, /rtc/v1) run over ICE-TCP.
+            assert tcp_established_on(server.proc.pid, server.tcp_port) >= 2
 
 
 async def test_signal_reconnect_resumes_the_page(server: ServerProcess, pages: Pages) -> None:
