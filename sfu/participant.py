@@ -163,6 +163,7 @@ class Participant:
             )
             self.subscriber.pc.on_state_change = self._on_subscriber_state
             self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
+        self.tracks.on_refused = self._subscription_refused
         self._endpoint = endpoint
         self._publisher_channels: dict[str, DataChannel] = {}
         self._last_reliable_seq = 0
@@ -284,12 +285,15 @@ class Participant:
         cannot decode is refused as LiveKit refuses it (``SE_CODEC_UNSUPPORTED``)."""
         outgoing, refused = self.tracks.place(sdp_parse(offer_sdp), self.sid)
         for track in refused:
-            self.log.info("subscription to %s refused: no codec in common", track.sid)
-            error = rtc.SubscriptionResponse(
-                track_sid=track.sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED
-            )
-            self.send(rtc.SignalResponse(subscription_response=error))
+            self._subscription_refused(track.sid)
         return outgoing
+
+    def _subscription_refused(self, track_sid: str) -> None:
+        self.log.info("subscription to %s refused: no codec in common", track_sid)
+        error = rtc.SubscriptionResponse(
+            track_sid=track_sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED
+        )
+        self.send(rtc.SignalResponse(subscription_response=error))
 
     def _send_requirement(self, audios: int, videos: int) -> None:
         requirement = rtc.MediaSectionsRequirement(num_audios=audios, num_videos=videos)

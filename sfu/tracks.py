@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from livekit.protocol import models, rtc
 
@@ -91,6 +91,9 @@ class ParticipantTracks:
         self._downtrack_by_ssrc: dict[int, DownTrack] = {}
         self._subscriber = subscriber
         self._publisher = publisher
+        self.on_refused: Callable[[str], None] | None = None
+        """Told the sid of a subscribed track the client refused (its section rejected)."""
+        self._refused: set[str] = set()
         self.plan = SectionPlan() if subscriber is None else None
         """Single peer connection mode: which offered section carries which subscription."""
         publisher.on_rtp = self._on_rtp
@@ -378,11 +381,19 @@ class ParticipantTracks:
     def _on_subscriber_answer(self, answer: str) -> None:
         """Bind the downtracks the answer accepted (forwarding starts, and with it the keyframe
         request); a subscriber that refused RED (Firefox, Safari) gets primary blocks only."""
-        formats = {s.mid: set(s.formats) for s in sdp.parse(answer).media if not s.rejected}
-        for downtrack in self.downtracks.values():
+        media = sdp.parse(answer).media
+        formats = {s.mid: set(s.formats) for s in media if not s.rejected}
+        rejected = {s.mid for s in media if s.rejected}
+        for sid, downtrack in self.downtracks.items():
             outgoing = downtrack.outgoing
             if outgoing.mid in formats:
                 downtrack.bind()
+            elif outgoing.mid in rejected and sid not in self._refused:
+                # The client refused the section (a codec it cannot decode): LiveKit tells it
+                # with SE_CODEC_UNSUPPORTED instead of leaving the subscription hanging.
+                self._refused.add(sid)
+                if self.on_refused is not None:
+                    self.on_refused(sid)
             red = [c for c in outgoing.codecs if c.name.lower() == "red"]
             if red:
                 accepted = formats.get(outgoing.mid, set())

@@ -4,8 +4,11 @@ reliable data carrying on; LiveKit's simulated scenarios; what a publisher is to
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import aiohttp
 import pytest
@@ -13,7 +16,14 @@ from livekit import api, rtc
 from livekit.protocol import models
 from livekit.protocol import rtc as proto
 
-from tests.e2e.harness import API_KEY, API_SECRET, IN_NETNS, ServerProcess, make_token
+from tests.e2e.harness import (
+    API_KEY,
+    API_SECRET,
+    IN_NETNS,
+    ServerProcess,
+    free_udp_port,
+    make_token,
+)
 from tests.e2e.sdk import EventLog, Hearing, connect, wait_until
 from tests.e2e.test_media import publishing_tone
 
@@ -179,3 +189,66 @@ async def test_resuming_a_participant_the_node_does_not_have_means_rejoining(
         assert first.WhichOneof("message") == "leave", "the first frame"
         assert first.leave.action == proto.LeaveRequest.Action.RECONNECT
         assert first.leave.reason == models.DisconnectReason.STATE_MISMATCH
+
+
+@contextmanager
+def blackout(*ports: int) -> Iterator[None]:
+    """Drop every packet to and from ``ports`` (TCP and UDP) inside the test namespace."""
+    table = "lkpy_blackout"
+    listed = ", ".join(str(p) for p in ports)
+    commands = [
+        f"add table inet {table}",
+        f"add chain inet {table} input {{ type filter hook input priority 0 ; }}",
+        f"add rule inet {table} input meta l4proto {{ tcp, udp }} th dport {{ {listed} }} drop",
+        f"add rule inet {table} input meta l4proto {{ tcp, udp }} th sport {{ {listed} }} drop",
+    ]
+    for command in commands:
+        subprocess.run(["nft", command], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+
+
+@pytest.mark.skipif(
+    not IN_NETNS or shutil.which("nft") is None,
+    reason="needs the test network namespace and nftables (tests/run.sh sets both up)",
+)
+async def test_five_seconds_without_a_network_keeps_the_session(
+    start: Callable[..., ServerProcess],
+) -> None:
+    """All of a client's traffic (signal, media, ICE-TCP) dropped for 5 s: the same participant
+    carries on (by a resume, or by its transports recovering by themselves), nobody sees it
+    leave, and its audio flows again."""
+    udp_port = free_udp_port()
+    server = start(f"rtc:\n  udp_port: {udp_port}\n", udp_port=False)
+    room = "blackout"
+    speaker = await connect(server, "speaker", room)
+    listener = rtc.Room()
+    subscribed = EventLog(listener, "track_subscribed")
+    left = EventLog(speaker, "participant_disconnected")
+    await connect_into(listener, server, "listener", room)
+    hearing: Hearing | None = None
+    try:
+        async with publishing_tone(speaker):
+            track, _, _ = await subscribed.wait_for()
+            hearing = Hearing(track)
+            sid = listener.local_participant.sid
+            with blackout(server.port, udp_port, server.tcp_port):
+                await asyncio.sleep(5.0)
+            restored = time.monotonic()
+            await wait_until(
+                lambda: hearing is not None and any(t > restored for t in hearing.arrivals),
+                within_s=30,
+            )
+            back = next(t for t in hearing.arrivals if t > restored)
+            await asyncio.sleep(2.0)
+            assert listener.local_participant.sid == sid
+            assert listener.connection_state == rtc.ConnectionState.CONN_CONNECTED
+            assert not left.items, "nobody saw the listener leave"
+            assert hearing.longest_gap(back) < 1.0, "audio flows again"
+    finally:
+        if hearing is not None:
+            await hearing.close()
+        await listener.disconnect()
+        await speaker.disconnect()

@@ -7,13 +7,19 @@ import asyncio
 import base64
 import gzip
 import logging
+import struct
+from collections.abc import Callable
+from typing import cast
 
 import pytest
 from livekit.protocol import models, rtc
 
-from protocol import sdp
-from protocol.sdp_media import Codec
+from protocol import rtcp, rtp, sdp
+from protocol.sdp_media import Codec, OutgoingTrack
+from sfu.counters import MediaCounters
+from sfu.fanout import Sink
 from sfu.media import PublishedTrack, TrackReceiver
+from sfu.rtc_adapter import PeerConnection
 from sfu.single_pc import (
     Placement,
     RequirementState,
@@ -23,6 +29,8 @@ from sfu.single_pc import (
     receive_sections,
 )
 from sfu.tasks import TaskSet
+from sfu.tracks import ParticipantTracks
+from sfu.transport import SubscriberTransport
 from signaling.join_request import MAX_JOIN_REQUEST_BYTES, decode_join_request
 
 OPUS = Codec(111, "audio/opus", 48000, 2, "minptime=10;useinbandfec=1")
@@ -213,3 +221,91 @@ def test_join_request_plain_and_gzipped() -> None:
 def test_join_request_garbage_is_refused(encoded: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         decode_join_request(encoded)
+
+
+class _FakePc:
+    """What ParticipantTracks uses of a PeerConnection; records what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.rtp_sink = Sink(self.send_rtp)
+        self.rtcp_sent: list[bytes] = []
+        self.on_rtp: Callable[[bytes], None] | None = None
+        self.on_rtcp: Callable[[bytes], None] | None = None
+
+    def send_rtp(self, packet: memoryview) -> bool:
+        self.sent.append(bytes(packet))
+        return True
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self.rtcp_sent.append(packet)
+
+
+def _vp8_packet(sequence: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 96, sequence, sequence * 3000, 5555) + b"frame"
+
+
+CLIENT_OFFER = (
+    HEAD
+    + """m=video 9 UDP/TLS/RTP/SAVPF 98
+a=mid:3
+a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:mid
+a=recvonly
+a=rtpmap:98 VP8/90000
+a=rtcp-fb:98 nack
+"""
+)
+
+
+def test_one_pc_tracks_use_the_clients_section_numbers_and_share_its_rtcp() -> None:
+    """A subscription waits for the client's offer, goes out on its receive-only section with
+    its payload type and mid extension id, and the subscriber's NACKs arrive on the same PC."""
+    pc = _FakePc()
+    tracks = ParticipantTracks(cast(PeerConnection, pc), None, MediaCounters())
+    track = _track("TR_v", VP8)
+    assert track.receiver is not None
+    assert tracks.subscribe("PA_pub", track, "PA_sub")
+    assert tracks.sections_needed() == (0, 1)
+    outgoing, refused = tracks.place(sdp.parse(CLIENT_OFFER), "PA_sub")
+    assert not refused and list(outgoing) == ["3"]
+    sent_section = outgoing["3"]
+    assert (sent_section.codecs[0].payload_type, sent_section.stream_id) == (98, "PA_pub|TR_v")
+    track.receiver.on_packet(_vp8_packet(1), now=0.0)
+    assert not pc.sent, "nothing before our answer is out"
+    tracks.answered()
+    for sequence in (2, 3):
+        track.receiver.on_packet(_vp8_packet(sequence), now=0.0)
+    first = pc.sent[0]
+    assert rtp.payload_type(first) == 98
+    extension, header, _ = rtp.header_end(first)
+    assert list(rtp.extensions(first, extension, header)) == [(9, b"3")]
+    assert pc.on_rtcp is not None
+    pc.on_rtcp(rtcp.nack(1, rtp.ssrc(first), [rtp.sequence_number(first)]))
+    assert len(pc.sent) == 3, "the NACKed packet was sent again"
+    assert tracks.unsubscribe("TR_v", "PA_sub", track)
+    assert not track.receiver.downtracks
+
+
+class _FakeSubscriber:
+    def __init__(self) -> None:
+        self.pc = _FakePc()
+        self.tracks: list[OutgoingTrack] = []
+        self.on_answer: Callable[[str], None] | None = None
+
+    def next_mid(self) -> str:
+        return str(len(self.tracks) + 1)
+
+
+def test_a_two_pc_client_refusing_a_section_is_told_codec_unsupported() -> None:
+    subscriber = _FakeSubscriber()
+    tracks = ParticipantTracks(
+        cast(PeerConnection, _FakePc()), cast(SubscriberTransport, subscriber), MediaCounters()
+    )
+    refused: list[str] = []
+    tracks.on_refused = refused.append
+    assert tracks.subscribe("PA_pub", _track("TR_h", H264_HIGH), "PA_sub")
+    rejected = HEAD + "m=video 0 UDP/TLS/RTP/SAVPF 104\na=mid:1\na=rtpmap:104 H264/90000\n"
+    assert subscriber.on_answer is not None
+    subscriber.on_answer(rejected)
+    subscriber.on_answer(rejected)
+    assert refused == ["TR_h"]
