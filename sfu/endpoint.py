@@ -47,16 +47,20 @@ class Endpoint:
     enabled_codecs: tuple[str, ...] = ()
     """Mime types this node negotiates (``room.enabled_codecs``)."""
 
-    def candidates(self) -> tuple[str, ...]:
+    def candidates(self, *, tcp_only: bool = False) -> tuple[str, ...]:
         """Host candidates, UDP then passive TCP (RFC 6544), priorities per RFC 8445 5.1.2.1
-        with type preference 126 and UDP preferred over TCP."""
+        with type preference 126 and UDP preferred over TCP. ``tcp_only``: the TCP ones alone
+        (a client's ICE preference, LiveKit's ``switch_candidate_protocol``), unless ICE-TCP
+        is off, when a client without UDP could not connect at all."""
+        tcp_only = tcp_only and bool(self.tcp_port)
         found = []
         for index, address in enumerate(self.addresses):
             local = 65535 - index
-            found.append(
-                f"candidate:{index + 1} 1 udp {(126 << 24) | (local << 8) | 255} "
-                f"{address} {self.udp_port} typ host generation 0"
-            )
+            if not tcp_only:
+                found.append(
+                    f"candidate:{index + 1} 1 udp {(126 << 24) | (local << 8) | 255} "
+                    f"{address} {self.udp_port} typ host generation 0"
+                )
             if self.tcp_port:
                 found.append(
                     f"candidate:{index + 101} 1 tcp {(126 << 24) | ((local - 32768) << 8) | 255} "

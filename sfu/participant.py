@@ -104,6 +104,9 @@ class JoinParams:
     client_info: models.ClientInfo = field(default_factory=models.ClientInfo)
     single_pc: bool = False
     """One peer connection both ways, the client always offering (``/rtc/v1``)."""
+    ice_preference: str = ""
+    """"tcp" or "tls" after the client asked for it (``switch_candidate_protocol``): only
+    ICE-TCP candidates are offered (TLS goes through the TURN servers the client is given)."""
 
 
 class Participant:
@@ -164,6 +167,10 @@ class Participant:
             self.subscriber.pc.on_state_change = self._on_subscriber_state
             self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
         self.tracks.on_refused = self._subscription_refused
+        if params.ice_preference:
+            self.publisher.pc.tcp_only = True
+            if isinstance(self.subscriber, SubscriberTransport):
+                self.subscriber.pc.tcp_only = True
         self._endpoint = endpoint
         self._publisher_channels: dict[str, DataChannel] = {}
         self._last_reliable_seq = 0

@@ -248,6 +248,8 @@ class PeerConnection:
         """Where downtracks send: this Python path until SRTP keys and a UDP path exist, then
         protected and sent by the C fan-out (``sfu/fanout.py``)."""
         self._bundle_tag: tuple[str, int] = ("0", 0)
+        self.tcp_only = False
+        """Offer ICE-TCP candidates only (the participant's ICE preference)."""
         self.state = ConnectionState.NEW
         self.on_state_change: Callable[[ConnectionState], None] | None = None
         self.on_data_channel: Callable[[DataChannel], None] | None = None
@@ -271,7 +273,7 @@ class PeerConnection:
             ice_ufrag=self._ice.local_ufrag,
             ice_pwd=self._ice.local_pwd,
             fingerprints=tuple((f.algorithm, f.value) for f in self._certificate.getFingerprints()),
-            candidates=self._endpoint.candidates(),
+            candidates=self._endpoint.candidates(tcp_only=self.tcp_only),
             setup=setup,
         )
 
@@ -389,7 +391,7 @@ class PeerConnection:
         mid, index = self._bundle_tag
         return [
             {"candidate": c, "sdpMid": mid, "sdpMLineIndex": index}
-            for c in self._endpoint.candidates()
+            for c in self._endpoint.candidates(tcp_only=self.tcp_only)
         ]
 
     def _on_datagram(self, data: bytes) -> None:

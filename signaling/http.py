@@ -30,7 +30,7 @@ from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
 from signaling.relay import relay_to_host
 from signaling.roomservice import AgentDispatchService, RoomService
-from signaling.scenarios import take_resume_cut
+from signaling.scenarios import ice_preference, take_resume_cut
 from signaling.session import SignalSession
 from signaling.sink import WebSocketSink
 from signaling.socket import LocalSocket, SignalSocket
@@ -212,7 +212,7 @@ async def serve_session(
     async with _signal_sink(socket, log) as sink:
         participant = Participant(
             sid=participant_sid,
-            params=_join_params(connect),
+            params=_join_params(connect, ice_preference(room.name, connect.claims.identity)),
             room_name=room.name,
             sink=sink,
             listener=room,
@@ -300,7 +300,7 @@ async def _refuse_resume(ws: SignalSocket) -> None:
     await ws.close()
 
 
-def _join_params(connect: ConnectRequest) -> JoinParams:
+def _join_params(connect: ConnectRequest, ice_preference: str = "") -> JoinParams:
     claims = connect.claims
     attributes = dict(claims.attributes)
     attributes.update(connect.attributes)
@@ -315,6 +315,7 @@ def _join_params(connect: ConnectRequest) -> JoinParams:
         auto_subscribe=connect.auto_subscribe,
         client_info=connect.client_info,
         single_pc=connect.single_pc,
+        ice_preference=ice_preference,
     )
 
 
@@ -325,7 +326,9 @@ def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinR
     join.subscriber_primary = participant.subscriber_primary
     # A single-PC client may publish before it has connected (LiveKit sets fast_publish for
     # a publisher when no ICE fallback applies).
-    join.fast_publish = participant.params.single_pc and participant.grant.can_publish
+    params = participant.params
+    join.fast_publish = params.single_pc and participant.grant.can_publish
+    join.fast_publish &= not params.ice_preference
     return join
 
 

@@ -33,6 +33,37 @@ class ResumeCut:
 
 #: identity -> mark, per room name (a resume arrives on a new connection).
 RESUME_CUTS: dict[tuple[str, str], ResumeCut] = {}
+#: How long a client's ICE preference is remembered for its rejoins (LiveKit caches the ICE
+#: configuration per identity for its reconnects).
+ICE_PREFERENCE_TTL_S = 300.0
+#: (room, identity) -> ("tcp" or "tls", expiry).
+ICE_PREFERENCES: dict[tuple[str, str], tuple[str, float]] = {}
+_PREFERENCE_NAMES: dict[int, str] = {
+    rtc.CandidateProtocol.TCP: "tcp",
+    rtc.CandidateProtocol.TLS: "tls",
+}
+
+
+def ice_preference(room: str, identity: str) -> str:
+    """The ICE preference a participant asked for before its (re)join, or ""."""
+    now = time.monotonic()
+    for key in [k for k, (_, expiry) in ICE_PREFERENCES.items() if now > expiry]:
+        del ICE_PREFERENCES[key]
+    found = ICE_PREFERENCES.get((room, identity))
+    return found[0] if found is not None else ""
+
+
+def _prefer_candidates(room: Room, participant: Participant, protocol: int) -> None:
+    """FORCE_TCP / FORCE_TLS (LiveKit caches an ICE config per identity): the client then
+    rejoins on its own (a local full reconnect) and is offered ICE-TCP candidates only; UDP
+    clears the preference."""
+    key = (room.name, participant.identity)
+    name = _PREFERENCE_NAMES.get(protocol, "")
+    if name:
+        ICE_PREFERENCES[key] = (name, time.monotonic() + ICE_PREFERENCE_TTL_S)
+    else:
+        ICE_PREFERENCES.pop(key, None)
+    participant.subscriber.restart_ice()
 
 
 def _sweep_resume_cuts() -> None:
@@ -88,9 +119,10 @@ async def simulate(
                 before_any_frame=silent,
                 remaining=RESUME_CUTS_WITHOUT_MESSAGES if silent else 1,
             )
-        case "switch_candidate_protocol" | "subscriber_bandwidth":
-            # No per-identity ICE preference and no stream allocator yet: the client's own
-            # part (a local full reconnect for TCP/TLS) still runs.
+        case "switch_candidate_protocol":
+            _prefer_candidates(room, participant, scenario.switch_candidate_protocol)
+        case "subscriber_bandwidth":
+            # No stream allocator yet (issue 18): nothing to cap.
             participant.log.info("simulated %s is not acted out by this server", kind)
         case _:
             participant.log.info("unknown simulated scenario %r ignored", kind)

@@ -26,6 +26,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.sdk import EventLog, Hearing, connect, wait_until
 from tests.e2e.test_media import publishing_tone
+from tests.e2e.test_transport import tcp_established_on
 
 pytestmark = pytest.mark.sdk
 
@@ -250,5 +251,37 @@ async def test_five_seconds_without_a_network_keeps_the_session(
     finally:
         if hearing is not None:
             await hearing.close()
+        await listener.disconnect()
+        await speaker.disconnect()
+
+
+@pytest.mark.parametrize("scenario", [KIND.SIMULATE_FORCE_TCP, KIND.SIMULATE_FORCE_TLS])
+async def test_force_tcp_rejoins_over_ice_tcp(
+    server: ServerProcess, scenario: rtc.SimulateScenarioKind.ValueType
+) -> None:
+    """FORCE_TCP (and FORCE_TLS, with no TURN/TLS server configured) makes the client rejoin,
+    and the server then offers it ICE-TCP candidates only: its media runs over TCP."""
+    room = f"force-{scenario}"
+    speaker = await connect(server, "speaker", room)
+    listener = rtc.Room()
+    subscribed = EventLog(listener, "track_subscribed")
+    reconnected = EventLog(listener, "reconnected")
+    await connect_into(listener, server, "listener", room)
+    try:
+        async with publishing_tone(speaker):
+            await subscribed.wait_for()
+            count = len(subscribed.items)
+            before = tcp_established_on(server.proc.pid, server.tcp_port)
+            await listener.simulate_scenario(scenario)
+            await reconnected.wait_for(within_s=30)
+            await wait_until(lambda: len(subscribed.items) > count)
+            track, _, _ = subscribed.items[-1]
+            hearing = Hearing(track)
+            try:
+                await wait_until(lambda: len(hearing.arrivals) > 20)
+            finally:
+                await hearing.close()
+            assert tcp_established_on(server.proc.pid, server.tcp_port) > before
+    finally:
         await listener.disconnect()
         await speaker.disconnect()
