@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import logging
 import os
 import resource
 import signal
 import socket
+import tempfile
+import time
+import tracemalloc
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -210,6 +216,19 @@ def _log_tasks() -> None:
         logger.warning("task %s: %s", task.get_name(), " -> ".join(frames) or "(no frames)")
 
 
+def _log_memory() -> None:
+    """SIGUSR2: log the most numerous object types (a leak shows as a type that keeps
+    growing between two signals) and, when the process was started with
+    ``PYTHONTRACEMALLOC``, write a tracemalloc snapshot to compare with ``tracemalloc``."""
+    counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    top = ", ".join(f"{name} {count}" for name, count in counts.most_common(25))
+    logger.warning("objects by type: %s", top)
+    if tracemalloc.is_tracing():
+        path = Path(tempfile.gettempdir()) / f"livekit-py-server-{os.getpid()}-{time.time():.0f}"
+        tracemalloc.take_snapshot().dump(str(path))
+        logger.warning("tracemalloc snapshot written to %s", path)
+
+
 class SignalWatch:
     """Counts SIGINT/SIGTERM; the third exits the process without cleaning up."""
 
@@ -220,6 +239,7 @@ class SignalWatch:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
         loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
+        loop.add_signal_handler(signal.SIGUSR2, _log_memory)
 
     def _on_signal(self) -> None:
         self.count += 1

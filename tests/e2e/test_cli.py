@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 
@@ -203,3 +206,20 @@ def test_dev_mode_is_one_process_announced_once(tmp_path: Path) -> None:
 def test_bad_worker_count_from_the_environment(value: str) -> None:
     line = _one_line_error(_run("--keys", "k: " + "s" * 32, env={"LIVEKIT_WORKERS": value}))
     assert "LIVEKIT_WORKERS" in line
+
+
+def test_sigusr2_logs_objects_and_writes_a_tracemalloc_snapshot(tmp_path: Path) -> None:
+    """An operator's leak probe: object counts by type, and a snapshot when started with
+    PYTHONTRACEMALLOC."""
+    server = start_server(tmp_path, extra_env={"PYTHONTRACEMALLOC": "1", "TMPDIR": str(tmp_path)})
+    try:
+        server.proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 20
+        while "tracemalloc snapshot written" not in server.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "objects by type: " in server.logs()
+        snapshots = list(tmp_path.glob("livekit-py-server-*"))
+        assert len(snapshots) == 1
+        assert tracemalloc.Snapshot.load(str(snapshots[0])).traces
+    finally:
+        assert server.stop() == 0
