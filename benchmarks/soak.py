@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import aiohttp
@@ -91,6 +93,7 @@ async def _sample(server: ServerProcess, started: float, joins: int) -> Sample:
     """Once the churn has paused and what it left has had time to go (quiescent figures)."""
     await asyncio.sleep(SETTLE_S)
     pid = server.proc.pid
+    server.proc.send_signal(signal.SIGUSR2)  # object counts (and a snapshot when tracing)
     minute = (time.monotonic() - started) / 60
     sample = (minute, joins, probe.resident_kb(pid), await _tasks(server), _descriptors(pid))
     print(f"| {minute:.0f} | {joins} | {sample[2] / 1024:.1f} MB | {sample[3]} | {sample[4]} |")
@@ -99,9 +102,9 @@ async def _sample(server: ServerProcess, started: float, joins: int) -> Sample:
 
 async def soak(args: argparse.Namespace) -> list[Sample]:
     metrics_port = free_port()
-    server = start_server(
-        Path(tempfile.mkdtemp(prefix="lkpy-soak-")), f"prometheus_port: {metrics_port}\n"
-    )
+    directory = Path(tempfile.mkdtemp(prefix="lkpy-soak-"))
+    env = {"PYTHONTRACEMALLOC": "1", "TMPDIR": str(directory)} if args.trace_memory else {}
+    server = start_server(directory, f"prometheus_port: {metrics_port}\n", extra_env=env)
     server.metrics_port = metrics_port
     samples: list[Sample] = []
     joins = 0
@@ -117,7 +120,23 @@ async def soak(args: argparse.Namespace) -> list[Sample]:
             victim.assert_unharmed(started)
     finally:
         server.stop()
+    if args.trace_memory:
+        _report_growth(directory, args.warm_up_minutes / max(args.minutes, 1e-9))
     return samples
+
+
+def _report_growth(directory: Path, warm_fraction: float) -> None:
+    """The source lines whose live allocations grew most from the first snapshot after the
+    warm-up to the last (tracemalloc, one frame per allocation)."""
+    snapshots = sorted(directory.glob("livekit-py-server-*"), key=lambda p: p.stat().st_mtime)
+    if len(snapshots) < 2:
+        return
+    first = snapshots[min(len(snapshots) - 2, int(warm_fraction * len(snapshots)))]
+    before = tracemalloc.Snapshot.load(str(first))
+    after = tracemalloc.Snapshot.load(str(snapshots[-1]))
+    print(f"\nlargest growth, {first.name} -> {snapshots[-1].name}:")
+    for stat in after.compare_to(before, "lineno")[:15]:
+        print(f"  {stat}")
 
 
 def _churn_child(args: argparse.Namespace) -> None:
@@ -132,6 +151,11 @@ def main() -> None:
     parser.add_argument("--warm-up-minutes", type=float, default=10.0)
     parser.add_argument("--sample-s", type=float, default=60.0)
     parser.add_argument("--at-once", type=int, default=4, help="participants per churn batch")
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="run the server under tracemalloc and print where its memory grew",
+    )
     parser.add_argument("--churn-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--churn-seconds", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--churn-first", type=int, help=argparse.SUPPRESS)

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 IMPLEMENTED_KEYS = frozenset(
     {
         "port", "bind_addresses", "development", "region", "keys", "key_file",
-        "rtc.node_ip", "rtc.stun_servers", "rtc.enable_loopback_candidate", "rtc.udp_port",
+        "rtc.node_ip", "rtc.stun_servers", "rtc.turn_servers", "rtc.enable_loopback_candidate",
+        "rtc.udp_port",
         "rtc.tcp_port", "rtc.port_range_start", "rtc.port_range_end",
         "room.auto_create", "room.empty_timeout", "room.departure_timeout",
         "room.max_participants", "room.enabled_codecs", "room.enable_remote_unmute",
@@ -480,6 +481,21 @@ def _validate(config: Config) -> None:
     _validate_choices(config)
     _validate_addresses(config)
     _validate_not_negative(config)
+    _validate_turn_servers(config)
+
+
+def _validate_turn_servers(config: Config) -> None:
+    """A TURN server a client cannot use would fail only at its connect: refuse it here."""
+    for index, server in enumerate(config.rtc.turn_servers):
+        name = f"rtc.turn_servers[{index}]"
+        if not server.host:
+            raise ConfigError(f"{name}.host is empty")
+        _check_port(f"{name}.port", server.port, optional=False)
+        if server.protocol.lower() not in ("udp", "tcp", "tls"):
+            raise ConfigError(f"{name}.protocol: {shown(server.protocol)} is not udp, tcp or tls")
+        has_static = bool(server.username and server.credential)
+        if not (server.secret or server.secret_file or has_static):
+            raise ConfigError(f"{name}: set secret, secret_file, or username and credential")
 
 
 def _validate_addresses(config: Config) -> None:

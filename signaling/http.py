@@ -28,6 +28,7 @@ from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
+from signaling.ice_servers import ice_servers
 from signaling.relay import relay_to_host
 from signaling.roomservice import AgentDispatchService, RoomService
 from signaling.scenarios import ice_preference, take_resume_cut
@@ -260,7 +261,7 @@ async def _resume_session(
         lost_at = participant.attach_signal(sink)
         refresh = partial(_refresh, ctx, connect.claims)
         session = SignalSession(socket, sink, room, participant, refresh)
-        room.resume(participant, _reconnect_response(ctx), lost_at)
+        room.resume(participant, _reconnect_response(ctx, participant), lost_at)
         if cut is not None:  # simulate: disconnect_signal_on_resume, after the responses
             sink.close()
         await _apply_join_request(session, connect)
@@ -279,8 +280,8 @@ async def _apply_join_request(session: SignalSession, connect: ConnectRequest) -
         await session.dispatch(rtc.SignalRequest(offer=join.publisher_offer))
 
 
-def _reconnect_response(ctx: SignalingContext) -> rtc.ReconnectResponse:
-    join = _join_response_fields(ctx)
+def _reconnect_response(ctx: SignalingContext, participant: Participant) -> rtc.ReconnectResponse:
+    join = _join_response_fields(ctx, participant)
     return rtc.ReconnectResponse(
         ice_servers=join.ice_servers,
         client_configuration=join.client_configuration,
@@ -322,7 +323,7 @@ def _join_params(connect: ConnectRequest, ice_preference: str = "") -> JoinParam
 def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinResponse:
     """Everything of the JoinResponse but the room and participants (LiveKit
     ``room.go createJoinResponseLocked``)."""
-    join = _join_response_fields(ctx)
+    join = _join_response_fields(ctx, participant)
     join.subscriber_primary = participant.subscriber_primary
     # A single-PC client may publish before it has connected (LiveKit sets fast_publish for
     # a publisher when no ICE fallback applies).
@@ -332,7 +333,7 @@ def _join_response(ctx: SignalingContext, participant: Participant) -> rtc.JoinR
     return join
 
 
-def _join_response_fields(ctx: SignalingContext) -> rtc.JoinResponse:
+def _join_response_fields(ctx: SignalingContext, participant: Participant) -> rtc.JoinResponse:
     """What a JoinResponse and a ReconnectResponse share."""
     config = ctx.config
     server_info = models.ServerInfo(
@@ -343,19 +344,21 @@ def _join_response_fields(ctx: SignalingContext) -> rtc.JoinResponse:
         region=config.region,
         node_id=ctx.node_id,
     )
-    ice_servers = [rtc.ICEServer(urls=[_stun_url(s)]) for s in config.rtc.stun_servers]
+    servers, relay = ice_servers(
+        config, participant.sid, participant.params.ice_preference, time.time()
+    )
+    client_configuration = models.ClientConfiguration()
+    if relay:
+        client_configuration.force_relay = models.ClientConfigSetting.ENABLED
     return rtc.JoinResponse(
         server_version=LIVEKIT_COMPATIBLE_VERSION,
         server_region=config.region,
-        ice_servers=ice_servers,
+        ice_servers=servers,
+        client_configuration=client_configuration,
         ping_interval=PING_INTERVAL_S,
         ping_timeout=PING_TIMEOUT_S,
         server_info=server_info,
     )
-
-
-def _stun_url(server: str) -> str:
-    return server if server.startswith(("stun:", "stuns:")) else f"stun:{server}"
 
 
 def _refresh(ctx: SignalingContext, claims: Claims) -> str:

@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # iproute2 and util-linux for the test namespace, nftables to block UDP in it,
     # redis-server for the multi-node tests (each starts its own on a free port), chromium for
-    # the browser tier (tests/browser: livekit-client driven by playwright-core).
+    # the browser tier (tests/browser: livekit-client driven by playwright-core), coturn for
+    # media relayed through TURN.
     if ! command -v ip >/dev/null || ! command -v unshare >/dev/null || ! command -v nft >/dev/null \
-        || ! command -v redis-server >/dev/null || [ ! -x /usr/bin/chromium ]
+        || ! command -v redis-server >/dev/null || [ ! -x /usr/bin/chromium ] \
+        || ! command -v turnserver >/dev/null
     then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux nftables \
-            redis-server chromium >/dev/null
+            redis-server chromium coturn >/dev/null
     fi
 fi
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from livekit import rtc
 
-from tests.e2e.harness import IN_NETNS, ServerProcess, free_udp_port
-from tests.e2e.sdk import EventLog, joined, wait_until
+from tests.e2e.harness import IN_NETNS, ServerProcess, free_udp_port, make_token
+from tests.e2e.sdk import EventLog, Hearing, joined, wait_until
+from tests.e2e.test_media import publishing_tone
 
 pytestmark = pytest.mark.sdk
 Start = Callable[..., ServerProcess]
@@ -137,3 +138,56 @@ async def test_ice_tcp_when_udp_is_blocked(start: Start) -> None:
             await _data_flows(b, a, b"and back")
             # Each participant's two peer connections run over ICE-TCP.
             assert tcp_established_on(server.proc.pid, server.tcp_port) >= 2
+
+
+TURN_SECRET = "turn-test-secret"
+
+
+@contextmanager
+def coturn(directory: Path) -> Iterator[tuple[int, Path]]:
+    """Debian's coturn on 127.0.0.1 with time-limited credentials (use-auth-secret), relaying
+    to loopback peers; yields its port and log."""
+    port = free_udp_port()
+    relay = free_udp_port()
+    log = directory / "coturn.log"
+    command = [
+        "turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
+        "--relay-ip=127.0.0.1", f"--min-port={relay}", f"--max-port={relay + 20}",
+        "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}", "--realm=lkpy",
+        "--allow-loopback-peers", "--no-cli", "--no-tls", "--no-dtls", "--fingerprint",
+        f"--pidfile={directory / 'coturn.pid'}", f"--log-file={log}", "--simple-log", "--verbose",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        yield port, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(not IN_NETNS, reason="the SDK needs the test namespace's adapter")
+async def test_media_relayed_through_coturn(start: Start, tmp_path: Path) -> None:
+    """rtc.turn_servers reach the client with working time-limited credentials: an SDK that
+    may only relay gets its audio to the other participant through coturn."""
+    with coturn(tmp_path) as (turn_port, turn_log):
+        turn = f"{{host: 127.0.0.1, port: {turn_port}, protocol: udp, secret: {TURN_SECRET}}}"
+        server = start(f"rtc:\n  turn_servers:\n    - {turn}\n")
+        relay_only = rtc.RoomOptions(
+            rtc_config=rtc.RtcConfiguration(ice_transport_type=rtc.IceTransportType.TRANSPORT_RELAY)
+        )
+        listener = rtc.Room()
+        subscribed = EventLog(listener, "track_subscribed")
+        token = make_token("relayed", "turn")
+        await asyncio.wait_for(listener.connect(server.ws_url, token, relay_only), 20)
+        try:
+            async with joined(server, "speaker", "turn") as speaker, publishing_tone(speaker):
+                track, _, _ = await subscribed.wait_for(within_s=20)
+                hearing = Hearing(track)
+                try:
+                    await wait_until(lambda: len(hearing.arrivals) > 20)
+                finally:
+                    await hearing.close()
+        finally:
+            await listener.disconnect()
+        logged = turn_log.read_text(errors="replace")
+        assert "ALLOCATE processed, success" in logged, logged[-2000:]
