@@ -179,6 +179,9 @@ class IceSession:
         switched = self.selected is None or (nominated and path is not self.selected)
         if switched:
             if self.selected is not None:
+                # The client moved (NAT rebinding, another network, an ICE restart): rare
+                # enough to say, and the first thing to look for when media stops.
+                logger.info("ice %s: client moved from %r to %r", self.name, self.selected, path)
                 self.selected.detach(self)
             path.attach(self)
             self.selected = path
@@ -292,6 +295,9 @@ class _UdpPath:
     def __init__(self, mux: UdpMux, addr: Address) -> None:
         self.mux = mux
         self.addr = addr
+
+    def __repr__(self) -> str:
+        return f"udp {self.addr[0]}:{self.addr[1]}"
 
     def send(self, data: bytes) -> None:
         self.mux.sendto(data, self.addr)
@@ -421,6 +427,9 @@ class TcpIceConnection(asyncio.Protocol):
         """A binding request for one of our sessions arrived (nominated or not)."""
         self._last_data = 0.0
         self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"tcp {self._peer[0]}:{self._peer[1]}"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)

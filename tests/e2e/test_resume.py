@@ -285,3 +285,64 @@ async def test_force_tcp_rejoins_over_ice_tcp(
     finally:
         await listener.disconnect()
         await speaker.disconnect()
+
+
+@contextmanager
+def moved_to(address: str, udp_port: int) -> Iterator[None]:
+    """From now on the clients' UDP to the server's port arrives from ``address`` (a NAT
+    rebinding, rewritten statelessly by nftables); the server's packets to the old address
+    are dropped, so media flows only once the server has followed the client."""
+    table = "lkpy_move"
+    commands = [
+        f"add table ip {table}",
+        f"add chain ip {table} out {{ type filter hook output priority -300 ; }}",
+        f"add rule ip {table} out udp sport {udp_port} ip daddr 127.0.0.1 drop",
+        f"add rule ip {table} out udp sport {udp_port} ip daddr {address} ip daddr set 127.0.0.1",
+        f"add rule ip {table} out udp dport {udp_port} ip saddr 127.0.0.1 ip saddr set {address}",
+    ]
+    for command in commands:
+        subprocess.run(["nft", command], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], check=True)
+
+
+@pytest.mark.skipif(
+    not IN_NETNS or shutil.which("nft") is None,
+    reason="needs the test network namespace and nftables (tests/run.sh sets both up)",
+)
+async def test_a_client_whose_address_changes_keeps_its_media(
+    start: Callable[..., ServerProcess],
+) -> None:
+    """The clients' packets start coming from another address: the server follows their ICE
+    checks there (RFC 8445 7.3.1.5: the nominated pair moves) and both directions carry on,
+    with the same participants."""
+    udp_port = free_udp_port()
+    server = start(f"rtc:\n  udp_port: {udp_port}\n", udp_port=False)
+    room = "moving"
+    speaker = await connect(server, "speaker", room)
+    listener = rtc.Room()
+    subscribed = EventLog(listener, "track_subscribed")
+    left = EventLog(speaker, "participant_disconnected")
+    await connect_into(listener, server, "listener", room)
+    hearing: Hearing | None = None
+    try:
+        async with publishing_tone(speaker):
+            track, _, _ = await subscribed.wait_for()
+            hearing = Hearing(track)
+            sid = listener.local_participant.sid
+            with moved_to("127.0.0.9", udp_port):
+                moved = time.monotonic()
+                await wait_until(lambda: server.logs().count("client moved from") >= 2)
+                await asyncio.sleep(3.0)
+                assert hearing.longest_gap(moved) < 5.0, "media came back within a ping or two"
+                assert hearing.longest_gap(time.monotonic() - 2.0) < 0.5, "and keeps flowing"
+            assert "to udp 127.0.0.9:" in server.logs()
+            assert listener.local_participant.sid == sid
+            assert not left.items, "nobody saw the listener leave"
+    finally:
+        if hearing is not None:
+            await hearing.close()
+        await listener.disconnect()
+        await speaker.disconnect()
