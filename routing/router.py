@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 
 from config.schema import NodeSelectorConfig
@@ -239,6 +239,18 @@ class Router:
             except NoNodeError as exc:
                 raise RoutingError(str(exc)) from exc
             return await self.store.claim_room(room_name, chosen.id)
+
+    async def others_serving(self, *, excluding: Collection[str] = ()) -> bool:
+        """Whether another live node, not one of ``excluding``, takes new rooms (a draining
+        node can hand its rooms over)."""
+        now = time.time()
+        return any(
+            n.id != self.node_id
+            and n.id not in excluding
+            and n.alive(now)
+            and n.state is NodeState.SERVING
+            for n in await self.store.list_nodes()
+        )
 
     async def _alive(self, node_id: str) -> bool:
         now = time.time()

@@ -21,7 +21,14 @@ from aiohttp import web
 
 from config import Config
 from routing.router import Router
-from server.cluster import NodeLoad, StoreSync, WorkerIdentity, local_node, open_backends
+from server.cluster import (
+    NodeLoad,
+    StoreSync,
+    WorkerIdentity,
+    local_node,
+    open_backends,
+    sibling_node_ids,
+)
 from server.membership import CLUSTER, Membership, install_cluster
 from server.metrics import MetricsSources
 from server.metrics_http import install_metrics
@@ -84,7 +91,7 @@ def build_app(
         publish_room=sync.publish,
     )
     add_routes(app, ctx)
-    app[CLUSTER] = install_cluster(app, ctx, backends, sync)
+    app[CLUSTER] = install_cluster(app, ctx, backends, sync, sibling_node_ids(config, worker))
     notifier = install_webhooks(app, config, events)
     install_metrics(
         app,

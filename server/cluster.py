@@ -138,6 +138,19 @@ def local_node(config: Config, worker: WorkerIdentity, advertised_ip: str) -> No
     )
 
 
+def sibling_node_ids(config: Config, worker: WorkerIdentity) -> frozenset[str]:
+    """The ids of the other workers of this supervisor: they get the same SIGTERM, so a
+    draining worker never hands its rooms to them."""
+    if worker.count <= 1:
+        return frozenset()
+    name = socket.gethostname()
+    return frozenset(
+        node_id_for_host(f"{name}:{config.port}:{index}")
+        for index in range(worker.count)
+        if index != worker.index
+    )
+
+
 class NodeLoad:
     """Stats for the node entry, from the rooms and the process's CPU time."""
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from livekit.protocol import models
 
 from routing.store import STORE_ERRORS
 from server.cluster import Backends, StoreSync
@@ -22,8 +23,17 @@ STOP_STEP_S = 3.0
 
 
 class Membership:
-    def __init__(self, ctx: SignalingContext, backends: Backends, sync: StoreSync) -> None:
+    """:param siblings: node ids of this supervisor's other workers (draining together)."""
+
+    def __init__(
+        self,
+        ctx: SignalingContext,
+        backends: Backends,
+        sync: StoreSync,
+        siblings: frozenset[str] = frozenset(),
+    ) -> None:
         self.ctx = ctx
+        self.siblings = siblings
         self.backends = backends
         self.router = ctx.router
         self.relay_host = HostRelayServer(
@@ -58,9 +68,13 @@ class Membership:
         return sum(len(room.participants) for room in self.ctx.rooms.rooms.values())
 
     async def drain(self) -> None:
-        """SHUTTING_DOWN, then wait for every participant to leave (forever, as LiveKit)."""
+        """SHUTTING_DOWN; then, when another node serves, hand the rooms over (everyone is
+        asked to rejoin, and their rejoins are placed there); else wait for every participant
+        to leave, forever, as LiveKit does."""
         try:
             await self.router.drain()
+            if await self.router.others_serving(excluding=self.siblings):
+                await self._hand_over()
         except STORE_ERRORS as exc:
             logger.warning("could not announce draining: %s", exc)
         logger.info("draining: waiting for %d participants to leave", self.participant_count())
@@ -68,14 +82,27 @@ class Membership:
             await asyncio.sleep(DRAIN_POLL_S)
         logger.info("drained: no participants left")
 
+    async def _hand_over(self) -> None:
+        """Each room leaves the store first, so a rejoin arriving here or anywhere is placed
+        on a serving node, then its participants get a leave with RECONNECT."""
+        rooms = self.ctx.rooms
+        for room in list(rooms.rooms.values()):
+            await self.router.store.delete_room(room.name, self.router.node_id)
+            logger.info("draining: handing room %s over to the cluster", room.name)
+            await rooms.close_room(room, models.DisconnectReason.SERVER_SHUTDOWN, reconnect=True)
+
 
 CLUSTER = web.AppKey("cluster_membership", Membership)
 
 
 def install_cluster(
-    app: web.Application, ctx: SignalingContext, backends: Backends, sync: StoreSync
+    app: web.Application,
+    ctx: SignalingContext,
+    backends: Backends,
+    sync: StoreSync,
+    siblings: frozenset[str] = frozenset(),
 ) -> Membership:
-    membership = Membership(ctx, backends, sync)
+    membership = Membership(ctx, backends, sync, siblings)
     app.on_startup.append(membership.start)
     # After the rooms are closed (on_shutdown), before the loop goes.
     app.on_cleanup.append(membership.stop)

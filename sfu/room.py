@@ -215,13 +215,17 @@ class Room:
             for other in list(self.participants.values()):
                 other.unsubscribe_from(track)
 
-    async def close(self, reason: models.DisconnectReason) -> None:
+    async def close(self, reason: models.DisconnectReason, *, reconnect: bool = False) -> None:
+        """Remove everyone with a leave: DISCONNECT, or RECONNECT (rejoin now, the room going
+        on elsewhere) with ``reconnect``."""
         self.closed = True
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
         for participant in list(self.participants.values()):
-            await self.remove(participant, reason, send_leave=True)
+            if reconnect:
+                participant.send_leave(reason, reconnect=True)
+            await self.remove(participant, reason, send_leave=not reconnect)
         self.log.info("room closed")
 
     def tick(self, now: float) -> None:

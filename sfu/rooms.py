@@ -71,12 +71,16 @@ class RoomManager:
         self.events.emit(RoomEvent(EventKind.ROOM_STARTED, room.to_proto()))
         return room
 
-    async def close_room(self, room: Room, reason: models.DisconnectReason) -> None:
+    async def close_room(
+        self, room: Room, reason: models.DisconnectReason, *, reconnect: bool = False
+    ) -> None:
+        """Close ``room``; with ``reconnect`` its participants are asked to rejoin at once
+        (a draining node handing its rooms to the rest of the cluster)."""
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
         if room.closed:
             return
-        await room.close(reason)
+        await room.close(reason, reconnect=reconnect)
         self.events.emit(RoomEvent(EventKind.ROOM_FINISHED, room.to_proto()))
 
     def start(self) -> None:

@@ -236,13 +236,20 @@ async def test_rooms_survive_a_redis_restart(
 async def test_sigterm_drains_the_node(
     nodes: Callable[..., ServerProcess], redis: RedisProcess
 ) -> None:
+    """A draining node takes no new rooms and hands its rooms to the rest of the cluster: each
+    participant is asked to reconnect (a leave with RECONNECT) and rejoins the same room, now
+    on a serving node; then the node exits."""
     draining, other = nodes(), nodes()
     async with server_api(other) as lk:
         await lk.room.create_room(
             api.CreateRoomRequest(name="cluster-drain", node_id=node_id_of(draining))
         )
-    stayer = await connect(draining, "stayer", "cluster-drain")
+    # Connected through the other node (as through a load balancer), hosted on the draining one.
+    stayer = rtc.Room()
+    reconnected = EventLog(stayer, "reconnected")
+    await asyncio.wait_for(stayer.connect(other.ws_url, make_token("stayer", "cluster-drain")), 15)
     try:
+        first_sid = stayer.local_participant.sid
         draining.proc.terminate()
 
         async def shutting_down() -> bool:
@@ -251,16 +258,43 @@ async def test_sigterm_drains_the_node(
                 entry = await client.hget("nodes", node_id_of(draining))
             finally:
                 await client.aclose()
-            return entry is not None and b"SHUTTING_DOWN" in entry
+            return entry is None or b"SHUTTING_DOWN" in entry
 
         await eventually(shutting_down, 5, "the node did not announce SHUTTING_DOWN")
-        # A new room is not placed on the draining node, even when asked through it.
-        async with joined(draining, "elsewhere", "cluster-drain-new"):
-            assert await room_node_of(redis, "cluster-drain-new") == node_id_of(other)
-        # The existing room keeps accepting joins, on the draining node.
+        await reconnected.wait_for(within_s=30)
+        assert await room_node_of(redis, "cluster-drain") == node_id_of(other)
+        assert stayer.local_participant.sid != first_sid, "a full reconnect: a new participant"
+        assert await asyncio.to_thread(draining.proc.wait, 15) == 0
+        assert "handing room cluster-drain over to the cluster" in draining.logs()
+        # The room goes on: a newcomer finds the stayer in it.
         async with joined(other, "joiner", "cluster-drain") as joiner:
             await wait_until(lambda: "stayer" in joiner.remote_participants)
-        assert draining.proc.poll() is None, "the node must wait for its participants"
+    finally:
+        await stayer.disconnect()
+
+
+async def test_a_node_alone_waits_for_its_participants(
+    nodes: Callable[..., ServerProcess], redis: RedisProcess
+) -> None:
+    """With no other node serving, a draining node has nowhere to send its participants: it
+    waits for them, as LiveKit's drain does."""
+    draining, other = nodes(), nodes()
+    stayer = await connect(draining, "stayer", "cluster-alone")
+    try:
+        assert other.stop() == 0
+
+        async def other_gone() -> bool:
+            client = Redis(host="127.0.0.1", port=redis.port)
+            try:
+                return not await client.hexists("nodes", node_id_of(other))
+            finally:
+                await client.aclose()
+
+        await eventually(other_gone, 30, "the stopped node stayed registered")
+        draining.proc.terminate()
+        await asyncio.sleep(2.0)
+        assert draining.proc.poll() is None, "a node alone waits for its participants"
+        assert stayer.connection_state == rtc.ConnectionState.CONN_CONNECTED
     finally:
         await stayer.disconnect()
     assert await asyncio.to_thread(draining.proc.wait, 15) == 0
