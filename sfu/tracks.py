@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import time
@@ -445,7 +444,7 @@ class ParticipantTracks:
             ssrc=secrets.randbelow(0xFFFFFFFE) + 1,
         )
         self._add_downtrack(track, subscriber_sid, outgoing)
-        self._subscriber.tracks.append(outgoing)
+        self._subscriber.add_track(outgoing)
         return True
 
     def _add_downtrack(
@@ -478,9 +477,7 @@ class ParticipantTracks:
             self.plan.release(downtrack.outgoing.mid)
             return True
         assert self._subscriber is not None
-        tracks = self._subscriber.tracks
-        index = tracks.index(downtrack.outgoing)
-        tracks[index] = dataclasses.replace(downtrack.outgoing, stopped=True)
+        self._subscriber.stop_track(downtrack.outgoing)
         return True
 
     # --- single peer connection mode ---------------------------------------------------------

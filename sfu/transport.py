@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -62,11 +63,34 @@ class SubscriberTransport:
         self._answer_deadline: asyncio.TimerHandle | None = None
         self._last_offer = ""
         self.tracks: list[OutgoingTrack] = []
-        """Every track section ever offered, in order (m= sections never go away)."""
+        """The track sections of our offers, in m= line order."""
+        self._mids_given = 0
+        self._stopped_in_offer: set[str] = set()
+        """Mids offered stopped (port 0) in the outstanding offer."""
+        self._recyclable: set[str] = set()
+        """Mids whose stop the client has answered: their m= lines may carry new tracks."""
 
     def next_mid(self) -> str:
-        # mid 0 is the data channels' section (protocol/sdp_media.py).
-        return str(len(self.tracks) + 1)
+        """A mid never used before in this session (a recycled m= line gets a new one too,
+        RFC 8829 5.2.2); mid 0 is the data channels' section (protocol/sdp_media.py)."""
+        self._mids_given += 1
+        return str(self._mids_given)
+
+    def add_track(self, track: OutgoingTrack) -> None:
+        """Offer ``track`` in the next offer: on the m= line of a stopped track of its kind
+        whose stop was negotiated, else on a new line. Without recycling, a long meeting's
+        SDP (and the memory behind it) would grow with every track anyone ever published."""
+        for index, old in enumerate(self.tracks):
+            if old.stopped and old.mid in self._recyclable and old.kind == track.kind:
+                self._recyclable.discard(old.mid)
+                self.tracks[index] = track
+                return
+        self.tracks.append(track)
+
+    def stop_track(self, track: OutgoingTrack) -> None:
+        """Unsubscribed: the line stays, with port 0, until a new track recycles it."""
+        index = self.tracks.index(track)
+        self.tracks[index] = dataclasses.replace(track, stopped=True)
 
     def _set_state(self, state: NegotiationState) -> None:
         self._log.debug("subscriber negotiation: %s -> %s", self.state.value, state.value)
@@ -89,6 +113,7 @@ class SubscriberTransport:
         sdp = await self.pc.create_offer(list(self.tracks))
         if self.state is NegotiationState.CLOSED:
             return
+        self._stopped_in_offer = {track.mid for track in self.tracks if track.stopped}
         self._set_state(NegotiationState.OFFER_SENT)
         self._offer_id += 1
         self._last_offer = sdp
@@ -138,6 +163,7 @@ class SubscriberTransport:
             raise ValueError(f"answer received in negotiation state {self.state.value}")
         await self.pc.set_answer(sdp)
         self._cancel_deadline()
+        self._recyclable |= self._stopped_in_offer
         self._set_state(NegotiationState.IDLE)
         if self.on_answer is not None:
             self.on_answer(sdp)

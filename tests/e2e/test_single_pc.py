@@ -7,6 +7,7 @@ import base64
 import gzip
 import re
 from contextlib import AsyncExitStack
+from functools import partial
 
 import aiohttp
 import pytest
@@ -27,6 +28,10 @@ from tests.e2e.test_media import (
 pytestmark = pytest.mark.sdk
 
 TWO_PCS = rtc.RoomOptions(single_peer_connection=False)
+
+
+def _is_publication(sid: str, item: tuple[rtc.Track, rtc.RemoteTrackPublication, object]) -> bool:
+    return item[1].sid == sid
 
 
 def _mode_of(server: ServerProcess, identity: str) -> str:
@@ -189,3 +194,21 @@ async def test_two_pc_client_still_gets_offers_from_the_server(server: ServerPro
         assert _mode_of(server, "old") == "two peer connections"
     finally:
         await participant.disconnect()
+
+
+async def test_two_pc_subscriber_hears_tracks_that_come_and_go(server: ServerProcess) -> None:
+    """On two PCs the server offers; the m= line of a track that went is recycled for the
+    next one once its stop was answered (the SDP does not grow with every track ever
+    published). The SDK takes each recycled line as a new track."""
+    async with (
+        watching(server, "steady", "recycle", "track_subscribed", options=TWO_PCS) as (_, logs),
+        joined(server, "coming-and-going", "recycle") as publisher,
+    ):
+        subscribed = logs["track_subscribed"]
+        for _ in range(3):
+            async with publishing_tone(publisher) as publication:
+                track, _, _ = await subscribed.wait_for(partial(_is_publication, publication.sid))
+                await _hears_tone(track)
+            await publisher.local_participant.unpublish_track(publication.sid)
+            await asyncio.sleep(1.0)  # the stop is offered and answered before the next round
+        assert len(logs["track_subscribed"].items) == 3

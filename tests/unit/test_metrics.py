@@ -152,6 +152,12 @@ class _FakeSubscriber:
     def next_mid(self) -> str:
         return str(len(self.tracks) + 1)
 
+    def add_track(self, track: OutgoingTrack) -> None:
+        self.tracks.append(track)
+
+    def stop_track(self, track: OutgoingTrack) -> None:
+        self.tracks.remove(track)
+
 
 #: The subscriber's answer accepting the one video section offered (mid 1).
 _ANSWER = (

@@ -295,6 +295,12 @@ class _FakeSubscriber:
     def next_mid(self) -> str:
         return str(len(self.tracks) + 1)
 
+    def add_track(self, track: OutgoingTrack) -> None:
+        self.tracks.append(track)
+
+    def stop_track(self, track: OutgoingTrack) -> None:
+        self.tracks.remove(track)
+
 
 def test_a_two_pc_client_refusing_a_section_is_told_codec_unsupported() -> None:
     subscriber = _FakeSubscriber()
