@@ -304,10 +304,12 @@ class _UdpPath:
 
     def attach(self, session: IceSession) -> None:
         self.mux.routes[self.addr] = session
+        self.mux.paths[self.addr] = self
 
     def detach(self, session: IceSession) -> None:
         if self.mux.routes.get(self.addr) is session:
             del self.mux.routes[self.addr]
+            self.mux.paths.pop(self.addr, None)
 
     def udp_destination(self) -> UdpDestination | None:
         if self.mux.fd < 0:
@@ -326,7 +328,9 @@ class UdpMux(asyncio.DatagramProtocol):
     def __init__(self, registry: IceRegistry, *, batch: bool = True) -> None:
         self.registry = registry
         self.routes: dict[Address, IceSession] = {}
-        self._paths: dict[Address, _UdpPath] = {}
+        self.paths: dict[Address, _UdpPath] = {}
+        """The selected paths, by address: a check from one must find the same object. Only
+        selected ones are kept (a path per address ever seen would grow with every join)."""
         self._transport: asyncio.DatagramTransport | None = None
         self._batching = batch and _fastsend is not None
         self.fd = -1
@@ -389,10 +393,9 @@ class UdpMux(asyncio.DatagramProtocol):
         if not data:
             return
         if data[0] < 4:  # RFC 7983: 0-3 is STUN
-            path = self._paths.get(addr) or _UdpPath(self, addr)
+            path = self.paths.get(addr) or _UdpPath(self, addr)
             response = self.registry.handle_stun(data, addr, path)
             if response is not None:
-                self._paths[addr] = path
                 self.sendto(response, addr)
             return
         session = self.routes.get(addr)

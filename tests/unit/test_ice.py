@@ -10,7 +10,14 @@ import pytest
 from aioice import stun
 
 from sfu.endpoint import media_bind_address
-from sfu.ice import CONSENT_TIMEOUT_S, MALFORMED, IceRegistry, IceState, TcpIceConnection
+from sfu.ice import (
+    CONSENT_TIMEOUT_S,
+    MALFORMED,
+    IceRegistry,
+    IceState,
+    TcpIceConnection,
+    UdpMux,
+)
 from tests.e2e.raw import binding_request
 
 
@@ -159,3 +166,22 @@ def test_ice_restart_moves_to_new_credentials_and_path() -> None:
     session.close()
     assert registry.session_count == 0
     assert registry.handle_stun(new, ("10.0.0.9", 7), after) is None
+
+
+def test_udp_paths_are_kept_only_while_selected() -> None:
+    """A long-running node sees a new client address per peer connection: the mux keeps the
+    selected paths only, and forgets them with their session."""
+    registry = IceRegistry()
+    mux = UdpMux(registry, batch=False)
+    session = registry.create_session("pub")
+    ufrag, pwd = session.local_ufrag, session.local_pwd
+    mux.datagram_received(_request(ufrag, pwd), ("10.0.0.1", 1))
+    mux.datagram_received(_request(ufrag, pwd), ("10.0.0.2", 2))  # another pair, not chosen
+    assert set(mux.paths) == {("10.0.0.1", 1)}
+    selected = mux.paths[("10.0.0.1", 1)]
+    mux.datagram_received(_request(ufrag, pwd, nominate=True), ("10.0.0.1", 1))
+    assert session.selected is selected, "a check from the selected address finds its path"
+    mux.datagram_received(_request(ufrag, pwd, nominate=True), ("10.0.0.2", 2))
+    assert set(mux.paths) == set(mux.routes) == {("10.0.0.2", 2)}
+    session.close()
+    assert not mux.paths and not mux.routes
