@@ -26,7 +26,7 @@ from protocol.sdp import SessionDescription
 from protocol.sdp_media import MID_URI, Codec, offered_codecs, select_extensions
 from sfu.media import PublishedTrack
 from sfu.tasks import TaskSet
-from sfu.transport import NEGOTIATION_TIMEOUT_S
+from sfu.transport import NEGOTIATION_TIMEOUT_S, Deadline
 
 #: LiveKit debounces media-section requirements by 150 ms (``transport.go``): a burst of
 #: subscriptions costs one re-offer.
@@ -244,7 +244,7 @@ class SinglePcSubscriber:
         self.state = RequirementState.IDLE
         self._again = False
         self._last: tuple[int, int] = (0, 0)
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(NEGOTIATION_TIMEOUT_S, self._timed_out)
         self.on_negotiation_failed: Callable[[], None] | None = None
         """Told when a requirement went without an offer for ``NEGOTIATION_TIMEOUT_S``."""
 
@@ -270,11 +270,11 @@ class SinglePcSubscriber:
             return
         self._last = self._sections_needed()
         self._set_state(RequirementState.REQUESTED)
-        self._arm_deadline()
+        self._deadline.arm()
         self._send_requirement(*self._last)
 
     def offer_received(self) -> None:
-        self._cancel_deadline()
+        self._deadline.cancel()
         if self.state is not RequirementState.CLOSED:
             self._set_state(RequirementState.ANSWERING)
 
@@ -291,31 +291,19 @@ class SinglePcSubscriber:
     def resend_outstanding(self) -> None:
         """After a resume: a requirement sent while the signal connection was away again."""
         if self.state is RequirementState.REQUESTED:
-            self._arm_deadline()
+            self._deadline.arm()
             self._send_requirement(*self._last)
 
     def restart_ice(self) -> None:
         """Nothing to do: the client restarts ICE with its own offer (it is the offerer)."""
 
-    def _arm_deadline(self) -> None:
-        self._cancel_deadline()
-        self._deadline = asyncio.get_running_loop().call_later(
-            NEGOTIATION_TIMEOUT_S, self._timed_out
-        )
-
     def _timed_out(self) -> None:
-        self._deadline = None
         if self.state is not RequirementState.REQUESTED:
             return
         self._log.warning("negotiation failed: no offer %.0f s after asking", NEGOTIATION_TIMEOUT_S)
         if self.on_negotiation_failed is not None:
             self.on_negotiation_failed()
 
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
     def close(self) -> None:
-        self._cancel_deadline()
+        self._deadline.cancel()
         self._set_state(RequirementState.CLOSED)

@@ -20,6 +20,31 @@ logger = logging.getLogger(__name__)
 NEGOTIATION_TIMEOUT_S = 15.0
 
 
+class Deadline:
+    """One negotiation timer: armed when we wait for the client, cancelled when it answers.
+
+    :param expired: called when it runs out (not after ``cancel``).
+    """
+
+    def __init__(self, seconds: float, expired: Callable[[], None]) -> None:
+        self._seconds = seconds
+        self._expired = expired
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self.cancel()
+        self._handle = asyncio.get_running_loop().call_later(self._seconds, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._expired()
+
+
 class NegotiationState(enum.Enum):
     """Offer/answer state of a server-offering (subscriber) transport."""
 
@@ -60,7 +85,7 @@ class SubscriberTransport:
         """Told each applied answer (to learn which codecs the subscriber kept)."""
         self.on_negotiation_failed: Callable[[], None] | None = None
         """Told when an offer went unanswered for :data:`NEGOTIATION_TIMEOUT_S`."""
-        self._answer_deadline: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(NEGOTIATION_TIMEOUT_S, self._negotiation_timed_out)
         self._last_offer = ""
         self.tracks: list[OutgoingTrack] = []
         """The track sections of our offers, in m= line order."""
@@ -117,14 +142,8 @@ class SubscriberTransport:
         self._set_state(NegotiationState.OFFER_SENT)
         self._offer_id += 1
         self._last_offer = sdp
-        self._arm_deadline()
+        self._deadline.arm()
         self._send_offer(sdp, self._offer_id)
-
-    def _arm_deadline(self) -> None:
-        self._cancel_deadline()
-        self._answer_deadline = asyncio.get_running_loop().call_later(
-            NEGOTIATION_TIMEOUT_S, self._negotiation_timed_out
-        )
 
     def restart_ice(self) -> None:
         """An ICE-restart offer now, or with the next one when an offer is outstanding (LiveKit
@@ -140,11 +159,10 @@ class SubscriberTransport:
         """After a resume: an offer sent while the signal connection was away is sent again
         (LiveKit re-sends it), with a fresh deadline."""
         if self.state is NegotiationState.OFFER_SENT and self._last_offer:
-            self._arm_deadline()
+            self._deadline.arm()
             self._send_offer(self._last_offer, self._offer_id)
 
     def _negotiation_timed_out(self) -> None:
-        self._answer_deadline = None
         if self.state is not NegotiationState.OFFER_SENT:
             return
         self._log.warning(
@@ -153,16 +171,11 @@ class SubscriberTransport:
         if self.on_negotiation_failed is not None:
             self.on_negotiation_failed()
 
-    def _cancel_deadline(self) -> None:
-        if self._answer_deadline is not None:
-            self._answer_deadline.cancel()
-            self._answer_deadline = None
-
     async def handle_answer(self, sdp: str) -> None:
         if self.state is not NegotiationState.OFFER_SENT:
             raise ValueError(f"answer received in negotiation state {self.state.value}")
         await self.pc.set_answer(sdp)
-        self._cancel_deadline()
+        self._deadline.cancel()
         self._recyclable |= self._stopped_in_offer
         self._set_state(NegotiationState.IDLE)
         if self.on_answer is not None:
@@ -175,7 +188,7 @@ class SubscriberTransport:
         return (self.reliable if reliable else self.lossy).send(payload)
 
     async def close(self) -> None:
-        self._cancel_deadline()
+        self._deadline.cancel()
         self._set_state(NegotiationState.CLOSED)
         await self.pc.close()
 

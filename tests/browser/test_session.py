@@ -3,7 +3,6 @@ blocked."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,8 @@ from tests.browser.conftest import Pages
 from tests.browser.driver import COLOUR, TONE_HZ
 from tests.browser.test_media import close_to
 from tests.e2e.conftest import assert_clean_exit
-from tests.e2e.harness import IN_NETNS, ServerProcess, free_udp_port, make_token, start_server
+from tests.e2e.harness import ServerProcess, free_udp_port, make_token, start_server
+from tests.e2e.netfilter import needs_nftables, udp_dropped
 from tests.e2e.sdk import watching
 from tests.e2e.test_media import (
     SAMPLE_RATE,
@@ -24,7 +24,7 @@ from tests.e2e.test_media import (
     hear,
     publishing_colour,
 )
-from tests.e2e.test_transport import tcp_established_on, udp_dropped
+from tests.e2e.test_transport import tcp_established_on
 
 UDP_PORT = free_udp_port()
 
@@ -61,10 +61,7 @@ async def test_page_reload_rejoins_with_the_same_identity(
         assert close_to(centre_colour(frames[-1]), COLOUR)
 
 
-@pytest.mark.skipif(
-    not IN_NETNS or shutil.which("nft") is None,
-    reason="needs the test network namespace and nftables (tests/run.sh sets both up)",
-)
+@needs_nftables
 async def test_ice_tcp_when_udp_to_the_media_port_is_dropped(
     server: ServerProcess, pages: Pages
 ) -> None:

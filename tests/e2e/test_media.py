@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ import pytest
 from livekit import rtc
 
 from tests.e2e.conftest import assert_clean_exit
-from tests.e2e.harness import ServerProcess, start_server
-from tests.e2e.sdk import EventLog, joined, watching
+from tests.e2e.harness import ServerProcess, make_token, start_server
+from tests.e2e.sdk import EventLog, Hearing, connect, joined, watching
 
 pytestmark = pytest.mark.sdk
 
@@ -69,6 +70,41 @@ async def publishing_tone(room: rtc.Room) -> AsyncIterator[rtc.LocalTrackPublica
 
     async with running(feed()):
         yield publication
+
+
+@dataclass
+class Listening:
+    listener: rtc.Room
+    hearing: Hearing
+
+
+@asynccontextmanager
+async def listening(
+    server: ServerProcess, room: str, options: rtc.RoomOptions | None = None
+) -> AsyncIterator[Listening]:
+    """A speaker's tone heard by a listener (joined with ``options``) for as long as the
+    block runs; afterwards the listener must be the same participant, and nobody must have
+    seen it leave."""
+    speaker = await connect(server, "speaker", room)
+    listener = rtc.Room()
+    subscribed = EventLog(listener, "track_subscribed")
+    left = EventLog(speaker, "participant_disconnected")
+    token = make_token("listener", room)
+    await asyncio.wait_for(listener.connect(server.ws_url, token, options or rtc.RoomOptions()), 20)
+    try:
+        async with publishing_tone(speaker):
+            track, _, _ = await subscribed.wait_for()
+            hearing = Hearing(track)
+            sid = listener.local_participant.sid
+            try:
+                yield Listening(listener, hearing)
+            finally:
+                await hearing.close()
+            assert listener.local_participant.sid == sid, "the same participant"
+            assert not left.items, "nobody saw the listener leave"
+    finally:
+        await listener.disconnect()
+        await speaker.disconnect()
 
 
 def dominant_frequency(samples: list[int], rate: int) -> float:

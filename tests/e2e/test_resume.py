@@ -4,11 +4,9 @@ reliable data carrying on; LiveKit's simulated scenarios; what a publisher is to
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -24,9 +22,9 @@ from tests.e2e.harness import (
     free_udp_port,
     make_token,
 )
+from tests.e2e.netfilter import blackout, moved_to, needs_nftables
 from tests.e2e.sdk import EventLog, Hearing, connect, wait_until
-from tests.e2e.test_media import publishing_tone
-from tests.e2e.test_transport import tcp_established_on
+from tests.e2e.test_media import listening, publishing_tone
 
 pytestmark = pytest.mark.sdk
 
@@ -192,29 +190,7 @@ async def test_resuming_a_participant_the_node_does_not_have_means_rejoining(
         assert first.leave.reason == models.DisconnectReason.STATE_MISMATCH
 
 
-@contextmanager
-def blackout(*ports: int) -> Iterator[None]:
-    """Drop every packet to and from ``ports`` (TCP and UDP) inside the test namespace."""
-    table = "lkpy_blackout"
-    listed = ", ".join(str(p) for p in ports)
-    commands = [
-        f"add table inet {table}",
-        f"add chain inet {table} input {{ type filter hook input priority 0 ; }}",
-        f"add rule inet {table} input meta l4proto {{ tcp, udp }} th dport {{ {listed} }} drop",
-        f"add rule inet {table} input meta l4proto {{ tcp, udp }} th sport {{ {listed} }} drop",
-    ]
-    for command in commands:
-        subprocess.run(["nft", command], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["nft", "delete", "table", "inet", table], check=True)
-
-
-@pytest.mark.skipif(
-    not IN_NETNS or shutil.which("nft") is None,
-    reason="needs the test network namespace and nftables (tests/run.sh sets both up)",
-)
+@needs_nftables
 async def test_five_seconds_without_a_network_keeps_the_session(
     start: Callable[..., ServerProcess],
 ) -> None:
@@ -223,95 +199,18 @@ async def test_five_seconds_without_a_network_keeps_the_session(
     leave, and its audio flows again."""
     udp_port = free_udp_port()
     server = start(f"rtc:\n  udp_port: {udp_port}\n", udp_port=False)
-    room = "blackout"
-    speaker = await connect(server, "speaker", room)
-    listener = rtc.Room()
-    subscribed = EventLog(listener, "track_subscribed")
-    left = EventLog(speaker, "participant_disconnected")
-    await connect_into(listener, server, "listener", room)
-    hearing: Hearing | None = None
-    try:
-        async with publishing_tone(speaker):
-            track, _, _ = await subscribed.wait_for()
-            hearing = Hearing(track)
-            sid = listener.local_participant.sid
-            with blackout(server.port, udp_port, server.tcp_port):
-                await asyncio.sleep(5.0)
-            restored = time.monotonic()
-            await wait_until(
-                lambda: hearing is not None and any(t > restored for t in hearing.arrivals),
-                within_s=30,
-            )
-            back = next(t for t in hearing.arrivals if t > restored)
-            await asyncio.sleep(2.0)
-            assert listener.local_participant.sid == sid
-            assert listener.connection_state == rtc.ConnectionState.CONN_CONNECTED
-            assert not left.items, "nobody saw the listener leave"
-            assert hearing.longest_gap(back) < 1.0, "audio flows again"
-    finally:
-        if hearing is not None:
-            await hearing.close()
-        await listener.disconnect()
-        await speaker.disconnect()
+    async with listening(server, "blackout") as heard:
+        with blackout(server.port, udp_port, server.tcp_port):
+            await asyncio.sleep(5.0)
+        restored = time.monotonic()
+        await wait_until(lambda: any(t > restored for t in heard.hearing.arrivals), within_s=30)
+        back = next(t for t in heard.hearing.arrivals if t > restored)
+        await asyncio.sleep(2.0)
+        assert heard.listener.connection_state == rtc.ConnectionState.CONN_CONNECTED
+        assert heard.hearing.longest_gap(back) < 1.0, "audio flows again"
 
 
-@pytest.mark.parametrize("scenario", [KIND.SIMULATE_FORCE_TCP, KIND.SIMULATE_FORCE_TLS])
-async def test_force_tcp_rejoins_over_ice_tcp(
-    server: ServerProcess, scenario: rtc.SimulateScenarioKind.ValueType
-) -> None:
-    """FORCE_TCP (and FORCE_TLS, with no TURN/TLS server configured) makes the client rejoin,
-    and the server then offers it ICE-TCP candidates only: its media runs over TCP."""
-    room = f"force-{scenario}"
-    speaker = await connect(server, "speaker", room)
-    listener = rtc.Room()
-    subscribed = EventLog(listener, "track_subscribed")
-    reconnected = EventLog(listener, "reconnected")
-    await connect_into(listener, server, "listener", room)
-    try:
-        async with publishing_tone(speaker):
-            await subscribed.wait_for()
-            count = len(subscribed.items)
-            before = tcp_established_on(server.proc.pid, server.tcp_port)
-            await listener.simulate_scenario(scenario)
-            await reconnected.wait_for(within_s=30)
-            await wait_until(lambda: len(subscribed.items) > count)
-            track, _, _ = subscribed.items[-1]
-            hearing = Hearing(track)
-            try:
-                await wait_until(lambda: len(hearing.arrivals) > 20)
-            finally:
-                await hearing.close()
-            assert tcp_established_on(server.proc.pid, server.tcp_port) > before
-    finally:
-        await listener.disconnect()
-        await speaker.disconnect()
-
-
-@contextmanager
-def moved_to(address: str, udp_port: int) -> Iterator[None]:
-    """From now on the clients' UDP to the server's port arrives from ``address`` (a NAT
-    rebinding, rewritten statelessly by nftables); the server's packets to the old address
-    are dropped, so media flows only once the server has followed the client."""
-    table = "lkpy_move"
-    commands = [
-        f"add table ip {table}",
-        f"add chain ip {table} out {{ type filter hook output priority -300 ; }}",
-        f"add rule ip {table} out udp sport {udp_port} ip daddr 127.0.0.1 drop",
-        f"add rule ip {table} out udp sport {udp_port} ip daddr {address} ip daddr set 127.0.0.1",
-        f"add rule ip {table} out udp dport {udp_port} ip saddr 127.0.0.1 ip saddr set {address}",
-    ]
-    for command in commands:
-        subprocess.run(["nft", command], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["nft", "delete", "table", "ip", table], check=True)
-
-
-@pytest.mark.skipif(
-    not IN_NETNS or shutil.which("nft") is None,
-    reason="needs the test network namespace and nftables (tests/run.sh sets both up)",
-)
+@needs_nftables
 async def test_a_client_whose_address_changes_keeps_its_media(
     start: Callable[..., ServerProcess],
 ) -> None:
@@ -320,29 +219,11 @@ async def test_a_client_whose_address_changes_keeps_its_media(
     with the same participants."""
     udp_port = free_udp_port()
     server = start(f"rtc:\n  udp_port: {udp_port}\n", udp_port=False)
-    room = "moving"
-    speaker = await connect(server, "speaker", room)
-    listener = rtc.Room()
-    subscribed = EventLog(listener, "track_subscribed")
-    left = EventLog(speaker, "participant_disconnected")
-    await connect_into(listener, server, "listener", room)
-    hearing: Hearing | None = None
-    try:
-        async with publishing_tone(speaker):
-            track, _, _ = await subscribed.wait_for()
-            hearing = Hearing(track)
-            sid = listener.local_participant.sid
-            with moved_to("127.0.0.9", udp_port):
-                moved = time.monotonic()
-                await wait_until(lambda: server.logs().count("client moved from") >= 2)
-                await asyncio.sleep(3.0)
-                assert hearing.longest_gap(moved) < 5.0, "media came back within a ping or two"
-                assert hearing.longest_gap(time.monotonic() - 2.0) < 0.5, "and keeps flowing"
-            assert "to udp 127.0.0.9:" in server.logs()
-            assert listener.local_participant.sid == sid
-            assert not left.items, "nobody saw the listener leave"
-    finally:
-        if hearing is not None:
-            await hearing.close()
-        await listener.disconnect()
-        await speaker.disconnect()
+    async with listening(server, "moving") as heard:
+        with moved_to("127.0.0.9", udp_port):
+            moved = time.monotonic()
+            await wait_until(lambda: server.logs().count("client moved from") >= 2)
+            await asyncio.sleep(3.0)
+            assert heard.hearing.longest_gap(moved) < 5.0, "media came back within a ping or two"
+            assert heard.hearing.longest_gap(time.monotonic() - 2.0) < 0.5, "and keeps flowing"
+        assert "to udp 127.0.0.9:" in server.logs()

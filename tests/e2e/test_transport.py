@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,9 +11,10 @@ from pathlib import Path
 import pytest
 from livekit import rtc
 
-from tests.e2e.harness import IN_NETNS, ServerProcess, free_udp_port, make_token
-from tests.e2e.sdk import EventLog, Hearing, joined, wait_until
-from tests.e2e.test_media import publishing_tone
+from tests.e2e.harness import IN_NETNS, ServerProcess, free_udp_port
+from tests.e2e.netfilter import needs_nftables, udp_dropped
+from tests.e2e.sdk import EventLog, joined, wait_until
+from tests.e2e.test_media import listening
 
 pytestmark = pytest.mark.sdk
 Start = Callable[..., ServerProcess]
@@ -108,27 +108,7 @@ async def test_port_range_gives_each_participant_a_socket(start: Start) -> None:
     await wait_until(lambda: not udp_ports_of(server.proc.pid))
 
 
-@contextmanager
-def udp_dropped(port: int) -> Iterator[None]:
-    """Drop UDP to ``port`` inside the test namespace (nftables)."""
-    table = f"lkpy_drop_{port}"
-    commands = [
-        f"add table inet {table}",
-        f"add chain inet {table} input {{ type filter hook input priority 0 ; }}",
-        f"add rule inet {table} input udp dport {port} drop",
-    ]
-    for command in commands:
-        subprocess.run(["nft", *command.split()], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["nft", "delete", "table", "inet", table], check=True)
-
-
-@pytest.mark.skipif(
-    not IN_NETNS or shutil.which("nft") is None,
-    reason="needs the test network namespace and nftables (tests/run.sh sets both up)",
-)
+@needs_nftables
 async def test_ice_tcp_when_udp_is_blocked(start: Start) -> None:
     udp_port = free_udp_port()
     server = start(f"rtc:\n  udp_port: {udp_port}\n", udp_port=False)
@@ -175,19 +155,7 @@ async def test_media_relayed_through_coturn(start: Start, tmp_path: Path) -> Non
         relay_only = rtc.RoomOptions(
             rtc_config=rtc.RtcConfiguration(ice_transport_type=rtc.IceTransportType.TRANSPORT_RELAY)
         )
-        listener = rtc.Room()
-        subscribed = EventLog(listener, "track_subscribed")
-        token = make_token("relayed", "turn")
-        await asyncio.wait_for(listener.connect(server.ws_url, token, relay_only), 20)
-        try:
-            async with joined(server, "speaker", "turn") as speaker, publishing_tone(speaker):
-                track, _, _ = await subscribed.wait_for(within_s=20)
-                hearing = Hearing(track)
-                try:
-                    await wait_until(lambda: len(hearing.arrivals) > 20)
-                finally:
-                    await hearing.close()
-        finally:
-            await listener.disconnect()
+        async with listening(server, "turn", relay_only) as heard:
+            await wait_until(lambda: len(heard.hearing.arrivals) > 20)
         logged = turn_log.read_text(errors="replace")
         assert "ALLOCATE processed, success" in logged, logged[-2000:]

@@ -7,7 +7,7 @@ import base64
 import json
 import re
 import struct
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +29,6 @@ from server.metrics_http import install_metrics, metrics_app
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.endpoint import Endpoint
 from sfu.events import EventKind, RoomEvent
-from sfu.fanout import Sink
 from sfu.ice import IceRegistry, UdpMux
 from sfu.media import DownTrack, PublishedTrack, TrackReceiver
 from sfu.participant import JoinParams, Participant
@@ -39,6 +38,7 @@ from sfu.rtc_adapter import PeerConnection
 from sfu.tracks import ParticipantTracks
 from sfu.transport import SubscriberTransport
 from tests.e2e.harness import free_port
+from tests.fakes import FakePc, FakeSubscriber
 
 VP8 = Codec(96, "video/VP8", 90000)
 OPUS = Codec(111, "audio/opus", 48000, 2)
@@ -126,39 +126,6 @@ def test_media_totals_survive_retirement_once() -> None:
     assert not counters.receivers and not counters.downtracks
 
 
-class _FakePc:
-    """What ParticipantTracks uses of a PeerConnection, with every RTP packet delivered."""
-
-    def __init__(self) -> None:
-        self.sent = _Sink()
-        self.rtp_sink = Sink(self.send_rtp)
-        self.rtcp_sent: list[bytes] = []
-        self.on_rtp: Callable[[bytes], None] | None = None
-        self.on_rtcp: Callable[[bytes], None] | None = None
-
-    def send_rtp(self, packet: memoryview) -> bool:
-        return self.sent(packet)
-
-    def send_rtcp(self, packet: bytes) -> None:
-        self.rtcp_sent.append(packet)
-
-
-class _FakeSubscriber:
-    def __init__(self) -> None:
-        self.pc = _FakePc()
-        self.tracks: list[OutgoingTrack] = []
-        self.on_answer: Callable[[str], None] | None = None
-
-    def next_mid(self) -> str:
-        return str(len(self.tracks) + 1)
-
-    def add_track(self, track: OutgoingTrack) -> None:
-        self.tracks.append(track)
-
-    def stop_track(self, track: OutgoingTrack) -> None:
-        self.tracks.remove(track)
-
-
 #: The subscriber's answer accepting the one video section offered (mid 1).
 _ANSWER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -169,20 +136,20 @@ _ANSWER = (
 
 def test_subscriber_feedback_counts_nacks_keyframe_requests_and_retransmits() -> None:
     counters = MediaCounters()
-    subscriber = _FakeSubscriber()
+    subscriber = FakeSubscriber()
     tracks = ParticipantTracks(
-        cast(PeerConnection, _FakePc()), cast(SubscriberTransport, subscriber), counters
+        cast(PeerConnection, FakePc()), cast(SubscriberTransport, subscriber), counters
     )
     receiver = TrackReceiver(VP8, 5555, lambda _: None)
     info = models.TrackInfo(sid="TR_v", type=models.TrackType.VIDEO)
     assert tracks.subscribe("PA_pub", PublishedTrack(info=info, receiver=receiver), "PA_sub")
     receiver.on_packet(_packet(9), now=0.0)
-    assert not subscriber.pc.sent.packets, "nothing is forwarded before the answer binds it"
+    assert not subscriber.pc.sent, "nothing is forwarded before the answer binds it"
     assert subscriber.on_answer is not None
     subscriber.on_answer(_ANSWER)
     for seq in (10, 11, 12):
         receiver.on_packet(_packet(seq), now=0.0)
-    sent = subscriber.pc.sent.packets
+    sent = subscriber.pc.sent
     ssrc, lost = rtp.ssrc(sent[1]), rtp.sequence_number(sent[1])
     assert subscriber.pc.on_rtcp is not None
     subscriber.pc.on_rtcp(rtcp.nack(1, ssrc, [lost]) + rtcp.pli(1, ssrc))

@@ -361,7 +361,8 @@ async def test_answered_offer_cancels_the_deadline(monkeypatch: pytest.MonkeyPat
     room = _room()
     prompt, sink = await _join(room, "prompt")
     await asyncio.sleep(0.01)
-    prompt.subscriber._cancel_deadline()  # what an applied answer does
+    assert isinstance(prompt.subscriber, transport.SubscriberTransport)
+    prompt.subscriber._deadline.cancel()  # what an applied answer does
     prompt.subscriber.state = NegotiationState.IDLE
     await asyncio.sleep(0.1)
     assert not prompt.is_closed and not sink.of("leave")

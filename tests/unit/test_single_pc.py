@@ -8,16 +8,14 @@ import base64
 import gzip
 import logging
 import struct
-from collections.abc import Callable
 from typing import cast
 
 import pytest
 from livekit.protocol import models, rtc
 
 from protocol import rtcp, rtp, sdp
-from protocol.sdp_media import Codec, OutgoingTrack
+from protocol.sdp_media import Codec
 from sfu.counters import MediaCounters
-from sfu.fanout import Sink
 from sfu.media import PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
 from sfu.single_pc import (
@@ -32,6 +30,7 @@ from sfu.tasks import TaskSet
 from sfu.tracks import ParticipantTracks
 from sfu.transport import SubscriberTransport
 from signaling.join_request import MAX_JOIN_REQUEST_BYTES, decode_join_request
+from tests.fakes import FakePc, FakeSubscriber
 
 OPUS = Codec(111, "audio/opus", 48000, 2, "minptime=10;useinbandfec=1")
 RED = Codec(63, "audio/red", 48000, 2, "111/111")
@@ -223,24 +222,6 @@ def test_join_request_garbage_is_refused(encoded: str, message: str) -> None:
         decode_join_request(encoded)
 
 
-class _FakePc:
-    """What ParticipantTracks uses of a PeerConnection; records what it sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.rtp_sink = Sink(self.send_rtp)
-        self.rtcp_sent: list[bytes] = []
-        self.on_rtp: Callable[[bytes], None] | None = None
-        self.on_rtcp: Callable[[bytes], None] | None = None
-
-    def send_rtp(self, packet: memoryview) -> bool:
-        self.sent.append(bytes(packet))
-        return True
-
-    def send_rtcp(self, packet: bytes) -> None:
-        self.rtcp_sent.append(packet)
-
-
 def _vp8_packet(sequence: int) -> bytes:
     return struct.pack("!BBHII", 0x80, 96, sequence, sequence * 3000, 5555) + b"frame"
 
@@ -260,7 +241,7 @@ a=rtcp-fb:98 nack
 def test_one_pc_tracks_use_the_clients_section_numbers_and_share_its_rtcp() -> None:
     """A subscription waits for the client's offer, goes out on its receive-only section with
     its payload type and mid extension id, and the subscriber's NACKs arrive on the same PC."""
-    pc = _FakePc()
+    pc = FakePc()
     tracks = ParticipantTracks(cast(PeerConnection, pc), None, MediaCounters())
     track = _track("TR_v", VP8)
     assert track.receiver is not None
@@ -286,26 +267,10 @@ def test_one_pc_tracks_use_the_clients_section_numbers_and_share_its_rtcp() -> N
     assert not track.receiver.downtracks
 
 
-class _FakeSubscriber:
-    def __init__(self) -> None:
-        self.pc = _FakePc()
-        self.tracks: list[OutgoingTrack] = []
-        self.on_answer: Callable[[str], None] | None = None
-
-    def next_mid(self) -> str:
-        return str(len(self.tracks) + 1)
-
-    def add_track(self, track: OutgoingTrack) -> None:
-        self.tracks.append(track)
-
-    def stop_track(self, track: OutgoingTrack) -> None:
-        self.tracks.remove(track)
-
-
 def test_a_two_pc_client_refusing_a_section_is_told_codec_unsupported() -> None:
-    subscriber = _FakeSubscriber()
+    subscriber = FakeSubscriber()
     tracks = ParticipantTracks(
-        cast(PeerConnection, _FakePc()), cast(SubscriberTransport, subscriber), MediaCounters()
+        cast(PeerConnection, FakePc()), cast(SubscriberTransport, subscriber), MediaCounters()
     )
     refused: list[str] = []
     tracks.on_refused = refused.append
