@@ -41,6 +41,7 @@ from prometheus_client.core import (
 
 from sfu.counters import NODE_COUNTERS, MediaCounters, MediaTotals
 from sfu.events import EventKind, RoomEvent
+from sfu.fanout import protect_failures
 from sfu.guard import DROPPED
 from sfu.ice import MALFORMED
 from sfu.rooms import RoomManager
@@ -318,6 +319,11 @@ class NodeCollector:
             "Packets from the network dropped because they do not parse.",
             malformed,
             "protocol",
+        )
+        yield self._counter(
+            "livekit_srtp_protect_failure_total",
+            "RTP packets dropped because SRTP protection refused them.",
+            [((), protect_failures())],
         )
 
     def _events(self) -> Iterator[Metric]:

@@ -121,8 +121,31 @@ static srtp_protect_fn srtp_protect_function = NULL;
 static Py_ssize_t max_plaintext = 1356;
 #define SLOT_SIZE 2048
 #define SRTP_TRAILER_ROOM 144
-/* LiveKit's rtpmunger drops packets this far behind the newest (sfu/munger.py). */
-#define REORDER_WINDOW 1000
+/* How far behind the newest a packet may be before the munger drops it: sfu/munger.py's
+ * REORDER_WINDOW, handed over by sfu/fanout.py at import (set_limits) so the two paths agree. */
+static long long reorder_window = 1000;
+/* Packets libsrtp refused to protect (sfu/fanout.py adds them to the Python path's count for
+ * the metrics): a refusal drops the packet, and dropped packets must show somewhere. */
+static unsigned long long protect_failure_count = 0;
+
+static PyObject *set_limits(PyObject *self, PyObject *args) {
+    long long window;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "Ln", &window, &limit)) {
+        return NULL;
+    }
+    if (window < 1 || window > 32768 || limit < 12 || limit > SLOT_SIZE - SRTP_TRAILER_ROOM) {
+        PyErr_SetString(PyExc_ValueError, "reorder window or plaintext limit out of range");
+        return NULL;
+    }
+    reorder_window = window;
+    max_plaintext = limit;
+    Py_RETURN_NONE;
+}
+
+static PyObject *protect_failures(PyObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(protect_failure_count);
+}
 
 static PyObject *set_srtp_protect(PyObject *self, PyObject *args) {
     unsigned long long address;
@@ -404,7 +427,7 @@ static int translate(DownTrackCore *t, uint16_t sequence, uint32_t timestamp, ui
     int64_t extended_timestamp = unwrap(&t->highest_timestamp, &t->timestamp_seen, timestamp, 32);
     if (extended_sequence > t->highest_in) {
         t->highest_in = extended_sequence;
-    } else if (extended_sequence <= t->highest_in - REORDER_WINDOW) {
+    } else if (extended_sequence <= t->highest_in - reorder_window) {
         return 0;
     }
     int64_t out_sequence = extended_sequence + t->sequence_offset;
@@ -512,12 +535,21 @@ static int flush_batch(void) {
         }
         for (int i = index + sent; i < index + run && status == 0; i++) {
             Sink *sink = batch_sinks[i];
+            /* Held while called: the callback may clear the sink's own references. */
+            PyObject *spill = sink->spill, *address = sink->address;
+            if (spill == NULL || address == NULL) {
+                continue; /* the fast path was cleared by an earlier spill: drop, as a loss */
+            }
+            Py_INCREF(spill);
+            Py_INCREF(address);
             PyObject *datagram = PyBytes_FromStringAndSize((const char *)slots[i],
                                                            (Py_ssize_t)batch_vectors[i].iov_len);
-            PyObject *result = datagram == NULL ? NULL
-                                                : PyObject_CallFunctionObjArgs(
-                                                      sink->spill, datagram, sink->address, NULL);
+            PyObject *result = datagram == NULL
+                                   ? NULL
+                                   : PyObject_CallFunctionObjArgs(spill, datagram, address, NULL);
             Py_XDECREF(datagram);
+            Py_DECREF(spill);
+            Py_DECREF(address);
             if (result == NULL) {
                 status = -1;
             }
@@ -545,7 +577,11 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
         }
         uint8_t *out = slots[batch_count];
         int length = (int)write_packet(t, in, out, &payload_length);
-        if (length == 0 || srtp_protect_function(sink->context, out, &length) != 0) {
+        if (length == 0) {
+            return 0;
+        }
+        if (srtp_protect_function(sink->context, out, &length) != 0) {
+            protect_failure_count++;
             return 0;
         }
         batch_vectors[batch_count].iov_base = out;
@@ -564,9 +600,12 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
         if (length == 0) {
             return 0;
         }
+        PyObject *send = sink->send;
+        Py_INCREF(send); /* held while called: the callback may clear the sink */
         PyObject *view = PyMemoryView_FromMemory((char *)plain, length, PyBUF_READ);
-        PyObject *result = view == NULL ? NULL : PyObject_CallOneArg(sink->send, view);
+        PyObject *result = view == NULL ? NULL : PyObject_CallOneArg(send, view);
         Py_XDECREF(view);
+        Py_DECREF(send);
         if (result == NULL) {
             return -1;
         }
@@ -728,6 +767,10 @@ static PyTypeObject DownTrackCoreType = {
 };
 
 static PyMethodDef methods[] = {
+    {"set_limits", set_limits, METH_VARARGS,
+     "set_limits(reorder window, longest plaintext packet): the Python path's constants"},
+    {"protect_failures", protect_failures, METH_NOARGS,
+     "packets libsrtp refused to protect since start"},
     {"send_batch", send_batch, METH_VARARGS,
      "send_batch(fd, [(data, (host, port)), ...]) -> datagrams the kernel took"},
     {"set_srtp_protect", set_srtp_protect, METH_VARARGS,

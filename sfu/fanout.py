@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from protocol import rtp
-from sfu.munger import RtpMunger
+from sfu.munger import REORDER_WINDOW, RtpMunger
 
 try:  # the optional C accelerator; without it, the reference below
     from sfu import _fastsend
@@ -206,6 +206,25 @@ def log_implementation(log: logging.Logger) -> None:
             "forwarding: pure-Python fan-out, the C module sfu/_fastsend is not built "
             "(install a C compiler and reinstall); each forwarded packet costs about twice the CPU"
         )
+
+
+if _fastsend is not None:
+    # One source for the constants both paths use: the C twin is told this module's.
+    _fastsend.set_limits(REORDER_WINDOW, MAX_PLAINTEXT)
+
+#: Packets the Python path's SRTP protection refused (too long, or libsrtp said no).
+_python_protect_failures = 0
+
+
+def count_protect_failure() -> None:
+    global _python_protect_failures
+    _python_protect_failures += 1
+
+
+def protect_failures() -> int:
+    """Packets dropped because SRTP protection refused them, by either path, since start."""
+    from_c = _fastsend.protect_failures() if _fastsend is not None else 0
+    return _python_protect_failures + from_c
 
 
 def configure_srtp(protect_address: int, max_plaintext: int = MAX_PLAINTEXT) -> None:

@@ -47,7 +47,7 @@ from pylibsrtp._binding import lib as srtp_lib
 from protocol import sdp, sdp_media
 from protocol.rtp import is_rtcp
 from sfu.endpoint import Endpoint
-from sfu.fanout import Sink, configure_srtp
+from sfu.fanout import Sink, configure_srtp, count_protect_failure
 from sfu.ice import IceState
 from sfu.tasks import cancel_and_wait
 
@@ -430,7 +430,7 @@ class PeerConnection:
             self._refresh_sink()
         protected = protector.protect(packet)
         if protected is None:
-            logger.debug("x %s: SRTP protect refused a packet", self.name)
+            count_protect_failure()
             return False
         if not (DROP_EVERY and self._dropped_for_test()):
             self._ice.send(protected)

@@ -281,3 +281,100 @@ def test_uninitialised_cores_and_sinks_are_skipped_not_crashed() -> None:
     core = _core(_fastsend.DownTrackCore, empty_sink)
     assert core.forward(packet, 12, len(packet), 1, 2, 3, 0.0) is False
     assert core.packets == 0
+
+
+def _random_stream(rng: random.Random) -> list[tuple[bytes, float]]:
+    """A publisher stream with random jumps, duplicates, reordering, SSRC changes, RED and
+    payload sizes up to past the protect limit."""
+    packets: list[tuple[bytes, float]] = []
+    sequence, timestamp, ssrc, now = rng.randrange(65536), rng.randrange(1 << 32), 1, 0.0
+    for _ in range(rng.randrange(50, 400)):
+        roll = rng.random()
+        if roll < 0.03:
+            ssrc, sequence = rng.randrange(1, 1 << 32), rng.randrange(65536)
+        elif roll < 0.08:
+            sequence = (sequence + rng.randrange(2, 3000)) & 0xFFFF  # loss, or a big jump
+        elif roll < 0.12:
+            sequence = (sequence - rng.randrange(1, 1500)) & 0xFFFF  # late, maybe stale
+        else:
+            sequence = (sequence + 1) & 0xFFFF
+        timestamp = (timestamp + rng.choice((0, 960, 3000, 90000))) & 0xFFFFFFFF
+        now += rng.random() * 0.05
+        payload = rng.randbytes(rng.choice((1, rng.randrange(1, 400), rng.randrange(1300, 1500))))
+        red = rng.random() < 0.1
+        body = _red_payload(payload) if red else payload
+        packets.append((_packet(sequence, timestamp, ssrc, body, RED if red else OPUS), now))
+        if rng.random() < 0.05:
+            packets.append(packets[-1])  # a duplicate
+    return packets
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_streams_leave_both_paths_byte_for_byte_alike(seed: int) -> None:
+    """Seeded fuzz: whatever a publisher sends, the C fan-out writes what its Python
+    reference writes, packet for packet, with the same counters and translations."""
+    rng = random.Random(seed)
+    packets = _random_stream(rng)
+    red_accepted = rng.random() < 0.5
+    overrides = {"first_sequence": rng.randrange(65536), "first_timestamp": rng.randrange(1 << 32)}
+    probes = [rng.randrange(65536) for _ in range(5)]
+    results = []
+    for cls, sink_cls, fan in (
+        (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout),
+        (_fastsend.DownTrackCore, _fastsend.Sink, _fastsend.fanout),
+    ):
+        capture = Capture()
+        core = _core(cls, sink_cls(capture), **overrides)
+        core.red_accepted = red_accepted
+
+        def send_all(*args: Any, fan: Any = fan) -> bool:
+            *fields, target = args
+            return bool(fan(*fields, {"s": target}))
+
+        _feed(core, packets, send_all)
+        mapped = [core.original_sequence(s) for s in probes]
+        results.append((capture.packets, core.packets, core.octets, mapped))
+    assert results[0][0], "the reference sent nothing"
+    assert results[1] == results[0]
+
+
+def test_a_spill_that_clears_its_own_sink_is_safe() -> None:
+    """The callback is held while it runs: a spill that turns its sink's fast path off (and so
+    drops the sink's references to itself) must not crash the fan-out."""
+    read_end, write_end = os.pipe()
+    tx, _rx = _srtp_pair()
+    protector = SrtpProtector(tx)
+    spilled: list[bytes] = []
+    sink = _fastsend.Sink(Capture())
+
+    def spill(data: bytes, address: tuple[str, int]) -> None:
+        spilled.append(data)
+        sink.clear_fast()
+
+    sink.set_fast(protector.context_address, protector.session, write_end, ("127.0.0.1", 9), spill)
+    del spill
+    downtracks = {name: _core(_fastsend.DownTrackCore, sink) for name in ("a", "b")}
+    packet = _packet(5, 960, 7, b"hello")
+    _fastsend.fanout(packet, 12, len(packet), 5, 960, 7, 0.0, downtracks)
+    assert len(spilled) == 1, "the second datagram is dropped once the fast path is gone"
+    assert not sink.fast
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_protect_failures_are_counted() -> None:
+    """libsrtp refusing a packet drops it; the drop is counted for the metrics."""
+    tx, _rx = _srtp_pair()
+    protector = SrtpProtector(tx)
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink = _fastsend.Sink(Capture())
+    sink.set_fast(
+        protector.context_address, protector.session, out.fileno(), ("127.0.0.1", 9), print
+    )
+    packet = _packet(5, 960, 7, b"hello")
+    before = fanout.protect_failures()
+    # Two downtracks writing the same SSRC and sequence: libsrtp refuses the second as a replay.
+    for _ in range(2):
+        _core(_fastsend.DownTrackCore, sink).forward(packet, 12, len(packet), 5, 960, 7, 0.0)
+    out.close()
+    assert fanout.protect_failures() == before + 1

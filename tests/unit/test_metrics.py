@@ -26,6 +26,7 @@ from protocol.sdp_media import Codec, OutgoingTrack
 from protocol.token import VideoGrant
 from server.metrics import Lifecycle, MetricsSources, NodeCollector, create_registry
 from server.metrics_http import install_metrics, metrics_app
+from sfu import fanout
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.endpoint import Endpoint
 from sfu.events import EventKind, RoomEvent
@@ -501,3 +502,13 @@ def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
         "process_resident_memory_bytes",
     }
     assert wanted <= queried, wanted - queried
+
+
+def test_srtp_protect_failures_are_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    rooms = RoomManager(_settings(), auto_create=True)
+    registry = _registry(rooms)
+    monkeypatch.setattr(fanout, "_python_protect_failures", 0)
+    before = scrape(registry).value("livekit_srtp_protect_failure_total")
+    fanout.count_protect_failure()
+    fanout.count_protect_failure()
+    assert scrape(registry).value("livekit_srtp_protect_failure_total") == before + 2
