@@ -38,6 +38,16 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# The C fan-out under AddressSanitizer and UndefinedBehaviorSanitizer (a few seconds).
+if command -v cc >/dev/null 2>&1 && [ $# -eq 0 ]; then
+    sanitized=$(mktemp)
+    if ! sh tests/sanitized_fanout.sh >"$sanitized" 2>&1; then
+        cat "$sanitized"
+        exit 1
+    fi
+    echo "sanitized C fan-out: $(tail -1 "$sanitized")"
+    rm -f "$sanitized"
+fi
 
 # SDK tests need a non-loopback adapter carrying the advertised address; a private network
 # namespace gives one without touching the machine's own network (needs root).
