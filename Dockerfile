@@ -21,8 +21,9 @@ COPY routing ./routing
 COPY sfu ./sfu
 COPY signaling ./signaling
 COPY server ./server
-# gcc builds the C fan-out (sfu/_fastsend.c) and leaves with the build.
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+# gcc builds the C fan-out (sfu/_fastsend.c) and leaves with the build; redis-server stays:
+# with LIVEKIT_WORKERS above 1 and no redis section, the workers meet in one the server starts.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev redis-server \
     && python3 -m venv .venv && .venv/bin/pip install . --no-cache-dir --no-deps \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
     && ln -s /opt/livekit-py-server/.venv/bin/livekit-py-server /usr/local/bin/livekit-py-server

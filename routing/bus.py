@@ -1,7 +1,7 @@
 """The message bus between nodes: publish bytes to a channel, subscribe to channels.
 
 LiveKit's psrpc runs over Redis ``PUBLISH``/``SUBSCRIBE``; so does :class:`RedisBus` (also
-against the embedded broker of ``--workers``). :class:`LocalBus` is the in-process bus of a
+against the redis-server of ``--workers``). :class:`LocalBus` is the in-process bus of a
 single node and of tests. Redis delivers a channel's messages in the order one connection
 published them; publishers that need order publish from one task.
 """

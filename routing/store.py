@@ -45,7 +45,7 @@ class LockTimeoutError(Exception):
     """Another node held the room lock for longer than we wait."""
 
 
-#: What a store call raises when Redis (or the embedded broker) is away or slow: callers that
+#: What a store call raises when Redis (or the workers' redis-server) is away or slow: callers that
 #: keep rooms running through an outage catch exactly these.
 STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, LockTimeoutError)
 
@@ -130,7 +130,7 @@ class LocalStore:
 
 
 class RedisStore:
-    """The shared store in Redis (or the embedded broker of ``--workers``)."""
+    """The shared store in Redis (or the redis-server of ``--workers``)."""
 
     def __init__(self, client: Redis) -> None:
         self.client = client
@@ -254,7 +254,7 @@ def _parse(cls: type[_Message], value: bytes | str) -> _Message:
 
 @asynccontextmanager
 async def redis_client(url_or_path: str) -> AsyncIterator[Redis]:
-    """A client for a ``redis://`` URL or the embedded broker's Unix socket path."""
+    """A client for a ``redis://`` URL or a Unix socket path."""
     if url_or_path.startswith(("redis://", "rediss://", "unix://")):
         client = Redis.from_url(url_or_path)
     else:

@@ -13,6 +13,7 @@ from config import CliOverrides, Config, ConfigError, LoadedConfig, load_config
 from server import tools
 from server.app import run_server, server_version
 from server.cluster import WorkerIdentity
+from server.local_redis import redis_server_path
 from server.logs import add_process_context, setup_logging
 from server.ports import PortInUseError, check_ports
 from server.workers import (
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Set by the supervisor for each worker it starts.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-broker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-redis", default="", help=argparse.SUPPRESS)
     return parser
 
 
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker_index is None and count > 1:
         return _supervise(server_args, config, count)
     worker = WorkerIdentity(
-        args.worker_index or 0, count if args.worker_index is not None else 1, args.worker_broker
+        args.worker_index or 0, count if args.worker_index is not None else 1, args.worker_redis
     )
     if worker.count > 1:
         add_process_context(worker=str(worker.index))
@@ -171,12 +172,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _worker_count(args: argparse.Namespace, config: Config) -> int:
     """--workers, else LIVEKIT_WORKERS (the Docker image sets 1), else one process in
-    development mode (as LiveKit's --dev), else one per CPU."""
+    development mode (as LiveKit's --dev), else one per CPU. Workers meet in Redis: without a
+    ``redis`` section and without ``redis-server`` to start, one worker it is."""
     if args.workers is not None:
-        return int(args.workers)
-    if os.environ.get("LIVEKIT_WORKERS"):
-        return int(os.environ["LIVEKIT_WORKERS"])
-    return 1 if config.development else default_worker_count()
+        count = int(args.workers)
+    elif os.environ.get("LIVEKIT_WORKERS"):
+        count = int(os.environ["LIVEKIT_WORKERS"])
+    else:
+        count = 1 if config.development else default_worker_count()
+    if count > 1 and args.worker_index is None and not config.redis.enabled:
+        if redis_server_path() is None:
+            logger.warning(
+                "running 1 worker instead of %d: the workers share a redis-server, and none is "
+                "installed (apt-get install redis-server) or configured (redis.address)",
+                count,
+            )
+            return 1
+    return count
 
 
 def _supervise(server_args: Sequence[str], config: Config, count: int) -> int:

@@ -2,8 +2,8 @@
 
 No ``redis`` section and one worker: an in-memory store and bus, this node its only member.
 ``redis.address`` (or sentinels): the Redis store and bus. ``--workers N`` without Redis: the
-supervisor's embedded broker on a Unix socket, spoken to as Redis. Either way the same router,
-relay and store sync run, so a single node is a cluster of one.
+redis-server the supervisor started on a Unix socket (``server/local_redis.py``). Either way
+the same router, relay and store sync run, so a single node is a cluster of one.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ class ClusterConfigError(Exception):
 
 @dataclass(frozen=True)
 class WorkerIdentity:
-    """Which worker of ``--workers`` this process is; index 0 and no broker when alone."""
+    """Which worker of ``--workers`` this process is; index 0 and no Redis socket when alone."""
 
     index: int = 0
     count: int = 1
-    broker_path: str = ""
-    """The embedded broker's Unix socket (workers without Redis)."""
+    redis_socket: str = ""
+    """The supervisor's redis-server socket (workers without a configured Redis)."""
 
 
 @dataclass
@@ -75,8 +75,8 @@ def open_backends(config: Config, worker: WorkerIdentity) -> Backends:
     """Clients only; nothing connects until first use, so start-up never waits for Redis."""
     if config.redis.enabled:
         client = redis_client(config.redis)
-    elif worker.broker_path:
-        client = Redis(unix_socket_path=worker.broker_path, **CLIENT_OPTIONS)
+    elif worker.redis_socket:
+        client = Redis(unix_socket_path=worker.redis_socket, **CLIENT_OPTIONS)
     else:
         return Backends(LocalStore(), LocalBus())
     return Backends(RedisStore(client), RedisBus(client), client)

@@ -4,9 +4,9 @@ A Python process forwards on one core, so a machine is used by running several. 
 supervisor starts N worker processes of this same command; each is a full node with its own
 UDP and ICE-TCP port (``rtc.udp_port + index``, ``rtc.tcp_port + index``) and Prometheus port
 (``prometheus.port + index``), all sharing the HTTP port (``SO_REUSEPORT``, the kernel spreads
-connections). They meet in Redis when one is configured, otherwise in a broker the supervisor
-embeds (``routing/embedded.py``) on a Unix socket, so a single machine needs nothing else. A
-room lives in one worker; signalling that reaches another worker is relayed to it.
+connections). They meet in Redis: the configured one, else a ``redis-server`` the supervisor
+starts on a private Unix socket (``server/local_redis.py``). A room lives in one worker;
+signalling that reaches another worker is relayed to it.
 
 Signals go to every worker: the first drains them, the second closes their rooms, a third
 kills them. A worker that dies is started again.
@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 
 from config import Config
-from routing.embedded import EmbeddedRedis
+from server.local_redis import LocalRedis, redis_server_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class Supervisor:
         self._args = list(server_args)
         self._config = config
         self._count = count
-        self._broker: EmbeddedRedis | None = None
-        self._broker_path = ""
+        self._redis: LocalRedis | None = None
         self._signals = 0
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._restarts: dict[int, list[float]] = {}
@@ -57,10 +56,12 @@ class Supervisor:
     async def run(self) -> int:
         directory = tempfile.mkdtemp(prefix="lkpy-")
         try:
+            executable = redis_server_path()
             if not self._config.redis.enabled:
-                self._broker = EmbeddedRedis()
-                self._broker_path = os.path.join(directory, "bus.sock")
-                await self._broker.start(self._broker_path)
+                if executable is None:  # the CLI fell back to one worker before coming here
+                    raise OSError("redis-server not found")
+                self._redis = LocalRedis(executable, directory)
+                await self._redis.start()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._on_signal)
@@ -68,8 +69,8 @@ class Supervisor:
             codes = await asyncio.gather(*(self._keep(i) for i in range(self._count)))
             return 0 if all(code == 0 for code in codes) else 1
         finally:
-            if self._broker is not None:
-                await self._broker.stop()
+            if self._redis is not None:
+                await self._redis.stop()
             shutil.rmtree(directory, ignore_errors=True)
 
     def _on_signal(self) -> None:
@@ -109,8 +110,8 @@ class Supervisor:
             "--workers", str(self._count),
             "--worker-index", str(index),
         ]  # fmt: skip
-        if self._broker_path:
-            args += ["--worker-broker", self._broker_path]
+        if self._redis is not None:
+            args += ["--worker-redis", self._redis.socket_path]
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which forwards it once.
         return await asyncio.create_subprocess_exec(
             # -P: the working directory is not put first on sys.path, so a worker imports the
@@ -134,7 +135,7 @@ def strip_worker_flags(args: Sequence[str]) -> list[str]:
             skip = False
             continue
         name = arg.split("=", 1)[0]
-        if name in ("--workers", "--worker-index", "--worker-broker"):
+        if name in ("--workers", "--worker-index", "--worker-redis"):
             skip = "=" not in arg
             continue
         out.append(arg)

@@ -1,4 +1,5 @@
-"""``--workers N``: one machine, N worker processes as N nodes, no Redis needed."""
+"""``--workers N``: one machine, N worker processes as N nodes, meeting in a redis-server the
+supervisor starts (nothing configured)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,35 @@ async def test_two_workers_share_one_port_and_rooms_spread(
     hosts = worker_of_rooms(server)
     assert set(hosts) >= set(ROOMS)
     assert {hosts[name] for name in ROOMS} == {"0", "1"}, "rooms must spread over the workers"
+    # They met in a real redis-server on a private socket, the supervisor's child.
+    assert "workers share redis-server on " in server.logs()
+    children = _children(server.proc.pid)
+    assert "redis-server" in children.values()
+    assert server.stop() == 0
+    assert not any(_running(pid) for pid in children), "the supervisor stopped it too"
+
+
+def _children(pid: int) -> dict[int, str]:
+    """A process's children: pid -> command name."""
+    listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(child): Path(f"/proc/{child}/comm").read_text().strip() for child in listed}
+
+
+def _running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+async def test_without_redis_server_one_worker_runs_with_a_warning(
+    start: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """No redis-server to start and no Redis configured: one worker, and a line saying how to
+    use every core."""
+    server = start(args=("--workers=2",), extra_env={"PATH": str(tmp_path)})
+    assert "running 1 worker instead of 2" in server.logs()
+    assert "apt-get install redis-server" in server.logs()
+    async with joined(server, "alone", "one-worker") as room:
+        assert room.local_participant.sid.startswith("PA_")
 
 
 async def test_participants_reaching_different_workers_meet(
