@@ -24,7 +24,7 @@ from pathlib import Path
 from livekit import rtc
 
 from benchmarks import probe
-from server.loadtest import procstat
+from loadtest import procstat
 from tests.e2e.harness import ServerProcess, make_token, start_server
 from tests.e2e.sdk import connect
 from tests.e2e.test_media import publishing_tone

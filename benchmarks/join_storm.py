@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import probe
-from server.loadtest import procstat
+from loadtest import procstat
 from tests.e2e.harness import start_server
 
 P50_TARGET_MS, P99_TARGET_MS = 300.0, 1000.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from server.loadtest import procstat
+from loadtest import procstat
 from tests.e2e.harness import API_KEY, API_SECRET, SERVER_SCRIPT
 
 SERVER_CORE, LOADER_CORE = 0, 1

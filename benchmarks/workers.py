@@ -36,7 +36,7 @@ from typing import Any
 from livekit import api
 
 from benchmarks import probe
-from server.loadtest import procstat
+from loadtest import procstat
 from tests.e2e.harness import API_KEY, API_SECRET, free_port, packets_out, start_server
 
 #: Seconds between room creations: more than the node stats interval (2 s), so each new

@@ -104,8 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tools.generate_keys_parser().parse_args(command_args)  # --help, or refuse extra words
         return tools.generate_keys()
     if command == "load-test":
-        from server.loadtest.cli import main as load_test  # not needed to run the server
-
+        try:  # a client, not needed to run the server: the Docker image leaves it out
+            from loadtest.cli import main as load_test
+        except ImportError as exc:
+            print(f"livekit-py-server: the load tester is not installed ({exc})", file=sys.stderr)
+            return 1
         return load_test(command_args)
     token_args = None
     if command == "create-join-token":

@@ -217,6 +217,55 @@ def _dtls_parameters(fingerprints: Iterable[tuple[str, str]]) -> RTCDtlsParamete
     )
 
 
+class DtlsSession:
+    """aiortc's DTLS over one of our ICE paths, and the SRTP keys it derives (RFC 5764): the
+    glue the server's peer connections and the load tester's share.
+
+    :param send: sends one datagram on the selected ICE path.
+    :param controlling: our ICE role (the ICE-lite server is controlled, RFC 8445 2.5).
+    """
+
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        certificate: RTCCertificate,
+        *,
+        controlling: bool,
+    ) -> None:
+        self._shim = _IceTransportShim(send, "controlling" if controlling else "controlled")
+        shim: Any = self._shim  # duck-typed RTCIceTransport
+        self.transport = RTCDtlsTransport(shim, [certificate])
+        """For an RTCSctpTransport on top, and its ``statechange`` events."""
+
+    @property
+    def state(self) -> str:
+        return str(self.transport.state)
+
+    def feed(self, datagram: bytes) -> None:
+        """A DTLS record from the network (RFC 7983: first byte 20-63)."""
+        self._shim.queue.put_nowait(datagram)
+
+    def set_role(self, *, client: bool) -> None:
+        """The DTLS role, from the SDP's ``a=setup`` (aiortc would otherwise guess it)."""
+        self.transport._set_role("client" if client else "server")
+
+    async def start(self, fingerprints: Iterable[tuple[str, str]]) -> bool:
+        """Run the handshake against the remote (algorithm, value) fingerprints; True when it
+        connected."""
+        await self.transport.start(_dtls_parameters(fingerprints))
+        return self.state == "connected"
+
+    def srtp_sessions(self) -> tuple[Session, Session] | None:
+        """The (receive, transmit) libsrtp sessions keyed by the handshake; None before."""
+        rx, tx = self.transport._rx_srtp, self.transport._tx_srtp
+        if rx is None or tx is None:
+            return None
+        return rx, tx
+
+    async def stop(self) -> None:
+        await self.transport.stop()
+
+
 class PeerConnection:
     """One WebRTC transport (one BUNDLE group): ICE-lite, DTLS, SCTP data channels.
 
@@ -229,12 +278,9 @@ class PeerConnection:
         self._endpoint = endpoint
         self._ice = endpoint.registry.create_session(name)
         self._certificate = RTCCertificate.generateCertificate()
-        # We are the ICE-lite, so controlled, side (RFC 8445 2.5).
-        self._shim = _IceTransportShim(self._ice.send, "controlled")
+        self._dtls = DtlsSession(self._ice.send, self._certificate, controlling=False)
         self._ice.on_datagram = self._on_datagram
-        shim: Any = self._shim  # duck-typed RTCIceTransport
-        self._dtls = RTCDtlsTransport(shim, [self._certificate])
-        self._sctp = RTCSctpTransport(self._dtls)
+        self._sctp = RTCSctpTransport(self._dtls.transport)
         self._session_id = secrets.randbelow(2**62)
         self._version = 1
         self._connect_task: asyncio.Task[None] | None = None
@@ -257,7 +303,7 @@ class PeerConnection:
         self.on_rtcp: Callable[[bytes], None] | None = None
         self._ice.on_state_change = self._on_ice_state
         self._ice.on_path_change = self._refresh_sink
-        self._dtls.on("statechange", self._on_dtls_state)
+        self._dtls.transport.on("statechange", self._on_dtls_state)
         self._sctp.on("datachannel", self._on_remote_channel)
 
     def _set_state(self, state: ConnectionState) -> None:
@@ -345,11 +391,11 @@ class PeerConnection:
         _ufrag, _pwd, fingerprints, setup = transport
         # We answer "passive" to a client's "actpass" and offer "actpass": the client is then
         # the DTLS client (RFC 8842), unless its answer says "passive".
-        self._dtls._set_role("client" if (not offered and setup == "passive") else "server")
+        self._dtls.set_role(client=not offered and setup == "passive")
         parsed = [f.split(" ", 1) for f in fingerprints]
-        remote_dtls = _dtls_parameters((a, v) for a, v in parsed)
+        remote_fingerprints = [(pair[0], pair[1]) for pair in parsed if len(pair) == 2]
         self._connect_task = asyncio.get_running_loop().create_task(
-            self._connect(remote_dtls), name=f"{self.name}-connect"
+            self._connect(remote_fingerprints), name=f"{self.name}-connect"
         )
 
     def _want_sctp(self, port: int | None) -> None:
@@ -365,9 +411,8 @@ class PeerConnection:
                 self._start_sctp(), name=f"{self.name}-sctp"
             )
 
-    async def _connect(self, remote_dtls: RTCDtlsParameters) -> None:
-        await self._dtls.start(remote_dtls)
-        if self._dtls.state == "connected" and self._sctp_port is not None:
+    async def _connect(self, fingerprints: list[tuple[str, str]]) -> None:
+        if await self._dtls.start(fingerprints) and self._sctp_port is not None:
             await self._start_sctp()
 
     async def _start_sctp(self) -> None:
@@ -399,7 +444,7 @@ class PeerConnection:
         if 127 < first < 192:  # RFC 7983: SRTP and SRTCP go straight to the media path
             self._on_media(data)
         elif 19 < first < 64:  # DTLS, through aiortc's handshake and SCTP
-            self._shim.queue.put_nowait(data)
+            self._dtls.feed(data)
 
     def _on_media(self, data: bytes) -> None:
         sessions = self.srtp_sessions()
@@ -465,10 +510,7 @@ class PeerConnection:
     def srtp_sessions(self) -> tuple[Session, Session] | None:
         """The (receive, transmit) libsrtp sessions keyed from the DTLS handshake (RFC 5764),
         for the media path; None until DTLS has connected."""
-        rx, tx = self._dtls._rx_srtp, self._dtls._tx_srtp
-        if rx is None or tx is None:
-            return None
-        return rx, tx
+        return self._dtls.srtp_sessions()
 
     async def close(self) -> None:
         self._set_state(ConnectionState.CLOSED)
@@ -522,66 +564,3 @@ def _sctp_port(description: sdp.SessionDescription) -> int | None:
             except ValueError:
                 raise ValueError(f"bad a=sctp-port {port!r}") from None
     return None
-
-
-# --- the client side, for the load tester (server/loadtest) -------------------------------
-# The same aiortc internals as above: an ICE-transport shim for RTCDtlsTransport, its
-# _set_role, and the SRTP sessions _rx_srtp / _tx_srtp after the handshake.
-
-_certificate: RTCCertificate | None = None
-
-
-def certificate() -> RTCCertificate:
-    """One DTLS certificate for every client peer connection of the process (browsers reuse theirs
-    too); generating a key per connection would cost more than the handshake."""
-    global _certificate
-    if _certificate is None:
-        _certificate = RTCCertificate.generateCertificate()
-    return _certificate
-
-
-def local_fingerprints() -> tuple[tuple[str, str], ...]:
-    return tuple((f.algorithm, f.value) for f in certificate().getFingerprints())
-
-
-class DtlsLink:
-    """DTLS (and SCTP, when the description has data channels) for one peer connection.
-
-    :param send: sends one datagram on the selected ICE path.
-    """
-
-    def __init__(self, send: Callable[[bytes], None], *, controlling: bool) -> None:
-        self._shim = _IceTransportShim(send, "controlling" if controlling else "controlled")
-        shim: Any = self._shim  # duck-typed RTCIceTransport
-        self._dtls = RTCDtlsTransport(shim, [certificate()])
-        self._sctp: RTCSctpTransport | None = None
-        self.rx: Session | None = None
-        self.tx: Session | None = None
-        self.protector: SrtpProtector | None = None
-
-    def feed(self, datagram: bytes) -> None:
-        """A DTLS record from the network (RFC 7983: first byte 20-63)."""
-        self._shim.queue.put_nowait(datagram)
-
-    async def connect(self, *, client: bool, fingerprints: tuple[tuple[str, str], ...]) -> bool:
-        """Run the handshake as DTLS client or server; True once the SRTP keys are set."""
-        self._dtls._set_role("client" if client else "server")
-        await self._dtls.start(_dtls_parameters(fingerprints))
-        if self._dtls.state != "connected":
-            return False
-        self.rx, self.tx = self._dtls._rx_srtp, self._dtls._tx_srtp
-        if self.tx is None or self.rx is None:
-            return False
-        self.protector = SrtpProtector(self.tx)
-        return True
-
-    async def start_sctp(self, port: int) -> None:
-        """Associate SCTP over DTLS (RFC 8841) so the server's data channels open; their
-        messages are not read."""
-        self._sctp = RTCSctpTransport(self._dtls)
-        await self._sctp.start(RTCSctpCapabilities(maxMessageSize=SCTP_MAX_MESSAGE_SIZE), port)
-
-    async def close(self) -> None:
-        if self._sctp is not None:
-            await self._sctp.stop()
-        await self._dtls.stop()

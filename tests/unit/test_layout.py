@@ -9,6 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 #: protocol <- config <- routing <- sfu <- signaling <- server: nothing imports up the chain.
 LAYERS = ["protocol", "config", "routing", "sfu", "signaling", "server"]
+#: The load tester is a client: it builds on the layers up to sfu, and only the CLI's
+#: ``load-test`` subcommand imports it.
+LOADTEST_MAY_IMPORT = {"protocol", "config", "routing", "sfu", "loadtest"}
 
 
 def _setup_commands() -> list[str]:
@@ -52,6 +55,34 @@ def _imported_layers(path: Path) -> set[str]:
             continue
         found.update(name.split(".")[0] for name in names if name.split(".")[0] in LAYERS)
     return found
+
+
+def _imported_packages(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_load_tester_is_a_client_of_its_own() -> None:
+    ours = {*LAYERS, "loadtest"}
+    for path in (ROOT / "loadtest").rglob("*.py"):
+        imported = _imported_packages(path) & ours
+        assert imported <= LOADTEST_MAY_IMPORT, f"{path} imports {imported - LOADTEST_MAY_IMPORT}"
+    importers = [
+        path.relative_to(ROOT)
+        for layer in LAYERS
+        for path in (ROOT / layer).rglob("*.py")
+        if "loadtest" in _imported_packages(path)
+    ]
+    assert importers == [Path("server/cli.py")], importers
+    # The server's packages hold no client code: no DTLS client link, no client certificate.
+    for path in (ROOT / "sfu").rglob("*.py"):
+        text = path.read_text()
+        assert "class DtlsLink" not in text and "def local_fingerprints" not in text, path
 
 
 def test_nothing_imports_up_the_chain() -> None:

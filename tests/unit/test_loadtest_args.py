@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from loadtest.params import LAYOUTS, Params, parse_args, parse_duration, plan
 from server import cli, tools
-from server.loadtest.params import LAYOUTS, Params, parse_args, parse_duration, plan
 
 BASE = ["--url", "ws://127.0.0.1:7880", "--api-key", "k", "--api-secret", "s"]
 

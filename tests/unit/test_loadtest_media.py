@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from protocol import rtp
-from server.loadtest import media, procstat, stats
-from server.loadtest.media import Clip, MediaError, read_clip, write_clip
-from server.loadtest.pacer import MAX_LAG_S, MediaSource, Pacer
-from server.loadtest.packetizer import (
+from loadtest import media, procstat, stats
+from loadtest.media import Clip, MediaError, read_clip, write_clip
+from loadtest.pacer import MAX_LAG_S, MediaSource, Pacer
+from loadtest.packetizer import (
     MAX_PACKET,
     OpusPacketizer,
     RtpWriter,
@@ -24,7 +23,8 @@ from server.loadtest.packetizer import (
     split_frame,
     split_frames,
 )
-from server.loadtest.stats import StreamCounter, TrackResult, percentile
+from loadtest.stats import StreamCounter, TrackResult, percentile
+from protocol import rtp
 
 
 def _clip(frames: int = 3, size: int = 3000, keyframes: tuple[int, ...] = (0,)) -> Clip:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from aioice import stun
 
-from protocol import sdp, sdp_media
-from server.loadtest.ice import CONNECT_TIMEOUT_S, IceAgent, IceState
-from server.loadtest.sdp_client import (
+from loadtest.ice import CONNECT_TIMEOUT_S, IceAgent, IceState
+from loadtest.sdp_client import (
     OfferedStream,
     host_candidate,
     parse_candidate,
@@ -15,6 +14,7 @@ from server.loadtest.sdp_client import (
     publisher_offer,
     subscriber_answer,
 )
+from protocol import sdp, sdp_media
 from sfu.ice import IceRegistry, IceSession
 
 CLIENT = sdp.TransportParams(

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.loadtest.params import parse_args
-from server.loadtest.sink import MIN_PACKETS, drop_rtp, media_flowing
+from loadtest.params import parse_args
+from loadtest.sink import MIN_PACKETS, drop_rtp, media_flowing
 
 DATAGRAMS = {
     "stun": bytes([0x00, 0x01]) + bytes(18),

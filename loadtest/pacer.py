@@ -15,8 +15,8 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from server.loadtest.media import Clip
-from server.loadtest.packetizer import RtpWriter
+from loadtest.media import Clip
+from loadtest.packetizer import RtpWriter
 
 MAX_LAG_S = 0.5
 #: Longest sleep of the timer loop (it also wakes for sources added meanwhile).

@@ -18,11 +18,11 @@ from dataclasses import asdict
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from server.loadtest import procstat
-from server.loadtest.params import Params, TesterSpec
-from server.loadtest.report import Progress, ProgressPrinter
-from server.loadtest.runner import ProcessOutcome, ProcessRun, WorkerPlan, run_loop
-from server.loadtest.stats import TesterResult, WindowCounts
+from loadtest import procstat
+from loadtest.params import Params, TesterSpec
+from loadtest.report import Progress, ProgressPrinter
+from loadtest.runner import ProcessOutcome, ProcessRun, WorkerPlan, run_loop
+from loadtest.stats import TesterResult, WindowCounts
 
 #: Seconds after the ramp's last slot (plus the join timeout) before the window opens anyway.
 RAMP_GRACE_S = 5.0

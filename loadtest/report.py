@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from server.loadtest.stats import Summary
+from loadtest.stats import Summary
 
 BAR_WIDTH = 24
 #: Without a terminal, one progress line per this many seconds (and at each phase change).

@@ -20,13 +20,13 @@ from typing import cast
 
 import pylibsrtp
 
+from loadtest import sink
+from loadtest.dtls import DtlsLink
+from loadtest.ice import Address, IceAgent, IceState
+from loadtest.pacer import MediaSource
+from loadtest.sdp_client import RemoteDescription, RemoteTrack
+from loadtest.stats import StreamCounter
 from protocol import rtcp
-from server.loadtest import sink
-from server.loadtest.ice import Address, IceAgent, IceState
-from server.loadtest.pacer import MediaSource
-from server.loadtest.sdp_client import RemoteDescription, RemoteTrack
-from server.loadtest.stats import StreamCounter
-from sfu.rtc_adapter import DtlsLink
 from sfu.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)

@@ -22,22 +22,22 @@ import aiohttp
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
-from protocol import sdp
-from protocol.token import VideoGrant, issue_token
-from server.loadtest import sdp_client
-from server.loadtest.media import Clip
-from server.loadtest.pacer import MediaSource, Pacer
-from server.loadtest.packetizer import (
+from loadtest import sdp_client
+from loadtest.dtls import local_fingerprints
+from loadtest.media import Clip
+from loadtest.pacer import MediaSource, Pacer
+from loadtest.packetizer import (
     OpusPacketizer,
     RtpWriter,
     Vp8Packetizer,
     extension_block,
     split_frames,
 )
-from server.loadtest.params import LAYOUTS, Params, TesterSpec
-from server.loadtest.peer import ClientPeer
-from server.loadtest.stats import TesterResult, TrackResult
-from sfu import rtc_adapter as adapter
+from loadtest.params import LAYOUTS, Params, TesterSpec
+from loadtest.peer import ClientPeer
+from loadtest.stats import TesterResult, TrackResult
+from protocol import sdp
+from protocol.token import VideoGrant, issue_token
 from sfu.tasks import cancel_and_wait
 
 PROTOCOL_VERSION = 15
@@ -258,7 +258,7 @@ class Tester:
         return sdp.TransportParams(
             ice_ufrag=peer.ice.local_ufrag,
             ice_pwd=peer.ice.local_pwd,
-            fingerprints=adapter.local_fingerprints(),
+            fingerprints=local_fingerprints(),
             candidates=(candidate,),
             setup=setup,
         )

@@ -10,13 +10,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 
-from server.loadtest import control
-from server.loadtest.media import MediaError
-from server.loadtest.params import Params, TesterSpec, parse_args, plan
-from server.loadtest.report import ProgressPrinter, as_json, table
-from server.loadtest.runner import prepare_media
-from server.loadtest.stats import summarize
-from server.loadtest.tester import PROTOCOL_VERSION, join_token, ws_base
+from loadtest import control
+from loadtest.media import MediaError
+from loadtest.params import Params, TesterSpec, parse_args, plan
+from loadtest.report import ProgressPrinter, as_json, table
+from loadtest.runner import prepare_media
+from loadtest.stats import summarize
+from loadtest.tester import PROTOCOL_VERSION, join_token, ws_base
 
 PROG = "livekit-py-server load-test"
 PREFLIGHT_TIMEOUT_S = 10.0

@@ -18,12 +18,12 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
-from server.loadtest import media
-from server.loadtest.pacer import Pacer, run_pacer
-from server.loadtest.params import Params, TesterSpec
-from server.loadtest.report import Progress
-from server.loadtest.stats import TesterResult, WindowCounts
-from server.loadtest.tester import JoinError, MediaBank, ProcessContext, Tester
+from loadtest import media
+from loadtest.pacer import Pacer, run_pacer
+from loadtest.params import Params, TesterSpec
+from loadtest.report import Progress
+from loadtest.stats import TesterResult, WindowCounts
+from loadtest.tester import JoinError, MediaBank, ProcessContext, Tester
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ subscribers that count packets without decoding. Modules, bottom up:
 - ``packetizer`` and ``pacer``: RTP packets from the clips, paced by one timer per process;
 - ``sdp_client``: the client's offers and answers;
 - ``ice``: the client's ICE agent (sans-IO);
-- ``sfu/rtc_adapter.py`` (``DtlsLink``): the project's one module touching aiortc private
-  APIs, for DTLS, SRTP keys and SCTP;
+- ``dtls``: DTLS, SRTP keys and SCTP, on ``sfu/rtc_adapter.py``'s ``DtlsSession`` (the
+  project's one module touching aiortc private APIs);
 - ``sink``: ``--sink``'s socket filter that drops RTP in the kernel;
 - ``peer``: one peer connection (socket, ICE, DTLS, SRTP, RTCP, counters);
 - ``tester``: one participant's signalling and negotiation;
