@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import secrets
 
 import aiohttp
 from aioice import stun
+from livekit.protocol import models
 from livekit.protocol import rtc as proto
 
 from tests.e2e.harness import ServerProcess, make_token
@@ -69,3 +72,31 @@ async def ice_credentials(ws: aiohttp.ClientWebSocketResponse) -> tuple[str, str
             pwd = re.search(r"a=ice-pwd:(\S+)", response.offer.sdp)
             assert ufrag and pwd
             return ufrag[1], pwd[1]
+
+
+def join_request_param(
+    *,
+    gzipped: bool = True,
+    metadata: str = "",
+    attributes: dict[str, str] | None = None,
+    reconnect_sid: str = "",
+) -> str:
+    """A ``join_request`` query value as livekit-client builds one (protocol 17, gzipped when
+    the browser can); ``reconnect_sid`` makes it a resume."""
+    join = proto.JoinRequest(
+        client_info=models.ClientInfo(sdk=models.ClientInfo.JS, protocol=17),
+        metadata=metadata,
+        participant_attributes=attributes or {},
+        reconnect=bool(reconnect_sid),
+        participant_sid=reconnect_sid,
+    )
+    payload = join.SerializeToString()
+    wrapped = proto.WrappedJoinRequest(
+        compression=(
+            proto.WrappedJoinRequest.Compression.GZIP
+            if gzipped
+            else proto.WrappedJoinRequest.Compression.NONE
+        ),
+        join_request=gzip.compress(payload) if gzipped else payload,
+    )
+    return base64.urlsafe_b64encode(wrapped.SerializeToString()).decode().rstrip("=")

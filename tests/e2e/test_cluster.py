@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from tests.e2e.conftest import assert_clean_exit
 from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, make_token, start_server
+from tests.e2e.raw import join_request_param
 from tests.e2e.redis_server import RedisProcess, start_redis
 from tests.e2e.sdk import EventLog, connect, joined, wait_until
 from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
@@ -319,8 +320,9 @@ async def test_refusal_by_the_hosting_node_is_the_edges_http_status(
             assert response.status == 200  # the room exists, on the other node
 
 
+@pytest.mark.parametrize("path", ["/rtc", "/rtc/v1"])
 async def test_a_resume_reaching_another_node_is_relayed_to_the_room(
-    nodes: Callable[..., ServerProcess],
+    nodes: Callable[..., ServerProcess], path: str
 ) -> None:
     host, edge = nodes(), nodes()
     async with server_api(edge) as lk:
@@ -333,6 +335,9 @@ async def test_a_resume_reaching_another_node_is_relayed_to_the_room(
         # The client comes back through the load balancer, which picks the other node.
         token = make_token("traveller", "cluster-resume")
         url = f"{edge.ws_url}/rtc?access_token={token}&reconnect=1&sid={sid}&protocol=15"
+        if path == "/rtc/v1":  # a single-PC client's resume: the join request says it
+            url = f"{edge.ws_url}/rtc/v1?access_token={token}"
+            url += f"&join_request={join_request_param(reconnect_sid=sid)}"
         async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
             first = proto.SignalResponse()
             first.ParseFromString(await ws.receive_bytes(timeout=10))

@@ -12,10 +12,10 @@ from functools import partial
 import aiohttp
 import pytest
 from livekit import rtc
-from livekit.protocol import models
 from livekit.protocol import rtc as proto
 
 from tests.e2e.harness import ServerProcess, make_token
+from tests.e2e.raw import join_request_param
 from tests.e2e.sdk import EventLog, connect, joined, wait_until, watching
 from tests.e2e.test_media import (
     SAMPLE_RATE,
@@ -103,26 +103,6 @@ async def test_unsubscribe_and_subscribe_again(server: ServerProcess) -> None:
         assert tuner.remote_participants["radio"].track_publications[published.sid].subscribed
 
 
-def _join_request(
-    *, gzipped: bool = True, metadata: str = "", attributes: dict[str, str] | None = None
-) -> str:
-    join = proto.JoinRequest(
-        client_info=models.ClientInfo(sdk=models.ClientInfo.JS, protocol=17),
-        metadata=metadata,
-        participant_attributes=attributes or {},
-    )
-    payload = join.SerializeToString()
-    wrapped = proto.WrappedJoinRequest(
-        compression=(
-            proto.WrappedJoinRequest.Compression.GZIP
-            if gzipped
-            else proto.WrappedJoinRequest.Compression.NONE
-        ),
-        join_request=gzip.compress(payload) if gzipped else payload,
-    )
-    return base64.urlsafe_b64encode(wrapped.SerializeToString()).decode().rstrip("=")
-
-
 async def _get(url: str) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         cors = response.headers.get("Access-Control-Allow-Origin", "")
@@ -132,7 +112,9 @@ async def _get(url: str) -> tuple[int, str, str]:
 async def test_v1_validate_answers_as_livekit(server: ServerProcess) -> None:
     base = f"{server.http_url}/rtc/v1/validate?access_token={make_token('v', 'valid-room')}"
     for gzipped in (True, False):
-        status, text, cors = await _get(f"{base}&join_request={_join_request(gzipped=gzipped)}")
+        status, text, cors = await _get(
+            f"{base}&join_request={join_request_param(gzipped=gzipped)}"
+        )
         assert (status, text, cors) == (200, "success", "*")
     status, text, _ = await _get(base)
     assert (status, text) == (400, "join_request is required")
@@ -146,7 +128,7 @@ async def test_v1_validate_answers_as_livekit(server: ServerProcess) -> None:
     status, text, _ = await _get(f"{base}&join_request={encoded}")
     assert (status, text) == (400, "join request too large")
     # Metadata in the join request needs the right to set it, as on the token's own path.
-    metadata = _join_request(metadata="mine")
+    metadata = join_request_param(metadata="mine")
     status, text, _ = await _get(f"{base}&join_request={metadata}")
     assert status == 401 and "canUpdateOwnMetadata" in text
 
@@ -157,7 +139,8 @@ async def test_v1_unknown_room_is_the_exact_404_clients_look_for(
     """livekit-client falls back to two PCs on any 404 of the v1 path except this text."""
     server = start("room:\n  auto_create: false\n")  # type: ignore[operator]
     token = make_token("v", "nowhere")
-    url = f"{server.http_url}/rtc/v1/validate?access_token={token}&join_request={_join_request()}"
+    url = f"{server.http_url}/rtc/v1/validate?access_token={token}"
+    url += f"&join_request={join_request_param()}"
     status, text, _ = await _get(url)
     assert (status, text) == (404, "requested room does not exist")
 
@@ -166,7 +149,7 @@ async def test_join_request_metadata_and_attributes_apply(server: ServerProcess)
     """A single-PC join's metadata and attributes replace and extend the token's, for a
     participant allowed to set them (what the SDKs send from their connect options)."""
     token = make_token("meta", "meta-room", can_update_own_metadata=True)
-    join = _join_request(metadata="from-join", attributes={"k": "v", "skip": ""})
+    join = join_request_param(metadata="from-join", attributes={"k": "v", "skip": ""})
     async with (
         joined(server, "observer", "meta-room") as observer,
         aiohttp.ClientSession() as http,
