@@ -6,7 +6,7 @@ import enum
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -23,7 +23,7 @@ from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
 from sfu.single_pc import SinglePcSubscriber
 from sfu.tasks import TaskSet
 from sfu.tracks import SOURCES_BY_NAME, ParticipantTracks, PublishError, source_name
-from sfu.transport import PublisherTransport, SubscriberTransport
+from sfu.transport import PublisherTransport, RtcConnection, SubscriberTransport
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class Participant:
 
     :param listener: the room, told about activation and received data.
     :param endpoint: the WebRTC sockets both peer connections use; released at close.
+    :param connect: makes a peer connection by name (default: the adapter's, on ``endpoint``).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class Participant:
         sink: SignalSink,
         listener: ParticipantListener,
         endpoint: Endpoint,
+        connect: Callable[[str], RtcConnection] | None = None,
     ) -> None:
         self.sid = sid
         self.identity = params.identity
@@ -151,9 +153,9 @@ class Participant:
         self.subscriber_primary = (
             params.protocol > 2 and self.grant.can_subscribe and not params.single_pc
         )
-        self.publisher = PublisherTransport(
-            PeerConnection("pc" if params.single_pc else "publisher", endpoint)
-        )
+        # The peer connections, by name; tests hand in fakes (tests/fakes.py).
+        connect = connect or partial(PeerConnection, endpoint=endpoint)
+        self.publisher = PublisherTransport(connect("pc" if params.single_pc else "publisher"))
         self.subscriber: SubscriberTransport | SinglePcSubscriber
         if params.single_pc:
             self.tracks = ParticipantTracks(self.publisher.pc, None)
@@ -162,7 +164,7 @@ class Participant:
             )
         else:
             self.subscriber = SubscriberTransport(
-                PeerConnection("subscriber", endpoint), self._send_offer, self.tasks, self.log
+                connect("subscriber"), self._send_offer, self.tasks, self.log
             )
             self.subscriber.pc.on_state_change = self._on_subscriber_state
             self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
@@ -507,7 +509,7 @@ class Participant:
         if isinstance(self.subscriber, SubscriberTransport):
             self._trickle(self.subscriber.pc, rtc.SignalTarget.SUBSCRIBER)
 
-    def _trickle(self, pc: PeerConnection, target: rtc.SignalTarget) -> None:
+    def _trickle(self, pc: RtcConnection, target: rtc.SignalTarget) -> None:
         """Trickle our candidates too (they are also in the SDP), the last marked final as
         LiveKit does when gathering completes."""
         candidates = pc.local_candidates()

@@ -18,10 +18,9 @@ from sfu.limits import (
     MAX_TRACKS_PER_PARTICIPANT,
 )
 from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
-from sfu.rtc_adapter import PeerConnection
 from sfu.simulcast import LIVEKIT_RID_ORDER, Layers
 from sfu.single_pc import Placement, SectionPlan, track_kind
-from sfu.transport import SubscriberTransport
+from sfu.transport import RtcConnection, SubscriberTransport
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class ParticipantTracks:
 
     def __init__(
         self,
-        publisher: PeerConnection,
+        publisher: RtcConnection,
         subscriber: SubscriberTransport | None,
         counters: MediaCounters = NODE_COUNTERS,
     ) -> None:

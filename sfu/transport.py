@@ -7,9 +7,11 @@ import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from protocol.sdp_media import OutgoingTrack
-from sfu.rtc_adapter import DataChannel, PeerConnection
+from sfu.fanout import Sink
+from sfu.rtc_adapter import ConnectionState, DataChannel
 from sfu.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
@@ -18,6 +20,43 @@ logger = logging.getLogger(__name__)
 #: ``negotiationFailedTimeout``): the client is asked to reconnect rather than left wedged,
 #: looking connected while no new track can reach it.
 NEGOTIATION_TIMEOUT_S = 15.0
+
+
+class RtcConnection(Protocol):
+    """What a participant, its transports and its tracks use of a peer connection: the
+    adapter's ``PeerConnection`` in the server, ``tests/fakes.py``'s in unit tests (no
+    sockets, no certificates)."""
+
+    name: str
+    tcp_only: bool
+    rtp_sink: Sink
+    on_state_change: Callable[[ConnectionState], None] | None
+    on_data_channel: Callable[[DataChannel], None] | None
+    on_rtp: Callable[[bytes], None] | None
+    on_rtcp: Callable[[bytes], None] | None
+
+    def create_data_channel(self, label: str, *, reliable: bool) -> DataChannel: ...
+
+    async def create_offer(self, tracks: Sequence[OutgoingTrack] = ()) -> str: ...
+
+    async def set_answer(self, text: str) -> None: ...
+
+    async def answer(
+        self,
+        offer_text: str,
+        preferred: Mapping[str, Sequence[str]] | None = None,
+        outgoing: Mapping[str, OutgoingTrack] | None = None,
+    ) -> str: ...
+
+    def restart_ice(self) -> None: ...
+
+    async def add_candidate(self, init: dict[str, Any]) -> None: ...
+
+    def local_candidates(self) -> list[dict[str, Any]]: ...
+
+    def send_rtcp(self, packet: bytes) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Deadline:
@@ -67,7 +106,7 @@ class SubscriberTransport:
 
     def __init__(
         self,
-        pc: PeerConnection,
+        pc: RtcConnection,
         send_offer: Callable[[str, int], None],
         tasks: TaskSet,
         log: logging.LoggerAdapter[logging.Logger],
@@ -196,7 +235,7 @@ class SubscriberTransport:
 class PublisherTransport:
     """The PeerConnection the client offers (LiveKit's publisher PC); the server answers."""
 
-    def __init__(self, pc: PeerConnection) -> None:
+    def __init__(self, pc: RtcConnection) -> None:
         self.pc = pc
         self._lock = asyncio.Lock()
 

@@ -3,10 +3,15 @@ no sockets, certificates or event loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from aiortc import RTCCertificate
 
 from protocol.sdp_media import OutgoingTrack
 from sfu.fanout import Sink
+from sfu.rtc_adapter import ConnectionState, DataChannel, DtlsSession
 
 
 class FakePc:
@@ -44,3 +49,88 @@ class FakeSubscriber:
 
     def stop_track(self, track: OutgoingTrack) -> None:
         self.tracks.remove(track)
+
+
+class FakeChannel:
+    """A data channel that records what is sent on it."""
+
+    def __init__(self, label: str, *, reliable: bool) -> None:
+        self.label = label
+        self.reliable = reliable
+        self.sent: list[bytes] = []
+        self.on_message: Callable[[bytes], None] | None = None
+
+    def send(self, payload: bytes) -> bool:
+        self.sent.append(payload)
+        return True
+
+
+class FakePeerConnection(FakePc):
+    """A peer connection without sockets, certificates or ICE (``sfu/transport.py``
+    ``RtcConnection``): offers carry an ICE ufrag that changes on restart, answers accept."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.tcp_only = False
+        self.on_state_change: Callable[[ConnectionState], None] | None = None
+        self.on_data_channel: Callable[[DataChannel], None] | None = None
+        self.channels: list[FakeChannel] = []
+        self.answers: list[str] = []
+        self._ufrag = 0
+        self.closed = False
+
+    def create_data_channel(self, label: str, *, reliable: bool) -> DataChannel:
+        channel = FakeChannel(label, reliable=reliable)
+        self.channels.append(channel)
+        return cast(DataChannel, channel)
+
+    def _description(self, kind: str) -> str:
+        return f"v=0\r\ns=-\r\na=ice-ufrag:fake{self._ufrag}\r\na=x-{kind}\r\n"
+
+    async def create_offer(self, tracks: Sequence[OutgoingTrack] = ()) -> str:
+        return self._description(f"offer-{len(tracks)}")
+
+    async def set_answer(self, text: str) -> None:
+        self.answers.append(text)
+
+    async def answer(
+        self,
+        offer_text: str,
+        preferred: Mapping[str, Sequence[str]] | None = None,
+        outgoing: Mapping[str, OutgoingTrack] | None = None,
+    ) -> str:
+        return self._description("answer")
+
+    def restart_ice(self) -> None:
+        self._ufrag += 1
+
+    async def add_candidate(self, init: dict[str, Any]) -> None:
+        return None
+
+    def local_candidates(self) -> list[dict[str, Any]]:
+        return []
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def dtls_pair() -> tuple[DtlsSession, DtlsSession]:
+    """Two DTLS sessions wired to each other in memory (as aiortc's tests pair transports):
+    what one sends, the other is fed, on the next loop iteration."""
+    pending: dict[str, DtlsSession] = {}
+
+    def deliver(to: str) -> Callable[[bytes], None]:
+        def send(datagram: bytes) -> None:
+            asyncio.get_running_loop().call_soon(pending[to].feed, datagram)
+
+        return send
+
+    client = DtlsSession(deliver("server"), RTCCertificate.generateCertificate(), controlling=True)
+    server = DtlsSession(deliver("client"), RTCCertificate.generateCertificate(), controlling=False)
+    pending.update(client=client, server=server)
+    return client, server
+
+
+def fingerprints(session: DtlsSession) -> list[tuple[str, str]]:
+    return [(f.algorithm, f.value) for f in session.transport.getLocalParameters().fingerprints]

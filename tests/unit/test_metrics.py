@@ -39,7 +39,7 @@ from sfu.rtc_adapter import PeerConnection
 from sfu.tracks import ParticipantTracks
 from sfu.transport import SubscriberTransport
 from tests.e2e.harness import free_port
-from tests.fakes import FakePc, FakeSubscriber
+from tests.fakes import FakePc, FakePeerConnection, FakeSubscriber
 
 VP8 = Codec(96, "video/VP8", 90000)
 OPUS = Codec(111, "audio/opus", 48000, 2)
@@ -176,6 +176,7 @@ def _participant(room: Room, identity: str) -> Participant:
         sink=sink,
         listener=room,
         endpoint=Endpoint(IceRegistry(), UdpMux(IceRegistry()), 9, 0, ("127.0.0.1",)),
+        connect=FakePeerConnection,
     )
 
 

@@ -19,6 +19,7 @@ from sfu.participant import JoinParams, Participant, ParticipantState
 from sfu.room import UPDATE_BATCH_S, Room, RoomSettings
 from sfu.rtc_adapter import ConnectionState
 from sfu.transport import NegotiationState
+from tests.fakes import FakePeerConnection
 
 
 class RecordingSink:
@@ -50,6 +51,7 @@ def _participant(
         sink=sink,
         listener=room,
         endpoint=Endpoint(IceRegistry(), UdpMux(IceRegistry()), 9, 0, ("127.0.0.1",)),
+        connect=FakePeerConnection,
     )
     return participant, sink
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import struct
 from collections.abc import AsyncIterator
 from importlib import metadata
 
@@ -22,6 +23,7 @@ from sfu.rtc_adapter import (
     SrtpProtector,
     host_addresses,
 )
+from tests.fakes import dtls_pair, fingerprints
 
 
 def test_pinned_versions() -> None:
@@ -205,3 +207,22 @@ def test_srtp_protector_matches_libsrtp_and_owns_its_session() -> None:
         assert protected is not None and protected != rtp
         assert receiver.unprotect(protected) == rtp
     assert protector.protect(b"\x80" * 1500) is None, "too long for libsrtp's buffer"
+
+
+async def test_dtls_sessions_in_memory_agree_on_srtp_keys() -> None:
+    """The glue the server and the load tester share, without sockets: a handshake between an
+    in-memory pair gives each side SRTP sessions that decrypt the other's packets."""
+    client, server = dtls_pair()
+    client.set_role(client=True)
+    server.set_role(client=False)
+    connected = await asyncio.wait_for(
+        asyncio.gather(client.start(fingerprints(server)), server.start(fingerprints(client))),
+        10,
+    )
+    assert list(connected) == [True, True]
+    client_keys, server_keys = client.srtp_sessions(), server.srtp_sessions()
+    assert client_keys is not None and server_keys is not None
+    packet = struct.pack("!BBHII", 0x80, 111, 1, 960, 42) + b"opus frame"
+    assert server_keys[0].unprotect(client_keys[1].protect(packet)) == packet
+    await client.stop()
+    await server.stop()
