@@ -6,6 +6,7 @@ import enum
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +20,7 @@ from protocol.sdp_media import OutgoingTrack
 from protocol.token import VideoGrant
 from sfu.endpoint import Endpoint
 from sfu.media import PublishedTrack
-from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection
+from sfu.rtc_adapter import MAX_PENDING_MESSAGES, ConnectionState, DataChannel, PeerConnection
 from sfu.single_pc import SinglePcSubscriber
 from sfu.tasks import TaskSet
 from sfu.tracks import SOURCES_BY_NAME, ParticipantTracks, PublishError, source_name
@@ -175,6 +176,7 @@ class Participant:
                 self.subscriber.pc.tcp_only = True
         self._endpoint = endpoint
         self._publisher_channels: dict[str, DataChannel] = {}
+        self._data_before_channel: deque[bytes] = deque()
         self._last_reliable_seq = 0
         self.subscriber.on_negotiation_failed = self._on_negotiation_failed
         self.publisher.pc.on_state_change = self._on_publisher_state
@@ -435,13 +437,26 @@ class Participant:
         else:
             channel = self._publisher_channels.get(_RELIABLE_LABEL if reliable else _LOSSY_LABEL)
             sent = channel.send(payload) if channel is not None else False
+            if not sent and reliable and channel is None:
+                sent = self._hold_until_channel(payload)
         if not sent and reliable:
             self.log.warning("reliable data to %s dropped: channel unavailable", self.identity)
+
+    def _hold_until_channel(self, payload: bytes) -> bool:
+        """Reliable data for a client whose own ``_reliable`` channel has not opened yet (a
+        single-PC client creates it; SCTP and the channel's open follow its connect): kept, as
+        a server-created channel keeps what it is given before it opens."""
+        if len(self._data_before_channel) >= MAX_PENDING_MESSAGES:
+            return False
+        self._data_before_channel.append(payload)
+        return True
 
     def _on_publisher_channel(self, channel: DataChannel) -> None:
         self._publisher_channels[channel.label] = channel
         if channel.label == _RELIABLE_LABEL:
             channel.on_message = lambda payload: self._on_data(payload, reliable=True)
+            while self._data_before_channel:
+                channel.send(self._data_before_channel.popleft())
         elif channel.label == _LOSSY_LABEL:
             channel.on_message = lambda payload: self._on_data(payload, reliable=False)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from livekit.protocol import metrics, models, rtc
@@ -17,9 +17,9 @@ from sfu.ice import IceRegistry, UdpMux
 from sfu.limits import MAX_TRACKS_PER_PARTICIPANT, LimitExceededError, Limits
 from sfu.participant import JoinParams, Participant, ParticipantState
 from sfu.room import UPDATE_BATCH_S, Room, RoomSettings
-from sfu.rtc_adapter import ConnectionState
+from sfu.rtc_adapter import ConnectionState, DataChannel
 from sfu.transport import NegotiationState
-from tests.fakes import FakePeerConnection
+from tests.fakes import FakeChannel, FakePeerConnection
 
 
 class RecordingSink:
@@ -38,7 +38,12 @@ class RecordingSink:
 
 
 def _participant(
-    room: Room, identity: str, *, hidden: bool = False, can_publish_data: bool = True
+    room: Room,
+    identity: str,
+    *,
+    hidden: bool = False,
+    can_publish_data: bool = True,
+    single_pc: bool = False,
 ) -> tuple[Participant, RecordingSink]:
     sink = RecordingSink()
     grant = VideoGrant(
@@ -46,7 +51,7 @@ def _participant(
     )
     participant = Participant(
         sid=f"PA_{identity}",
-        params=JoinParams(identity=identity, grant=grant, protocol=15),
+        params=JoinParams(identity=identity, grant=grant, protocol=15, single_pc=single_pc),
         room_name=room.name,
         sink=sink,
         listener=room,
@@ -454,4 +459,22 @@ async def test_resume_sends_the_room_again_and_restarts_subscriber_ice() -> None
     (offer,) = fresh.of("offer")
     ufrag = [line for line in offer.offer.sdp.splitlines() if line.startswith("a=ice-ufrag")]
     assert ufrag and ufrag[0] not in first_offer, "an ICE restart offer"
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_single_pc_data_waits_for_the_clients_own_channel() -> None:
+    """A single-PC client opens the data channels the server sends on; reliable data for it
+    that arrives first is kept and sent once its ``_reliable`` channel opens, in order."""
+    room = _room()
+    sender, _ = await _join(room, "sender")
+    receiver, _ = await _join(room, "receiver", single_pc=True)
+    pc = receiver.publisher.pc
+    assert isinstance(pc, FakePeerConnection) and pc.on_data_channel is not None
+    for index in range(3):
+        packet = models.DataPacket(user=models.UserPacket(payload=f"m{index}".encode()))
+        room.on_participant_data(sender, packet, reliable=True)
+    channel = FakeChannel("_reliable", reliable=True)
+    pc.on_data_channel(cast(DataChannel, channel))
+    payloads = [models.DataPacket.FromString(raw).user.payload for raw in channel.sent]
+    assert payloads == [b"m0", b"m1", b"m2"]
     await room.close(models.DisconnectReason.ROOM_DELETED)
