@@ -89,7 +89,33 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> ServerProcess:
-    """Start the server with ``config_yaml`` plus our test key, and wait until it serves."""
+    """Start the server with ``config_yaml`` plus our test key, and wait until it serves.
+
+    A port the harness chose may be taken between choosing and binding (other servers and
+    clients run at once): the server refuses with "already in use" and is started again on
+    fresh ports, twice at most."""
+    for attempt in range(3):
+        try:
+            return _start_once(
+                log_dir, config_yaml, args, port, with_keys, node_ip, udp_port, extra_env, cwd
+            )
+        except RuntimeError as exc:
+            if "is already in use" not in str(exc) or port is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    log_dir: Path,
+    config_yaml: str,
+    args: tuple[str, ...],
+    port: int | None,
+    with_keys: bool,
+    node_ip: bool,
+    udp_port: bool,
+    extra_env: dict[str, str] | None,
+    cwd: Path | None,
+) -> ServerProcess:
     port = port or free_port()
     body = config_yaml
     if with_keys:

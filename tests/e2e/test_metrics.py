@@ -162,8 +162,11 @@ async def test_nacks_plis_and_retransmissions_are_counted(start: Start) -> None:
                 await subscribed.wait_for()
                 result = await scrape_until(
                     port,
+                    # Bytes too: libwebrtc's padding-only probes are forwarded and may be the
+                    # packet lost and sent again, with no payload to count.
                     lambda s: (
                         s.value(PACKETS, direction="outgoing", transmission="retransmit") > 0
+                        and s.value(BYTES, direction="outgoing", transmission="retransmit") > 0
                         and s.value("livekit_nack_total", direction="incoming") > 0
                     ),
                 )
