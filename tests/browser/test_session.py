@@ -1,8 +1,9 @@
 """Sessions of livekit-client in Chromium: a page reload rejoins, ICE over TCP when UDP is
-blocked."""
+blocked, a network blackout survived."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from tests.browser.driver import COLOUR, TONE_HZ
 from tests.browser.test_media import close_to
 from tests.e2e.conftest import assert_clean_exit
 from tests.e2e.harness import ServerProcess, free_udp_port, make_token, start_server
-from tests.e2e.netfilter import needs_nftables, udp_dropped
+from tests.e2e.netfilter import blackout, needs_nftables, udp_dropped
 from tests.e2e.sdk import watching
 from tests.e2e.test_media import (
     SAMPLE_RATE,
@@ -98,5 +99,26 @@ async def test_signal_reconnect_resumes_the_page(server: ServerProcess, pages: P
         assert (await page.lk("local"))["sid"] == sid, "resumed, not rejoined"
         assert not logs["participant_disconnected"].items
         assert "participant resumed: chromium" in server.logs()
+        samples = await hear(track, 1.0)
+        assert abs(dominant_frequency(samples[SAMPLE_RATE // 2 :], SAMPLE_RATE) - TONE_HZ) < 15
+
+
+@needs_nftables
+async def test_five_seconds_without_a_network_keeps_the_page(
+    server: ServerProcess, pages: Pages
+) -> None:
+    """Everything to and from the server dropped for 5 s (signal, media, ICE-TCP): the page
+    stays the same participant, nobody sees it leave, and its microphone is heard again."""
+    events = ("track_subscribed", "participant_disconnected")
+    async with watching(server, "python", "browser-blackout", *events) as (_, logs):
+        page = await pages.join("chromium", "browser-blackout")
+        await page.lk("setMicrophone", True)
+        track, _, _ = await logs["track_subscribed"].wait_for()
+        sid = (await page.lk("local"))["sid"]
+        with blackout(server.port, UDP_PORT, server.tcp_port):
+            await asyncio.sleep(5.0)
+        await page.wait_for("connectionState", lambda state: state == "connected", within_s=30)
+        assert (await page.lk("local"))["sid"] == sid, "the same participant"
+        assert not logs["participant_disconnected"].items
         samples = await hear(track, 1.0)
         assert abs(dominant_frequency(samples[SAMPLE_RATE // 2 :], SAMPLE_RATE) - TONE_HZ) < 15
