@@ -497,10 +497,15 @@ class Participant:
             self.set_state(ParticipantState.ACTIVE)
             self._listener.on_participant_active(self)
         elif state is ConnectionState.FAILED and not self.is_closed:
-            # ICE consent expired or DTLS failed: the media path is gone, so is the participant
-            # (LiveKit closes it with CONNECTION_TIMEOUT when its peer connection fails).
+            # ICE consent expired or DTLS failed: the media path is gone, and so is this
+            # participant (CONNECTION_TIMEOUT, as LiveKit). The client is asked to come back at
+            # once: LiveKit asks for a resume, which needs ICE to recover from failure; a full
+            # reconnect is what we can honour, and far better than a DISCONNECT the client
+            # would take as the end of its session.
             self.log.info("primary peer connection failed")
-            self._listener.on_participant_failed(self)
+            self._listener.on_participant_failed(
+                self, models.DisconnectReason.CONNECTION_TIMEOUT, reconnect=True
+            )
         elif state is ConnectionState.PEER_CLOSED and not self.is_closed:
             # The client is leaving (its leave may still be on the way, on another socket):
             # no leave back, which it would take for the server sending it away.

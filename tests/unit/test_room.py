@@ -210,7 +210,9 @@ async def test_failed_primary_connection_removes_the_participant() -> None:
             break
         await asyncio.sleep(0.01)
     assert "lost" not in room.participants
-    assert lost_sink.of("leave")[0].leave.reason == models.DisconnectReason.CONNECTION_TIMEOUT
+    (leave,) = lost_sink.of("leave")
+    assert leave.leave.reason == models.DisconnectReason.CONNECTION_TIMEOUT
+    assert leave.leave.action == rtc.LeaveRequest.Action.RECONNECT, "the client comes back"
     states = [p.state for r in watcher_sink.of("update") for p in r.update.participants]
     assert models.ParticipantInfo.State.DISCONNECTED in states
     await room.close(models.DisconnectReason.ROOM_DELETED)
