@@ -295,7 +295,9 @@ class SinglePcSubscriber:
             self._send_requirement(*self._last)
 
     def restart_ice(self) -> None:
-        """Nothing to do: the client restarts ICE with its own offer (it is the offerer)."""
+        """After a resume (``Room.resume``): the client restarts ICE with its own offer, as the
+        offerer; a requirement it may have missed while away is sent again."""
+        self.resend_outstanding()
 
     def _timed_out(self) -> None:
         if self.state is not RequirementState.REQUESTED:
