@@ -263,10 +263,12 @@ class Participant:
 
     async def handle_offer(self, offer: rtc.SessionDescription) -> None:
         self.log.log(TRACE, "publisher offer:\n%s", offer.sdp)
+        parsed = sdp_parse(offer.sdp)
         outgoing: dict[str, OutgoingTrack] = {}
         if isinstance(self.subscriber, SinglePcSubscriber):
             self.subscriber.offer_received()
-            outgoing = self._place_subscriptions(offer.sdp)
+            # Subscriptions go on the offer's receive-only sections.
+            outgoing = self.tracks.place(parsed, self.sid)
         preferred = self.tracks.preferred_codecs()
         sdp = await self.publisher.handle_offer(offer.sdp, preferred, outgoing)
         self.log.log(TRACE, "publisher answer:\n%s", sdp)
@@ -281,7 +283,7 @@ class Participant:
         if isinstance(self.subscriber, SinglePcSubscriber):
             self.tracks.answered()
             self.subscriber.offer_answered()
-        ready, removed = self.tracks.negotiated(offer.sdp, sdp)
+        ready, removed = self.tracks.negotiated(parsed, sdp)
         for track in removed:
             self.log.info("track unpublished: %s", track.sid)
             self._listener.on_track_unpublished(self, track)
@@ -291,15 +293,9 @@ class Participant:
                 track.receiver.on_first_subscriber = partial(self._track_subscribed, track.sid)
             self._listener.on_track_published(self, track)
 
-    def _place_subscriptions(self, offer_sdp: str) -> dict[str, OutgoingTrack]:
-        """Single PC: subscriptions go on the offer's receive-only sections; one the client
-        cannot decode is refused as LiveKit refuses it (``SE_CODEC_UNSUPPORTED``)."""
-        outgoing, refused = self.tracks.place(sdp_parse(offer_sdp), self.sid)
-        for track in refused:
-            self._subscription_refused(track.sid)
-        return outgoing
-
     def _subscription_refused(self, track_sid: str) -> None:
+        """A subscribed track the client cannot decode (a rejected section on two PCs, no
+        codec in common on one), refused as LiveKit refuses it."""
         self.log.info("subscription to %s refused: no codec in common", track_sid)
         error = rtc.SubscriptionResponse(
             track_sid=track_sid, err=models.SubscriptionError.SE_CODEC_UNSUPPORTED
@@ -407,9 +403,6 @@ class Participant:
 
     async def handle_answer(self, answer: rtc.SessionDescription) -> None:
         self.log.log(TRACE, "subscriber answer:\n%s", answer.sdp)
-        if isinstance(self.subscriber, SinglePcSubscriber):
-            # LiveKit logs and ignores it: the server never offers on a single PC.
-            raise ValueError("answer on a single peer connection, where the server never offers")
         await self.subscriber.handle_answer(answer.sdp)
 
     async def handle_trickle(self, trickle: rtc.TrickleRequest, init: dict[str, object]) -> None:
@@ -550,19 +543,20 @@ class Participant:
         leave = rtc.LeaveRequest(can_reconnect=reconnect, reason=reason, action=action)
         self.send(rtc.SignalResponse(leave=leave))
 
-    async def close(self, reason: models.DisconnectReason, *, send_leave: bool) -> None:
+    async def close(
+        self, reason: models.DisconnectReason, *, send_leave: bool, reconnect: bool = False
+    ) -> None:
+        """Close everything; with ``send_leave`` the client is told first (to rejoin at once
+        with ``reconnect``)."""
         if self.is_closed:
             return
         if send_leave:
-            self.send_leave(reason)
+            self.send_leave(reason, reconnect=reconnect)
         self.disconnect_reason = reason
         self.set_state(ParticipantState.DISCONNECTED)
         self.sink.close()
         await self.tasks.close()
-        if isinstance(self.subscriber, SinglePcSubscriber):
-            self.subscriber.close()
-        else:
-            await self.subscriber.close()
+        await self.subscriber.close()
         await self.publisher.close()
         self.tracks.close()
         self._endpoint.release()

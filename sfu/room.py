@@ -140,8 +140,10 @@ class Room:
         reason: models.DisconnectReason,
         *,
         send_leave: bool = False,
+        reconnect: bool = False,
     ) -> None:
-        """Take ``participant`` out of the room and tell the others it left."""
+        """Take ``participant`` out of the room and tell the others it left; with
+        ``send_leave`` it is told first (to rejoin at once with ``reconnect``)."""
         if self.participants.get(participant.identity) is participant:
             del self.participants[participant.identity]
             if not self.participants:
@@ -149,7 +151,7 @@ class Room:
         if participant.is_closed:
             return
         was_active = participant.state is ParticipantState.ACTIVE
-        await participant.close(reason, send_leave=send_leave)
+        await participant.close(reason, send_leave=send_leave, reconnect=reconnect)
         if not participant.hidden:
             self._departed.append((time.monotonic(), participant.to_info()))
         # Everyone learns of the departure before any subscriber re-offer (LiveKit order).
@@ -223,9 +225,7 @@ class Room:
             self._batch_timer.cancel()
             self._batch_timer = None
         for participant in list(self.participants.values()):
-            if reconnect:
-                participant.send_leave(reason, reconnect=True)
-            await self.remove(participant, reason, send_leave=not reconnect)
+            await self.remove(participant, reason, send_leave=True, reconnect=reconnect)
         self.log.info("room closed")
 
     def tick(self, now: float) -> None:
@@ -466,10 +466,8 @@ class Room:
         reconnect: bool = False,
         send_leave: bool = True,
     ) -> None:
-        if reconnect:
-            participant.send_leave(reason, reconnect=True)
         participant.tasks.spawn(
-            self.remove(participant, reason, send_leave=send_leave and not reconnect),
+            self.remove(participant, reason, send_leave=send_leave, reconnect=reconnect),
             name="remove-failed-participant",
         )
 

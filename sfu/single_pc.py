@@ -306,6 +306,10 @@ class SinglePcSubscriber:
         if self.on_negotiation_failed is not None:
             self.on_negotiation_failed()
 
-    def close(self) -> None:
+    async def handle_answer(self, sdp: str) -> None:
+        """LiveKit logs and ignores a client's answer here: the server never offers."""
+        raise ValueError("answer on a single peer connection, where the server never offers")
+
+    async def close(self) -> None:
         self._deadline.cancel()
         self._set_state(RequirementState.CLOSED)

@@ -170,11 +170,11 @@ class ParticipantTracks:
         return preferred
 
     def negotiated(
-        self, offer: str, answer: str
+        self, offer: sdp.SessionDescription, answer: str
     ) -> tuple[list[PublishedTrack], list[PublishedTrack]]:
         """(tracks whose media sections the publisher's offer and our answer just agreed,
         published tracks whose section no longer sends: the client removed the transceiver)."""
-        streams = sdp_media.incoming_streams(sdp.parse(offer), sdp.parse(answer))
+        streams = sdp_media.incoming_streams(offer, sdp.parse(answer))
         sending = {stream.mid for stream in streams}
         removed = [t for t in self.published.values() if t.info.mid not in sending]
         for gone in removed:
@@ -483,10 +483,10 @@ class ParticipantTracks:
 
     def place(
         self, offer: sdp.SessionDescription, subscriber_sid: str
-    ) -> tuple[dict[str, sdp_media.OutgoingTrack], list[PublishedTrack]]:
-        """Put waiting subscriptions on the receive-only sections of the client's ``offer``.
-        Returns (the track each such section carries, by mid; tracks the client cannot
-        decode, no longer subscribed)."""
+    ) -> dict[str, sdp_media.OutgoingTrack]:
+        """Put waiting subscriptions on the receive-only sections of the client's ``offer``;
+        returns the track each such section carries, by mid. A track the client cannot decode
+        is no longer subscribed, and ``on_refused`` is told, as for a rejected section."""
         assert self.plan is not None
         lost, placed, refused = self.plan.apply_offer(offer)
         for placement in lost:
@@ -511,7 +511,10 @@ class ParticipantTracks:
             for mid, p in self.plan.assigned.items()
             if p.track.sid in self.downtracks
         }
-        return outgoing_by_mid, [placement.track for placement in refused]
+        for placement in refused:
+            if self.on_refused is not None:
+                self.on_refused(placement.track.sid)
+        return outgoing_by_mid
 
     def _remove_downtrack(
         self, track_sid: str, subscriber_sid: str, track: PublishedTrack | None

@@ -104,12 +104,10 @@ async def simulate(
             await room.remove(participant, reason, send_leave=False)
             return reason
         case "server_leave":
-            participant.send_leave(reasons.SERVER_SHUTDOWN)
-            await room.remove(participant, reasons.SERVER_SHUTDOWN)
+            await room.remove(participant, reasons.SERVER_SHUTDOWN, send_leave=True)
             return reasons.SERVER_SHUTDOWN
         case "leave_request_full_reconnect":
-            participant.send_leave(reasons.STATE_MISMATCH, reconnect=True)
-            await room.remove(participant, reasons.STATE_MISMATCH)
+            await room.remove(participant, reasons.STATE_MISMATCH, send_leave=True, reconnect=True)
             return reasons.STATE_MISMATCH
         case "disconnect_signal_on_resume" | "disconnect_signal_on_resume_no_messages":
             _sweep_resume_cuts()

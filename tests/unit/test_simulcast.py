@@ -98,7 +98,7 @@ def _published_chromium_camera() -> tuple[ParticipantTracks, _Publisher, Any]:
     cid = (video.value("msid") or "").split(" ")[1]
     request = rtc.AddTrackRequest(cid=cid, type=models.TrackType.VIDEO)
     tracks.add(request, can_publish_source=True)
-    ready, _ = tracks.negotiated(offer_text, answer)
+    ready, _ = tracks.negotiated(sdp.parse(offer_text), answer)
     assert [t.info.mid for t in ready] == ["1"]
     return tracks, publisher, ready[0]
 

@@ -179,7 +179,7 @@ def test_requirements_are_debounced_and_time_out() -> None:
         assert sent == [(1, 2), (1, 2)]
         subscriber.resend_outstanding()
         assert sent[-1] == (1, 2) and len(sent) == 3
-        subscriber.close()
+        await subscriber.close()
         await tasks.close()
         assert not failed
 
@@ -247,7 +247,9 @@ def test_one_pc_tracks_use_the_clients_section_numbers_and_share_its_rtcp() -> N
     assert track.receiver is not None
     assert tracks.subscribe("PA_pub", track, "PA_sub")
     assert tracks.sections_needed() == (0, 1)
-    outgoing, refused = tracks.place(sdp.parse(CLIENT_OFFER), "PA_sub")
+    refused: list[str] = []
+    tracks.on_refused = refused.append
+    outgoing = tracks.place(sdp.parse(CLIENT_OFFER), "PA_sub")
     assert not refused and list(outgoing) == ["3"]
     sent_section = outgoing["3"]
     assert (sent_section.codecs[0].payload_type, sent_section.stream_id) == (98, "PA_pub|TR_v")
