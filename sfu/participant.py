@@ -270,7 +270,12 @@ class Participant:
             # Subscriptions go on the offer's receive-only sections.
             outgoing = self.tracks.place(parsed, self.sid)
         preferred = self.tracks.preferred_codecs()
-        sdp = await self.publisher.handle_offer(offer.sdp, preferred, outgoing)
+        try:
+            sdp = await self.publisher.handle_offer(offer.sdp, preferred, outgoing)
+        except ValueError:
+            if isinstance(self.subscriber, SinglePcSubscriber):
+                self.subscriber.offer_refused()  # else no requirement would go out again
+            raise
         self.log.log(TRACE, "publisher answer:\n%s", sdp)
         # Single PC: which track each of our sending sections carries (clients name remote
         # tracks by it; their receivers' own track ids are locally generated).

@@ -278,6 +278,11 @@ class SinglePcSubscriber:
         if self.state is not RequirementState.CLOSED:
             self._set_state(RequirementState.ANSWERING)
 
+    def offer_refused(self) -> None:
+        """The client's offer could not be answered: back to waiting for the next one."""
+        if self.state is RequirementState.ANSWERING:
+            self._set_state(RequirementState.IDLE)
+
     def offer_answered(self) -> None:
         """Our answer is out: ask again when tracks still wait, or a change came meanwhile
         (LiveKit sends the requirement after each answer that leaves sections unmatched)."""

@@ -480,3 +480,24 @@ async def test_single_pc_data_waits_for_the_clients_own_channel() -> None:
     payloads = [models.DataPacket.FromString(raw).user.payload for raw in channel.sent]
     assert payloads == [b"m0", b"m1", b"m2"]
     await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_single_pc_offer_that_cannot_be_answered_does_not_wedge_negotiation() -> None:
+    """A client offer refused as bad input leaves the single-PC subscriber ready to ask for
+    the next one (it would otherwise wait for ever in the answering state)."""
+    room = _room()
+    participant, sink = await _join(room, "broken", single_pc=True)
+    pc = participant.publisher.pc
+    assert isinstance(pc, FakePeerConnection)
+
+    async def refuse(*_: object) -> str:
+        raise ValueError("SDP has no usable m= section")
+
+    pc.answer = refuse  # type: ignore[method-assign, assignment]
+    with pytest.raises(ValueError):
+        await participant.handle_offer(rtc.SessionDescription(type="offer", sdp="v=0\r\n", id=1))
+    assert participant.subscriber.state.value == "idle"
+    participant.subscriber.negotiate()
+    await asyncio.sleep(0.3)
+    assert sink.of("media_sections_requirement"), "it asks for offers again"
+    await room.close(models.DisconnectReason.ROOM_DELETED)
