@@ -501,3 +501,15 @@ async def test_single_pc_offer_that_cannot_be_answered_does_not_wedge_negotiatio
     await asyncio.sleep(0.3)
     assert sink.of("media_sections_requirement"), "it asks for offers again"
     await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_single_pc_answer_from_the_client_is_refused_not_applied() -> None:
+    """The server never offers on a single PC: a client's answer there is bad input, refused
+    with a ValueError (the session logs it and carries on)."""
+    room = _room()
+    participant, _ = await _join(room, "answers", single_pc=True)
+    answer = rtc.SessionDescription(type="answer", sdp="v=0\r\n", id=3)
+    with pytest.raises(ValueError, match="never offers"):
+        await participant.handle_answer(answer)
+    assert not participant.is_closed
+    await room.close(models.DisconnectReason.ROOM_DELETED)
