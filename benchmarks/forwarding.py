@@ -28,9 +28,10 @@ from aioice import stun
 from pylibsrtp import Policy, Session
 
 from protocol.sdp_media import Codec, OutgoingTrack
+from sfu.downtrack import DownTrack
 from sfu.fanout import Sink
 from sfu.ice import IceRegistry, IceSession, UdpMux
-from sfu.media import DownTrack, TrackReceiver
+from sfu.receiver import TrackReceiver
 from sfu.rtc_adapter import SrtpProtector
 
 KEY = bytes(range(30))  # AES_CM_128 key (16) + salt (14)

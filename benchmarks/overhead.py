@@ -45,8 +45,8 @@ from sfu.counters import MediaCounters
 from sfu.endpoint import Endpoint
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
-from sfu.media import PublishedTrack
 from sfu.participant import JoinParams, Participant
+from sfu.receiver import PublishedTrack
 from sfu.room import Room, RoomSettings
 from sfu.rooms import RoomManager
 from signaling.webhooks import WebhookNotifier

@@ -299,7 +299,7 @@ typedef struct {
     char has_source, sequence_seen, timestamp_seen;
     uint32_t source;
     int64_t highest_sequence, highest_timestamp;
-    int64_t sequence_offset, timestamp_offset, highest_in;
+    int64_t sequence_offset, timestamp_offset, highest_in, source_floor;
     int64_t last_out_sequence, last_out_timestamp;
     double last_now;
 } DownTrackCore;
@@ -415,6 +415,7 @@ static void switch_source(DownTrackCore *t, uint16_t sequence, uint32_t timestam
     t->sequence_offset = t->last_out_sequence + 1 - sequence;
     t->timestamp_offset = t->last_out_timestamp + ticks - timestamp;
     t->highest_in = sequence;
+    t->source_floor = sequence;
 }
 
 /* RtpMunger.translate: 0 to drop the packet. */
@@ -427,7 +428,8 @@ static int translate(DownTrackCore *t, uint16_t sequence, uint32_t timestamp, ui
     int64_t extended_timestamp = unwrap(&t->highest_timestamp, &t->timestamp_seen, timestamp, 32);
     if (extended_sequence > t->highest_in) {
         t->highest_in = extended_sequence;
-    } else if (extended_sequence <= t->highest_in - reorder_window) {
+    } else if (extended_sequence <= t->highest_in - reorder_window ||
+               extended_sequence < t->source_floor) {
         return 0;
     }
     int64_t out_sequence = extended_sequence + t->sequence_offset;

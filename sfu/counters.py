@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sfu.media import DownTrack, TrackReceiver
+from sfu.downtrack import DownTrack
+from sfu.receiver import TrackReceiver
 
 
 @dataclass(slots=True)

@@ -61,7 +61,7 @@ class PySink:
 
 
 class PyDownTrackCore:
-    """One published track as one subscriber receives it, without RTCP (``sfu/media.py``
+    """One published track as one subscriber receives it, without RTCP (``sfu/downtrack.py``
     ``DownTrack`` adds that). The reference for ``_fastsend.DownTrackCore``."""
 
     __slots__ = (

@@ -58,6 +58,7 @@ class RtpMunger:
         "_seq",
         "_seq_offset",
         "_source",
+        "_source_floor",
         "_ts",
         "_ts_offset",
     )
@@ -67,6 +68,7 @@ class RtpMunger:
         self._seq = Unwrapper(16)
         self._ts = Unwrapper(32)
         self._source: int | None = None
+        self._source_floor = 0
         self._seq_offset = 0
         self._ts_offset = 0
         self._highest_in = 0
@@ -84,7 +86,9 @@ class RtpMunger:
         ext_ts = self._ts.unwrap(timestamp)
         if ext_seq > self._highest_in:
             self._highest_in = ext_seq
-        elif ext_seq <= self._highest_in - REORDER_WINDOW:
+        elif ext_seq <= self._highest_in - REORDER_WINDOW or ext_seq < self._source_floor:
+            # Older than the window, or from before this source took over: a late packet of
+            # a layer's previous frame would reuse sequence numbers the last source had sent.
             return None
         out_seq = ext_seq + self._seq_offset
         out_ts = ext_ts + self._ts_offset
@@ -113,3 +117,4 @@ class RtpMunger:
         self._seq_offset = self._last_out_seq + 1 - sequence
         self._ts_offset = next_ts - timestamp
         self._highest_in = sequence
+        self._source_floor = sequence

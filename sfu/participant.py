@@ -19,7 +19,7 @@ from protocol.sdp import parse as sdp_parse
 from protocol.sdp_media import OutgoingTrack
 from protocol.token import VideoGrant
 from sfu.endpoint import Endpoint
-from sfu.media import PublishedTrack
+from sfu.receiver import PublishedTrack
 from sfu.rtc_adapter import MAX_PENDING_MESSAGES, ConnectionState, DataChannel, PeerConnection
 from sfu.single_pc import SinglePcSubscriber
 from sfu.tasks import TaskSet
@@ -102,6 +102,7 @@ class JoinParams:
     kind: models.ParticipantInfo.Kind = models.ParticipantInfo.Kind.STANDARD
     protocol: int = 0
     auto_subscribe: bool = True
+    adaptive_stream: bool = False
     client_info: models.ClientInfo = field(default_factory=models.ClientInfo)
     single_pc: bool = False
     """One peer connection both ways, the client always offering (``/rtc/v1``)."""
@@ -170,6 +171,7 @@ class Participant:
             self.subscriber.pc.on_state_change = self._on_subscriber_state
             self.tracks = ParticipantTracks(self.publisher.pc, self.subscriber)
         self.tracks.on_refused = self._subscription_refused
+        self.tracks.adaptive_stream = params.adaptive_stream
         if params.ice_preference:
             self.publisher.pc.tcp_only = True
             if isinstance(self.subscriber, SubscriberTransport):
@@ -387,12 +389,9 @@ class Participant:
             self.subscriber.negotiate()
 
     def update_track_settings(self, request: rtc.UpdateTrackSettings) -> None:
-        """``disabled`` pauses forwarding of a subscribed track (LiveKit: the client's
-        adaptive stream hides it)."""
-        for track_sid in request.track_sids:
-            downtrack = self.tracks.downtracks.get(track_sid)
-            if downtrack is not None:
-                downtrack.enabled = not request.disabled
+        """``disabled`` pauses forwarding of a subscribed track (LiveKit: the client's adaptive
+        stream hides it); quality or element size choose its simulcast layer."""
+        self.tracks.update_settings(request, self.sid)
 
     def send_permission_update(
         self, publisher: Participant, track: PublishedTrack, *, allowed: bool

@@ -14,8 +14,8 @@ from livekit.protocol import agent_dispatch, models, rtc
 
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.limits import Limits
-from sfu.media import PublishedTrack
 from sfu.participant import Participant, ParticipantState
+from sfu.receiver import PublishedTrack
 from sfu.tracks import source_name
 
 logger = logging.getLogger(__name__)
@@ -164,8 +164,7 @@ class Room:
         )
         for other in list(self.participants.values()):
             for track in other.tracks.published.values():
-                if track.receiver is not None:
-                    track.receiver.downtracks.pop(participant.sid, None)
+                track.remove_subscriber(participant.sid)
 
     def resume(
         self, participant: Participant, reconnect: rtc.ReconnectResponse, lost_at: float

@@ -1,104 +1,163 @@
-"""Which layer of a rid-based simulcast track is forwarded (sans-IO).
+"""Which simulcast layer each subscriber gets (sans-IO: fed packet counts and ``now``).
 
-Until subscribers choose their own layer, every subscriber of a simulcast track gets one layer:
-the highest that flows, as LiveKit gives a subscriber that asked for nothing less (its default
-quality is HIGH). libwebrtc turns its highest layers off first when bandwidth or CPU runs short,
-and turns them on again as its estimate grows, so the forwarded layer follows: a layer that
-stops gives way at once to one that still flows, and a higher layer is taken once it has
-flowed for :data:`UPGRADE_AFTER` checks in a row (a layer that flaps does not cost a keyframe
-each time). Browsers (livekit-client) publish cameras this way by default, with rids ``q``,
-``h`` and ``f``, and announce no SSRCs: each layer's SSRC is learnt from its first packet's rid
-header extension (RFC 8852), and each RTX stream's from its repaired rid.
+A publisher's simulcast track is several streams of one picture at different sizes, its
+spatial layers (rids ``q``, ``h``, ``f`` from lowest to highest in LiveKit's clients). Each
+subscriber asks for a highest quality (``UpdateTrackSettings``: a quality, or the size of its
+video element) and gets the best layer at or below it that is flowing, or the lowest flowing
+one when none is. libwebrtc stops its highest layers first when bandwidth or CPU runs short
+and restarts them later, so:
+
+- a layer with no packets for :data:`STALE_AFTER_S` (longer for a layer that normally sends
+  slowly, a static screen share) is treated as stopped, and its subscribers move down at once;
+- a layer that (re)starts must flow for :data:`SETTLE_S` before anyone moves up to it, so a
+  layer that flaps does not cost a keyframe each time.
+
+The move itself happens on the target layer's next keyframe (``sfu/simulcast_track.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
+
+from livekit.protocol import models
 
 #: LiveKit's rids, lowest layer first (``videolayerutils.go``); other rids keep their order in
 #: the publisher's ``a=simulcast`` line, taken as lowest first too (livekit-client's order).
 LIVEKIT_RID_ORDER = ("q", "h", "f")
-#: Consecutive checks (about a second apart) a higher layer must flow before it is taken.
-UPGRADE_AFTER = 2
+#: How often layer activity is sampled and targets are revisited.
+CHECK_INTERVAL_S = 0.1
+#: A layer silent this long has stopped (at least; see :meth:`LayerActivity.flowing`).
+STALE_AFTER_S = 0.5
+#: A layer silent for this many of its usual gaps between packets has stopped.
+STALE_GAPS = 2.0
+#: Gaps longer than this are pauses, not the layer's usual pace.
+LONGEST_USUAL_GAP_S = 3.0
+#: A layer must flow this long before subscribers move up to it.
+SETTLE_S = 1.0
+#: LiveKit's tolerance when mapping a video element's size to a layer
+#: (``layerSelectionTolerance``): a layer 10 % smaller than the element is good enough.
+SIZE_TOLERANCE = 0.9
+#: LiveKit's default layer heights when the publisher did not describe its layers.
+DEFAULT_LAYER_SIZES = (180, 360)
 
 
-class Layers:
-    """The layers of one simulcast track and the one forwarded (``current``).
+def spatial_order(rids: Sequence[str]) -> dict[str, int]:
+    """rid -> spatial layer (0 lowest), LiveKit's rids first in their order, then the rest in
+    the publisher's order."""
+    known = [rid for rid in LIVEKIT_RID_ORDER if rid in rids]
+    others = [rid for rid in rids if rid not in LIVEKIT_RID_ORDER]
+    return {rid: spatial for spatial, rid in enumerate(known + others)}
 
-    Packet counts of the layers not forwarded live in one-element lists shared with the
-    participant's drop table (``sfu/tracks.py``), so counting a dropped packet costs one
-    increment; the forwarded layer is counted by its receiver's statistics.
 
-    :param rids: the rids of the publisher's ``a=simulcast:send``, in its order.
-    """
+def choose_layer(max_layer: int, candidates: Collection[int]) -> int | None:
+    """The highest candidate at or below ``max_layer``; the lowest above it when there is
+    none (a subscriber that asked for LOW still sees a picture when only HIGH flows)."""
+    if max_layer < 0 or not candidates:
+        return None
+    below = [layer for layer in candidates if layer <= max_layer]
+    return max(below) if below else min(candidates)
 
-    __slots__ = (
-        "_current_received",
-        "_streaks",
-        "counters",
-        "current",
-        "rank",
-        "rid_by_ssrc",
-        "rtx_by_rid",
-    )
 
-    def __init__(self, rids: Sequence[str]) -> None:
-        known = {rid: index for index, rid in enumerate(LIVEKIT_RID_ORDER)}
-        order = sorted(range(len(rids)), key=lambda i: (known.get(rids[i], len(known)), i))
-        self.rank = {rids[i]: rank for rank, i in enumerate(order)}
-        """rid -> 0 for the lowest layer, 1 for the next..."""
-        self.rid_by_ssrc: dict[int, str] = {}
-        self.rtx_by_rid: dict[str, int] = {}
-        self.counters: dict[int, list[int]] = {}
-        """SSRC of each layer not forwarded -> [packets since the last check]."""
-        self.current = 0
-        """SSRC of the forwarded layer; 0 until one is chosen."""
-        self._current_received = 0
-        self._streaks: dict[int, int] = {}
+def spatial_for_quality(quality: int, layer_count: int) -> int:
+    """LOW, MEDIUM, HIGH -> spatial 0, 1, 2, clamped to the layers published; OFF -> -1."""
+    if quality == models.VideoQuality.OFF:
+        return -1
+    return max(0, min(int(quality), layer_count - 1))
 
-    def add_media(self, ssrc: int, rid: str) -> bool:
-        """A layer's first packet. True when it should be forwarded from now on: nothing is
-        forwarded yet, so video starts with whichever layer comes first."""
-        self.rid_by_ssrc[ssrc] = rid
-        if not self.current:
-            self.current = ssrc
-            return True
-        self.counters.setdefault(ssrc, [1])
-        return False
 
-    def add_rtx(self, ssrc: int, repaired_rid: str) -> None:
-        self.rtx_by_rid[repaired_rid] = ssrc
+def quality_for_dimension(info: models.TrackInfo, width: int, height: int) -> int:
+    """The quality a video element of ``width`` x ``height`` needs (LiveKit
+    ``GetQualityForDimension``): the lowest layer whose size covers the element, less a 10 %
+    tolerance, comparing heights (widths for portrait video)."""
+    portrait = info.width < info.height
+    original = info.width if portrait else info.height
+    requested = width if portrait else height
+    if not original:
+        return models.VideoQuality.HIGH
+    layers = sorted(info.layers, key=lambda layer: layer.quality)
+    sizes = [(layer.width if portrait else layer.height) for layer in layers]
+    if not sizes:
+        sizes = [*DEFAULT_LAYER_SIZES, original]
+    sizes += [original] * (3 - len(sizes))
+    wanted = requested * SIZE_TOLERANCE
+    for index, size in enumerate(sizes[:-1]):
+        if size >= wanted and size != sizes[index + 1]:
+            return index
+    return len(sizes) - 1
 
-    def rtx_of(self, ssrc: int) -> int:
-        """The RTX SSRC repairing the layer sent on ``ssrc``, or 0."""
-        return self.rtx_by_rid.get(self.rid_by_ssrc.get(ssrc, ""), 0)
 
-    def choose(self, current_received: int) -> int | None:
-        """Called about once a second with the forwarded layer's total packet count: the SSRC
-        to forward from now on, or None to keep the current one."""
-        current_flowing = bool(self.current) and current_received > self._current_received
-        self._current_received = current_received
-        for ssrc, count in self.counters.items():
-            self._streaks[ssrc] = self._streaks.get(ssrc, 0) + 1 if count[0] > 0 else 0
-            count[0] = 0
-        flowing = [ssrc for ssrc, streak in self._streaks.items() if streak > 0]
-        if current_flowing:
-            floor = self._rank_of(self.current)
-            flowing = [
-                ssrc
-                for ssrc in flowing
-                if self._rank_of(ssrc) > floor and self._streaks[ssrc] >= UPGRADE_AFTER
-            ]
-        if not flowing:
-            return None
-        best = max(flowing, key=self._rank_of)
-        self.counters.pop(best, None)
-        self._streaks.pop(best, None)
-        if self.current:
-            self.counters[self.current] = [0]
-            self._streaks[self.current] = 0
-        self.current = best
-        return best
+class LayerActivity:
+    """Which spatial layers flow, sampled from each layer's received-packet count every check
+    (no per-packet work: the receivers count packets anyway)."""
 
-    def _rank_of(self, ssrc: int) -> int:
-        return self.rank.get(self.rid_by_ssrc.get(ssrc, ""), -1)
+    __slots__ = ("_counts", "_gaps", "_last_seen", "_since")
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+        self._last_seen: dict[int, float] = {}
+        self._since: dict[int, float] = {}
+        """layer -> when its current run of packets began."""
+        self._gaps: dict[int, float] = {}
+        """layer -> smoothed time between samples that saw packets."""
+
+    def sample(self, layer: int, count: int, now: float) -> None:
+        if count == self._counts.get(layer, 0):
+            return
+        self._counts[layer] = count
+        last = self._last_seen.get(layer)
+        if last is None or now - last > self._stale_after(layer):
+            self._since[layer] = now  # a new run of packets
+        if last is not None and 0 < now - last <= LONGEST_USUAL_GAP_S:
+            gap = self._gaps.get(layer, CHECK_INTERVAL_S)
+            self._gaps[layer] = gap * 0.75 + (now - last) * 0.25
+        self._last_seen[layer] = now
+
+    def _stale_after(self, layer: int) -> float:
+        return max(STALE_AFTER_S, STALE_GAPS * self._gaps.get(layer, 0.0))
+
+    def flowing(self, now: float) -> set[int]:
+        return {
+            layer
+            for layer, seen in self._last_seen.items()
+            if now - seen <= self._stale_after(layer)
+        }
+
+    def settled(self, now: float) -> set[int]:
+        """Flowing layers that have flowed for :data:`SETTLE_S`."""
+        return {layer for layer in self.flowing(now) if now - self._since[layer] >= SETTLE_S}
+
+
+class LayerSelector:
+    """One subscriber's layer of one simulcast track: the highest it asked for (``max_layer``,
+    -1 for none), the one it gets (``current``, -1 before the first) and the one it is moving
+    to on that layer's next keyframe (``target``)."""
+
+    __slots__ = ("current", "max_layer", "target")
+
+    def __init__(self, max_layer: int) -> None:
+        self.max_layer = max_layer
+        self.current = -1
+        self.target = -1
+
+    def retarget(self, flowing: Iterable[int], settled: Iterable[int]) -> int:
+        """Revisit the target: any flowing layer may replace a stopped or missing current one,
+        or be moved down to; moving up needs a settled layer. Returns the target (-1: stay
+        where it is)."""
+        flowing_set = set(flowing)
+        if self.current in flowing_set:
+            settled_set = set(settled)
+            candidates = {
+                layer for layer in flowing_set if layer <= self.current or layer in settled_set
+            }
+        else:
+            candidates = flowing_set
+        chosen = choose_layer(self.max_layer, candidates)
+        if chosen is None or chosen == self.current:
+            self.target = -1
+        else:
+            self.target = chosen
+        return self.target
+
+    def switched(self, layer: int) -> None:
+        self.current = layer
+        self.target = -1

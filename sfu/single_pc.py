@@ -24,7 +24,7 @@ from livekit.protocol import models
 
 from protocol.sdp import SessionDescription
 from protocol.sdp_media import MID_URI, Codec, offered_codecs, select_extensions
-from sfu.media import PublishedTrack
+from sfu.receiver import PublishedTrack
 from sfu.tasks import TaskSet
 from sfu.transport import NEGOTIATION_TIMEOUT_S, Deadline
 

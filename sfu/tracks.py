@@ -12,13 +12,15 @@ from livekit.protocol import models, rtc
 from protocol import rtcp, rtp, sdp, sdp_media
 from protocol.ids import TRACK_PREFIX, new_id
 from sfu.counters import NODE_COUNTERS, MediaCounters
+from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack
 from sfu.limits import (
     MAX_ADD_TRACK_REQUEST_BYTES,
     MAX_TRACK_NAME_LENGTH,
     MAX_TRACKS_PER_PARTICIPANT,
 )
-from sfu.media import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack, PublishedTrack, TrackReceiver
-from sfu.simulcast import LIVEKIT_RID_ORDER, Layers
+from sfu.receiver import PublishedTrack, TrackReceiver
+from sfu.simulcast import LIVEKIT_RID_ORDER
+from sfu.simulcast_track import SimulcastTrack
 from sfu.single_pc import Placement, SectionPlan, track_kind
 from sfu.transport import RtcConnection, SubscriberTransport
 
@@ -26,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 #: LiveKit refuses more than this many tracks announced but not yet negotiated.
 MAX_PENDING_TRACKS = 20
-#: Unforwarded simulcast SSRCs remembered per participant (a few layers per video track).
+#: SSRCs dropped unparsed per participant (streams that are neither media nor a layer).
 MAX_UNFORWARDED_SSRCS = 64
+#: Subscription settings kept per participant for tracks it has no downtrack of yet.
+MAX_KEPT_SETTINGS = 256
 #: LiveKit's lower-case source names (``canPublishSources``) and the protobuf enum.
 SOURCES_BY_NAME = {
     "camera": models.TrackSource.CAMERA,
@@ -62,6 +66,7 @@ class ParticipantTracks:
         in single peer connection mode, where they go on ``publisher``, on the sections the
         client offers to receive on (``sfu/single_pc.py``).
     :param counters: where receivers and downtracks are registered for the metrics.
+    :param clock: the time packets and RTCP are stamped with as they arrive (tests pass theirs).
     """
 
     def __init__(
@@ -69,8 +74,10 @@ class ParticipantTracks:
         publisher: RtcConnection,
         subscriber: SubscriberTransport | None,
         counters: MediaCounters = NODE_COUNTERS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._counters = counters
+        self._clock = clock
         self.pending: dict[str, PublishedTrack] = {}
         """cid -> track announced by AddTrackRequest, waiting for its m= section."""
         self.published: dict[str, PublishedTrack] = {}
@@ -85,8 +92,13 @@ class ParticipantTracks:
         self._repaired_rid_extension_id = 0
         self.downtracks: dict[str, DownTrack] = {}
         """track sid -> this participant's downtrack of another participant's track."""
-        self._receiver_by_downtrack_ssrc: dict[int, TrackReceiver] = {}
         self._downtrack_by_ssrc: dict[int, DownTrack] = {}
+        self._settings: dict[str, rtc.UpdateTrackSettings] = {}
+        """track sid -> the subscriber's last settings for it (they may come before the
+        downtrack exists: in single peer connection mode it waits for a section)."""
+        self.adaptive_stream = False
+        """The client joined with adaptive stream: simulcast starts at the lowest layer until
+        it gives the size of its video element (LiveKit)."""
         self._subscriber = subscriber
         self._publisher = publisher
         self.on_refused: Callable[[str], None] | None = None
@@ -198,10 +210,12 @@ class ParticipantTracks:
             )
             track.rtx_payload_type = stream.rtx_payload_type
             if stream.rids and not stream.ssrcs:
-                # Layers announced by rid only: one is chosen as their packets arrive.
-                track.layers = Layers(stream.rids)
-            # Per-subscriber layer selection is not implemented: one layer (the first
-            # announced, or the highest flowing rid, sfu/simulcast.py) goes to everyone.
+                # Layers announced by rid only: each gets a receiver as its packets arrive,
+                # this one for the first (sfu/simulcast_track.py).
+                track.simulcast = SimulcastTrack(stream.rids, track.info)
+                track.receiver.simulcast = track.simulcast
+            # Simulcast announced by SSRC (a=ssrc-group:SIM, no rids) is not told apart: its
+            # first SSRC is forwarded to everyone.
             track.ssrcs = stream.ssrcs[:1] + ((stream.rtx[1],) if stream.rtx else ())
             for ssrc in track.ssrcs:
                 self._by_ssrc[ssrc] = track.receiver
@@ -228,8 +242,8 @@ class ParticipantTracks:
             del self._by_mid[track.info.mid]
         for ssrc in track.ssrcs:
             self._by_ssrc.pop(ssrc, None)
-        if track.receiver is not None:
-            self._counters.retire_receiver(track.receiver)
+        for receiver in track.receivers():
+            self._counters.retire_receiver(receiver)
 
     def unpublish_all(self) -> list[PublishedTrack]:
         self._unforwarded.clear()
@@ -238,8 +252,8 @@ class ParticipantTracks:
         self._by_ssrc.clear()
         self._by_mid.clear()
         for track in tracks:
-            if track.receiver is not None:
-                self._counters.retire_receiver(track.receiver)
+            for receiver in track.receivers():
+                self._counters.retire_receiver(receiver)
         return tracks
 
     def close(self) -> None:
@@ -248,8 +262,8 @@ class ParticipantTracks:
         for downtrack in self.downtracks.values():
             self._counters.retire_downtrack(downtrack)
         for track in self.published.values():
-            if track.receiver is not None:
-                self._counters.retire_receiver(track.receiver)
+            for receiver in track.receivers():
+                self._counters.retire_receiver(receiver)
 
     def _on_rtp(self, packet: bytes) -> None:
         ssrc = int.from_bytes(packet[8:12], "big")
@@ -261,7 +275,7 @@ class ParticipantTracks:
                 return
             receiver = self._adopt_ssrc(packet)
         if receiver is not None:
-            receiver.on_packet(packet, time.monotonic())
+            receiver.on_packet(packet, self._clock())
 
     def _adopt_ssrc(self, packet: bytes) -> TrackReceiver | None:
         """An SSRC the SDP did not announce (rid-based simulcast): find its track by the mid
@@ -280,7 +294,7 @@ class ParticipantTracks:
         if track is None or track.receiver is None:
             return None
         receiver, ssrc, payload_type = track.receiver, rtp.ssrc(packet), rtp.payload_type(packet)
-        if track.layers is not None:
+        if track.simulcast is not None:
             return self._adopt_layer(track, receiver, ssrc, payload_type, values)
         media = payload_type in (receiver.codec.payload_type, receiver.red_payload_type)
         if receiver.media_ssrc or not media:
@@ -302,50 +316,50 @@ class ParticipantTracks:
         """A new stream of a rid-simulcast track: a layer (by its rid) or a layer's RTX (by
         its repaired rid, RFC 8852). RTX padding often arrives first (bandwidth probes): it
         must never be taken for the media."""
-        layers = track.layers
-        assert layers is not None
+        simulcast = track.simulcast
+        assert simulcast is not None
         if payload_type == track.rtx_payload_type:
-            repaired = values.get(self._repaired_rid_extension_id, b"")
-            if repaired:
-                layers.add_rtx(ssrc, repaired.decode(errors="replace"))
-            if layers.current and layers.rtx_of(layers.current) == ssrc:
-                receiver.rtx = (payload_type, ssrc)
-                track.ssrcs += (ssrc,)
-                self._by_ssrc[ssrc] = receiver
-                return receiver
-            self._drop_ssrc(ssrc, [0])
-            return None
-        if payload_type not in (receiver.codec.payload_type, receiver.red_payload_type):
-            self._drop_ssrc(ssrc, [0])  # neither media nor its RTX: not parsed again
-            return None
+            rid = values.get(self._repaired_rid_extension_id, b"").decode(errors="replace")
+            spatial = simulcast.spatial_by_rid.get(rid)
+            if spatial is None:
+                self._drop_ssrc(ssrc, [0])
+                return None
+            layer = simulcast.receivers.get(spatial)
+            if layer is None:
+                return None  # its layer has not started: looked at again next time
+            layer.rtx = (payload_type, ssrc)
+            return self._route(track, ssrc, layer)
         rid = values.get(self._rid_extension_id, b"").decode(errors="replace")
-        if layers.add_media(ssrc, rid):
-            self._forward_layer(track, ssrc, time.monotonic())
-            return receiver
-        self._drop_ssrc(ssrc, layers.counters[ssrc])
-        return None
+        spatial = simulcast.spatial_by_rid.get(rid)
+        if spatial is None or payload_type not in (
+            receiver.codec.payload_type,
+            receiver.red_payload_type,
+        ):
+            self._drop_ssrc(ssrc, [0])  # not a layer announced, or not media: not parsed again
+            return None
+        layer = simulcast.receivers.get(spatial)
+        if layer is not None:
+            # The same rid on a new SSRC: the publisher restarted that layer's stream.
+            layer.switch_source(ssrc, layer.rtx, self._clock())
+            return self._route(track, ssrc, layer)
+        if receiver.media_ssrc:
+            layer = TrackReceiver(receiver.codec, ssrc, self._publisher.send_rtcp, red=receiver.red)
+            layer.on_first_subscriber = receiver.on_first_subscriber
+            self._counters.add_receiver(layer)
+        else:
+            layer, receiver.media_ssrc = receiver, ssrc
+        simulcast.add_layer(spatial, layer)
+        logger.info("track %s: simulcast layer %r (spatial %d) started", track.sid, rid, spatial)
+        return self._route(track, ssrc, layer)
+
+    def _route(self, track: PublishedTrack, ssrc: int, receiver: TrackReceiver) -> TrackReceiver:
+        track.ssrcs += (ssrc,)
+        self._by_ssrc[ssrc] = receiver
+        return receiver
 
     def _drop_ssrc(self, ssrc: int, counter: list[int]) -> None:
         if len(self._unforwarded) < MAX_UNFORWARDED_SSRCS:
             self._unforwarded[ssrc] = counter
-
-    def _forward_layer(self, track: PublishedTrack, ssrc: int, now: float) -> None:
-        """Forward ``ssrc`` (and its RTX) of a simulcast track instead of its current layer,
-        which is then counted like any other layer not forwarded."""
-        receiver, layers = track.receiver, track.layers
-        assert receiver is not None and layers is not None
-        for old in track.ssrcs:
-            self._by_ssrc.pop(old, None)
-            self._drop_ssrc(old, layers.counters.get(old, [0]))
-        rtx_ssrc = layers.rtx_of(ssrc)
-        rtx = None
-        if rtx_ssrc and track.rtx_payload_type is not None:
-            rtx = (track.rtx_payload_type, rtx_ssrc)
-        track.ssrcs = (ssrc, rtx_ssrc) if rtx else (ssrc,)
-        for new in track.ssrcs:
-            self._unforwarded.pop(new, None)
-            self._by_ssrc[new] = receiver
-        receiver.switch_source(ssrc, rtx, now)
 
     def _on_rtcp(self, packet: bytes) -> None:
         """One peer connection both ways: a compound packet may hold a publisher's Sender
@@ -356,13 +370,13 @@ class ParticipantTracks:
     def _on_subscriber_rtcp(self, packet: bytes) -> None:
         """A subscriber's keyframe request goes to the publisher of that track; its NACKs are
         answered from the track's packet cache."""
-        now = time.monotonic()
+        now = self._clock()
         totals = self._counters.totals
         for media_ssrc in rtcp.keyframe_requests(packet):
-            receiver = self._receiver_by_downtrack_ssrc.get(media_ssrc)
-            if receiver is not None:
+            requester = self._downtrack_by_ssrc.get(media_ssrc)
+            if requester is not None:
                 totals.plis_out += 1
-                receiver.request_keyframe(now)
+                requester.receiver.request_keyframe(now)
         for ssrc, fraction, _lost, jitter, last_sr, delay in rtcp.report_blocks(packet):
             reported = self._downtrack_by_ssrc.get(ssrc)
             if reported is not None:
@@ -398,7 +412,7 @@ class ParticipantTracks:
                 downtrack.red_accepted = str(red[0].payload_type) in accepted
 
     def _on_publisher_rtcp(self, packet: bytes) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for ssrc, ntp, rtp_timestamp in rtcp.sender_reports(packet):
             receiver = self._by_ssrc.get(ssrc)
             if receiver is not None:
@@ -406,16 +420,10 @@ class ParticipantTracks:
 
     def tick(self, now: float) -> None:
         for track in self.published.values():
-            receiver = track.receiver
-            if receiver is None:
-                continue
-            if track.layers is not None:
-                chosen = track.layers.choose(receiver.stats.received)
-                if chosen is not None:
-                    rid = track.layers.rid_by_ssrc.get(chosen, "")
-                    logger.info("track %s: forwarding simulcast layer %r", track.sid, rid)
-                    self._forward_layer(track, chosen, now)
-            receiver.tick(now)
+            if track.simulcast is not None and track.simulcast.receivers:
+                track.simulcast.tick(now)
+            elif track.receiver is not None:
+                track.receiver.tick(now)
 
     # --- subscribing -----------------------------------------------------------------------
 
@@ -458,11 +466,43 @@ class ParticipantTracks:
         # dropped by it, and libwebrtc then waits for the next one.
         downtrack.bound = False
         self.downtracks[track.sid] = downtrack
-        receiver.downtracks[subscriber_sid] = downtrack
+        if track.simulcast is not None:
+            track.simulcast.subscribe(subscriber_sid, downtrack, self._max_layer(track))
+        else:
+            receiver.downtracks[subscriber_sid] = downtrack
         self._counters.add_downtrack(downtrack)
-        self._receiver_by_downtrack_ssrc[outgoing.ssrc] = receiver
         self._downtrack_by_ssrc[outgoing.ssrc] = downtrack
+        settings = self._settings.get(track.sid)
+        if settings is not None:
+            downtrack.enabled = not settings.disabled
         return downtrack
+
+    def _max_layer(self, track: PublishedTrack) -> int:
+        """The highest simulcast layer this subscriber wants of ``track``: from its settings,
+        else HIGH, or LOW with adaptive stream until the element's size is known (LiveKit's
+        initial subscriber settings)."""
+        assert track.simulcast is not None
+        settings = self._settings.get(track.sid)
+        if settings is None:
+            low, high = models.VideoQuality.LOW, models.VideoQuality.HIGH
+            return track.simulcast.max_layer_for(low if self.adaptive_stream else high, 0, 0)
+        return track.simulcast.max_layer_for(settings.quality, settings.width, settings.height)
+
+    def update_settings(self, settings: rtc.UpdateTrackSettings, subscriber_sid: str) -> None:
+        """A subscriber's ``UpdateTrackSettings``: ``disabled`` pauses its downtracks, and the
+        quality or element size caps the simulcast layer it gets."""
+        for track_sid in settings.track_sids:
+            if track_sid not in self.downtracks and len(self._settings) >= MAX_KEPT_SETTINGS:
+                continue  # settings for tracks never subscribed: bounded
+            self._settings[track_sid] = settings
+            downtrack = self.downtracks.get(track_sid)
+            if downtrack is None:
+                continue
+            downtrack.enabled = not settings.disabled
+            simulcast = downtrack.receiver.simulcast
+            if simulcast is not None:
+                layer = simulcast.max_layer_for(settings.quality, settings.width, settings.height)
+                simulcast.set_max_layer(subscriber_sid, layer)
 
     def unsubscribe(
         self, track_sid: str, subscriber_sid: str, track: PublishedTrack | None
@@ -522,9 +562,9 @@ class ParticipantTracks:
         downtrack = self.downtracks.pop(track_sid, None)
         if downtrack is None:
             return None
-        if track is not None and track.receiver is not None:
-            track.receiver.downtracks.pop(subscriber_sid, None)
-        self._receiver_by_downtrack_ssrc.pop(downtrack.outgoing.ssrc, None)
+        if track is not None:
+            track.remove_subscriber(subscriber_sid)
+        self._settings.pop(track_sid, None)
         self._downtrack_by_ssrc.pop(downtrack.outgoing.ssrc, None)
         self._counters.retire_downtrack(downtrack)
         return downtrack

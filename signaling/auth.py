@@ -46,6 +46,8 @@ class ConnectRequest:
     client sent, including its first offer and tracks."""
     metadata: str | None = None
     """Metadata the client's join request sets instead of the token's."""
+    adaptive_stream: bool = False
+    """The client sizes its subscriptions by its video elements (``adaptive_stream``)."""
 
     @property
     def single_pc(self) -> bool:
@@ -143,6 +145,7 @@ def _from_query(claims: Claims, query: Mapping[str, str]) -> ConnectRequest:
         reconnect=query.get("reconnect", "").lower() in ("1", "true"),
         attributes=_query_attributes(query.get("attributes", "")),
         client_info=_client_info(query, protocol),
+        adaptive_stream=query.get("adaptive_stream", "").lower() in ("1", "true"),
     )
 
 
@@ -162,6 +165,7 @@ def _from_join_request(claims: Claims, join: rtc.JoinRequest) -> ConnectRequest:
         client_info=client_info,
         join_request=join,
         metadata=join.metadata or None,
+        adaptive_stream=join.connection_settings.adaptive_stream,
     )
 
 

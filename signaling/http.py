@@ -314,6 +314,7 @@ def _join_params(connect: ConnectRequest, ice_preference: str = "") -> JoinParam
         kind=_KINDS.get(claims.kind.lower(), models.ParticipantInfo.Kind.STANDARD),
         protocol=connect.protocol,
         auto_subscribe=connect.auto_subscribe,
+        adaptive_stream=connect.adaptive_stream,
         client_info=connect.client_info,
         single_pc=connect.single_pc,
         ice_preference=ice_preference,

@@ -61,3 +61,10 @@ def moved_to(address: str, udp_port: int) -> contextlib.AbstractContextManager[N
         f"udp dport {udp_port} ip saddr 127.0.0.1 ip saddr set {address}",
     ]
     return nft_table("ip", "lkpy_move", "output", -300, rules)
+
+
+def rtp_stream_dropped(udp_port: int, ssrc: int) -> contextlib.AbstractContextManager[None]:
+    """Drop the RTP stream ``ssrc`` on its way to the server's ``udp_port`` (SRTP leaves the
+    RTP header in clear: the SSRC is bytes 8-11 after the 8-byte UDP header)."""
+    rule = f"udp dport {udp_port} @th,128,32 {ssrc} drop"
+    return nft_table("inet", f"lkpy_drop_ssrc_{ssrc}", "input", 0, [rule])

@@ -10,13 +10,8 @@ import pytest
 from protocol import rtcp, rtp
 from protocol.sdp_media import Codec, OutgoingTrack
 from sfu.buffer import RembEstimator
-from sfu.media import (
-    KEYFRAME_REQUEST_INTERVAL_S,
-    MID_EXTENSION_ID,
-    MID_EXTENSION_URI,
-    DownTrack,
-    TrackReceiver,
-)
+from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack
+from sfu.receiver import KEYFRAME_REQUEST_INTERVAL_S, TrackReceiver
 
 VP8 = Codec(96, "video/VP8", 90000)
 

@@ -28,11 +28,12 @@ from server.metrics import Lifecycle, MetricsSources, NodeCollector, create_regi
 from server.metrics_http import install_metrics, metrics_app
 from sfu import fanout
 from sfu.counters import NODE_COUNTERS, MediaCounters
+from sfu.downtrack import DownTrack
 from sfu.endpoint import Endpoint
 from sfu.events import EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
-from sfu.media import DownTrack, PublishedTrack, TrackReceiver
 from sfu.participant import JoinParams, Participant
+from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.room import Room, RoomSettings
 from sfu.rooms import RoomManager
 from sfu.rtc_adapter import PeerConnection

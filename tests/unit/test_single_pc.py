@@ -16,7 +16,7 @@ from livekit.protocol import models, rtc
 from protocol import rtcp, rtp, sdp
 from protocol.sdp_media import Codec
 from sfu.counters import MediaCounters
-from sfu.media import PublishedTrack, TrackReceiver
+from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.rtc_adapter import PeerConnection
 from sfu.single_pc import (
     Placement,

@@ -1,9 +1,8 @@
-"""Published tracks and the packet path from one publisher to its subscribers.
-
-A :class:`TrackReceiver` takes each decrypted RTP packet of a published track and hands it to
-every :class:`DownTrack` in one ``fanout`` call (``sfu/fanout.py``: in C when built, which
-translates sequence numbers and timestamps, writes the subscriber's header, protects and sends
-in one batch). No awaits, queues or per-packet objects on this path.
+"""A published track's receiving side: one :class:`TrackReceiver` per incoming stream (a
+simulcast layer has its own) takes each decrypted RTP packet and hands it to every downtrack
+on it in one ``fanout`` call (``sfu/fanout.py``: in C when built, which translates sequence
+numbers and timestamps, writes the subscriber's header, protects and sends in one batch). No
+awaits, queues or per-packet objects on this path.
 RTCP: keyframe requests and NACKs go upstream, Receiver Reports and REMB go to the publisher
 once a second, Sender Reports are translated for each subscriber.
 """
@@ -11,24 +10,24 @@ once a second, Sender Reports are translated for each subscriber.
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from livekit.protocol import models
 
 from protocol import rtcp, rtp
-from protocol.sdp_media import Codec, OutgoingTrack
+from protocol.keyframes import keyframe_test
+from protocol.sdp_media import Codec
 from sfu.buffer import PacketCache, ReceiveStats, RembEstimator
-from sfu.fanout import DownTrackCore, Sink, fanout
-from sfu.simulcast import Layers
+from sfu.fanout import fanout
+
+if TYPE_CHECKING:
+    from sfu.downtrack import DownTrack
+    from sfu.simulcast_track import SimulcastTrack
 
 logger = logging.getLogger(__name__)
 
-#: The header-extension id we offer subscribers for ``sdes:mid`` (libwebrtc demuxes by mid).
-MID_EXTENSION_ID = 1
-MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 #: Minimum time between two keyframe requests for one track (LiveKit's pli_throttle, 500 ms
 #: for low quality).
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
@@ -38,123 +37,6 @@ VIDEO_CACHE, AUDIO_CACHE = 500, 200
 RTCP_SENDER_SSRC = 1
 #: REMB floor, start and ceiling (``sfu/buffer.py RembEstimator``).
 REMB_MIN_BPS, REMB_START_BPS, REMB_MAX_BPS = 150_000, 1_000_000, 10_000_000
-
-
-class DownTrack(DownTrackCore):
-    """One published track as one subscriber receives it: the fan-out core (``sfu/fanout.py``:
-    munger, header rewrite, protect, send) plus its RTCP.
-
-    :param sink: the subscriber transport's ``rtp_sink``; a plain callable (protects and sends
-        a finished RTP packet, False when it was dropped) is wrapped in one.
-    :param receiver: the track's receiver, for keyframe requests and retransmissions.
-    """
-
-    __slots__ = (
-        "_receiver",
-        "_send_rtcp",
-        "_sr_sent",
-        "fraction_lost",
-        "jitter",
-        "outgoing",
-        "rtt",
-    )
-
-    def __init__(
-        self,
-        outgoing: OutgoingTrack,
-        sink: Sink | Callable[[memoryview], bool],
-        send_rtcp: Callable[[bytes], None],
-        receiver: TrackReceiver,
-    ) -> None:
-        # Publisher payload type -> the subscriber's, matched by codec name.
-        by_name = {c.name.lower(): c.payload_type for c in outgoing.codecs}
-        payload_types = {
-            c.payload_type: by_name[c.name.lower()]
-            for c in (receiver.codec, receiver.red)
-            if c is not None and c.name.lower() in by_name
-        }
-        super().__init__(
-            sink if isinstance(sink, Sink) else Sink(sink),
-            outgoing.ssrc,
-            outgoing.codecs[0].clock_rate,
-            secrets.randbelow(1 << 15),
-            secrets.randbelow(1 << 31),
-            # Only the mid travels with each packet: it must name the subscriber's m= section,
-            # with the id the subscriber's description gave it.
-            _mid_extension(outgoing),
-            payload_types,
-            receiver.red_payload_type,
-        )
-        self.outgoing = outgoing
-        self._send_rtcp = send_rtcp
-        # red_accepted (from the core): whether the subscriber's answer kept RED; if not, only
-        # primary blocks are sent.
-        self.fraction_lost = 0.0
-        """Loss the subscriber reported in its last Receiver Report (0..1)."""
-        self.jitter = 0.0
-        """Interarrival jitter it reported, in seconds."""
-        self.rtt: float | None = None
-        """Round-trip time from its LSR/DLSR against our Sender Reports, in seconds."""
-        self._sr_sent: dict[int, float] = {}
-        self._receiver = receiver
-        # Video cannot be decoded from the middle of a GOP: once packets really flow to this
-        # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
-        self.needs_keyframe = outgoing.kind == "video"
-
-    def bind(self) -> None:
-        """The subscriber's answer has this track: forwarding starts, and the publisher hears
-        the first time any subscriber gets its track (LiveKit ``track_subscribed``)."""
-        if not self.bound:
-            self.bound = True
-            self._receiver.subscriber_bound()
-
-    def retransmit(self, sequence: int, now: float) -> bool:
-        """Answer a subscriber's NACK from the receiver's cache (same sequence number again,
-        RFC 4585 allows plain retransmission when RTX is not in use)."""
-        original = self._receiver.cache.get(self.original_sequence(sequence))
-        if original is None:
-            return False
-        _, header, end = rtp.header_end(original)
-        sequence_in, timestamp, ssrc = (
-            rtp.sequence_number(original),
-            rtp.timestamp(original),
-            rtp.ssrc(original),
-        )
-        if self.forward(original, header, end, sequence_in, timestamp, ssrc, now):
-            self._receiver.request_keyframe(time.monotonic())
-        return True
-
-    def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
-        """Send the publisher's SR mapped onto this subscriber's timestamps (lip sync needs
-        the NTP/RTP pair of each stream, RFC 3550 6.4.1)."""
-        if not self.packets:
-            return
-        translated = self.translate_timestamp(rtp_timestamp)
-        report = rtcp.sender_report(self.outgoing.ssrc, ntp, translated, self.packets, self.octets)
-        # The subscriber echoes the middle 32 bits of the NTP time as LSR (RFC 3550 6.4.1).
-        self._sr_sent[(ntp >> 16) & 0xFFFFFFFF] = time.monotonic()
-        if len(self._sr_sent) > 8:
-            del self._sr_sent[next(iter(self._sr_sent))]
-        self._send_rtcp(report)
-
-    def on_receiver_report(
-        self, fraction_lost: int, jitter: int, last_sr: int, delay: int, now: float
-    ) -> None:
-        """Read the subscriber's report: loss, jitter and, via our SR, the round trip."""
-        self.fraction_lost = fraction_lost / 256
-        self.jitter = jitter / self.outgoing.codecs[0].clock_rate
-        sent = self._sr_sent.get(last_sr)
-        if last_sr and sent is not None:
-            self.rtt = max(0.0, now - sent - delay / 65536)
-
-
-def _mid_extension(outgoing: OutgoingTrack) -> bytes:
-    """The header-extension block naming ``outgoing``'s section, or none when the section did
-    not negotiate ``sdes:mid`` (libwebrtc then demultiplexes by the announced SSRC)."""
-    for ident, uri in outgoing.extensions:
-        if uri == MID_EXTENSION_URI:
-            return rtp.build_extension_block([(ident, outgoing.mid.encode())])
-    return b""
 
 
 class TrackReceiver:
@@ -179,7 +61,13 @@ class TrackReceiver:
         self.media_ssrc = media_ssrc
         self.rtx = rtx
         self.downtracks: dict[str, DownTrack] = {}
-        """Subscriber participant sid -> its downtrack."""
+        """Subscriber participant sid -> its downtrack (those on this stream)."""
+        self.simulcast: SimulcastTrack | None = None
+        """The track's layers, when this stream is one simulcast layer of it."""
+        self.spatial = 0
+        self.switching: dict[str, DownTrack] = {}
+        """Subscribers waiting for this layer's next keyframe to move onto it."""
+        self._keyframe_start = keyframe_test(codec.mime)
         self.cache = PacketCache(VIDEO_CACHE if codec.mime.startswith("video") else AUDIO_CACHE)
         self.stats = ReceiveStats()
         self.estimator = RembEstimator(
@@ -256,8 +144,21 @@ class TrackReceiver:
         if self.stats.highest > highest + 1 and highest >= 0:
             self._nack(self.stats.nacks_due())
         self.cache.put(sequence, packet)
+        simulcast = self.simulcast
+        if simulcast is not None:
+            if now >= simulcast.next_check:
+                simulcast.check(now)
+            # Only a new packet may start a switch: a retransmitted old keyframe would be
+            # followed by frames that do not depend on it.
+            if (
+                self.switching
+                and self.stats.highest > highest
+                and self._keyframe_start is not None
+                and self._keyframe_start(packet, header, end)
+            ):
+                simulcast.on_keyframe(self)
         if fanout(packet, header, end, sequence, rtp.timestamp(packet), ssrc, now, self.downtracks):
-            self.request_keyframe(time.monotonic())
+            self.request_keyframe(now)
 
     def _from_rtx(self, packet: bytes) -> bytes:
         """Unwrap an RTX packet (RFC 4588 section 4): the original sequence number leads the
@@ -287,12 +188,17 @@ class TrackReceiver:
         for downtrack in self.downtracks.values():
             downtrack.sender_report(ntp, rtp_timestamp)
 
-    def tick(self, now: float) -> None:
-        """Once a second: Receiver Report, REMB and NACK retries to the publisher."""
+    def send_rtcp(self, packet: bytes) -> None:
+        self._send_rtcp(packet)
+
+    def tick(self, now: float, remb: bool = True) -> tuple[int, int]:
+        """Once a second: Receiver Report, REMB (unless ``remb`` is False: a simulcast track
+        sends one for all its layers) and NACK retries to the publisher. Returns the fraction
+        lost (1/256) and the bitrate received since the last tick."""
         elapsed = now - self._last_tick if self._last_tick else 1.0
         self._last_tick = now
         if not self.media_ssrc:
-            return
+            return 0, 0
         fraction, lost, highest = self.stats.report()
         last_sr = (self.stats.last_sr_ntp >> 16) & 0xFFFFFFFF
         delay = int((now - self.stats.last_sr_arrival) * 65536) if last_sr else 0
@@ -307,9 +213,12 @@ class TrackReceiver:
             delay_since_last_sr=delay,
         )
         bitrate = int(self.stats.take_bytes() * 8 / max(elapsed, 0.001))
-        estimate = self.estimator.update(fraction, bitrate)
-        self._send_rtcp(report + rtcp.remb(RTCP_SENDER_SSRC, estimate, [self.media_ssrc]))
+        if remb:
+            estimate = self.estimator.update(fraction, bitrate)
+            report += rtcp.remb(RTCP_SENDER_SSRC, estimate, [self.media_ssrc])
+        self._send_rtcp(report)
         self._nack(self.stats.nacks_due())
+        return fraction, bitrate
 
 
 @dataclass
@@ -320,10 +229,22 @@ class PublishedTrack:
     receiver: TrackReceiver | None = None
     ssrcs: tuple[int, ...] = ()
     cid: str = ""
-    layers: Layers | None = None
-    """The layers of a rid-based simulcast track, and which one is forwarded."""
+    simulcast: SimulcastTrack | None = None
+    """The layers of a rid-based simulcast track, a receiver each (``receiver`` is one)."""
     rtx_payload_type: int | None = None
 
     @property
     def sid(self) -> str:
         return self.info.sid
+
+    def receivers(self) -> list[TrackReceiver]:
+        """Every stream's receiver: one, or one per simulcast layer seen so far."""
+        if self.simulcast is not None and self.simulcast.receivers:
+            return list(self.simulcast.all_receivers())
+        return [self.receiver] if self.receiver is not None else []
+
+    def remove_subscriber(self, subscriber_sid: str) -> None:
+        if self.simulcast is not None:
+            self.simulcast.unsubscribe(subscriber_sid)
+        elif self.receiver is not None:
+            self.receiver.downtracks.pop(subscriber_sid, None)

@@ -1,0 +1,101 @@
+"""Whether an RTP payload starts a keyframe, per video codec (read-only views on raw bytes).
+
+A simulcast subscriber may only move to another layer where that layer can be decoded from
+scratch: the first packet of a keyframe (LiveKit switches layers only on a keyframe,
+``videolayerselector``). Each test reads a few bytes of the payload descriptor; malformed or
+short payloads are simply not keyframes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+KeyframeTest = Callable[[bytes, int, int], bool]
+
+#: H.264 NAL unit types (RFC 6184 section 5.2 and H.264 table 7-1).
+_H264_IDR, _H264_SPS, _H264_STAP_A, _H264_FU_A = 5, 7, 24, 28
+
+
+def vp8_keyframe_start(packet: bytes, start: int, end: int) -> bool:
+    """RFC 7741 section 4.2: the first packet of a partition (S=1, PID=0) whose VP8 payload
+    header has the inverse key frame flag P clear (section 4.3)."""
+    if end - start < 2:
+        return False
+    first = packet[start]
+    if not first & 0x10 or first & 0x07:
+        return False
+    offset = start + 1
+    if first & 0x80:  # X: extended control bits follow
+        extended = packet[offset]
+        offset += 1
+        if extended & 0x80:  # I: picture id, 7 or 15 bits (M)
+            if offset >= end:
+                return False
+            offset += 2 if packet[offset] & 0x80 else 1
+        if extended & 0x40:  # L: TL0PICIDX
+            offset += 1
+        if extended & 0x30:  # T or K: TID/Y/KEYIDX
+            offset += 1
+    return offset < end and not packet[offset] & 0x01
+
+
+def h264_keyframe_start(packet: bytes, start: int, end: int) -> bool:
+    """RFC 6184: a single SPS or IDR NAL unit, a STAP-A holding one (section 5.7.1), or the
+    start of a fragmented IDR (FU-A with S set, section 5.8). libwebrtc sends SPS and PPS in
+    a STAP-A ahead of each IDR."""
+    if end - start < 1:
+        return False
+    nal_type = packet[start] & 0x1F
+    if nal_type in (_H264_IDR, _H264_SPS):
+        return True
+    if nal_type == _H264_FU_A:
+        return (
+            end - start >= 2
+            and bool(packet[start + 1] & 0x80)
+            and (packet[start + 1] & 0x1F in (_H264_IDR, _H264_SPS))
+        )
+    if nal_type == _H264_STAP_A:
+        offset = start + 1
+        while offset + 2 < end:
+            size = int.from_bytes(packet[offset : offset + 2], "big")
+            if packet[offset + 2] & 0x1F in (_H264_IDR, _H264_SPS):
+                return True
+            offset += 2 + size
+    return False
+
+
+def vp9_keyframe_start(packet: bytes, start: int, end: int) -> bool:
+    """The VP9 payload descriptor (RFC 9628 section 4.2): the beginning of a frame (B) that is
+    not inter-picture predicted (P clear), in the base spatial layer when layers are given."""
+    if end - start < 1:
+        return False
+    first = packet[start]
+    if first & 0x40 or not first & 0x08:  # P set, or B clear
+        return False
+    offset = start + 1
+    if first & 0x80:  # I: picture id
+        if offset >= end:
+            return False
+        offset += 2 if packet[offset] & 0x80 else 1
+    if first & 0x20:  # L: layer indices, SID in bits 3..1
+        return offset < end and (packet[offset] >> 1) & 0x07 == 0
+    return True
+
+
+def av1_keyframe_start(packet: bytes, start: int, end: int) -> bool:
+    """The AV1 aggregation header's N bit (AV1 RTP specification section 4.4): the first
+    packet of a coded video sequence, which starts with a keyframe."""
+    return end - start >= 1 and bool(packet[start] & 0x08)
+
+
+_BY_MIME: dict[str, KeyframeTest] = {
+    "video/vp8": vp8_keyframe_start,
+    "video/h264": h264_keyframe_start,
+    "video/vp9": vp9_keyframe_start,
+    "video/av1": av1_keyframe_start,
+}
+
+
+def keyframe_test(mime: str) -> KeyframeTest | None:
+    """The test for a codec's mime type, or None for codecs we cannot switch on."""
+    return _BY_MIME.get(mime.lower())

@@ -1,0 +1,144 @@
+"""One published track as one subscriber receives it: the C fan-out core (``sfu/fanout.py``)
+plus its RTCP (Sender Reports translated for the subscriber, its Receiver Reports read, its
+NACKs answered from the receiver's cache).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from protocol import rtcp, rtp
+from protocol.sdp_media import OutgoingTrack
+from sfu.fanout import DownTrackCore, Sink
+
+if TYPE_CHECKING:
+    from sfu.receiver import TrackReceiver
+
+#: The header-extension id we offer subscribers for ``sdes:mid`` (libwebrtc demuxes by mid).
+MID_EXTENSION_ID = 1
+MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+class DownTrack(DownTrackCore):
+    """One published track as one subscriber receives it: the fan-out core (``sfu/fanout.py``:
+    munger, header rewrite, protect, send) plus its RTCP.
+
+    :param sink: the subscriber transport's ``rtp_sink``; a plain callable (protects and sends
+        a finished RTP packet, False when it was dropped) is wrapped in one.
+    :param receiver: the track's receiver (for a simulcast track, the one told when the track
+        first reaches a subscriber); ``receiver`` then follows the layer forwarded, for keyframe
+        requests and retransmissions.
+    """
+
+    __slots__ = (
+        "_origin",
+        "_send_rtcp",
+        "_sr_sent",
+        "fraction_lost",
+        "jitter",
+        "outgoing",
+        "receiver",
+        "rtt",
+    )
+
+    def __init__(
+        self,
+        outgoing: OutgoingTrack,
+        sink: Sink | Callable[[memoryview], bool],
+        send_rtcp: Callable[[bytes], None],
+        receiver: TrackReceiver,
+    ) -> None:
+        # Publisher payload type -> the subscriber's, matched by codec name.
+        by_name = {c.name.lower(): c.payload_type for c in outgoing.codecs}
+        payload_types = {
+            c.payload_type: by_name[c.name.lower()]
+            for c in (receiver.codec, receiver.red)
+            if c is not None and c.name.lower() in by_name
+        }
+        super().__init__(
+            sink if isinstance(sink, Sink) else Sink(sink),
+            outgoing.ssrc,
+            outgoing.codecs[0].clock_rate,
+            secrets.randbelow(1 << 15),
+            secrets.randbelow(1 << 31),
+            # Only the mid travels with each packet: it must name the subscriber's m= section,
+            # with the id the subscriber's description gave it.
+            _mid_extension(outgoing),
+            payload_types,
+            receiver.red_payload_type,
+        )
+        self.outgoing = outgoing
+        self._send_rtcp = send_rtcp
+        # red_accepted (from the core): whether the subscriber's answer kept RED; if not, only
+        # primary blocks are sent.
+        self.fraction_lost = 0.0
+        """Loss the subscriber reported in its last Receiver Report (0..1)."""
+        self.jitter = 0.0
+        """Interarrival jitter it reported, in seconds."""
+        self.rtt: float | None = None
+        """Round-trip time from its LSR/DLSR against our Sender Reports, in seconds."""
+        self._sr_sent: dict[int, float] = {}
+        self.receiver = receiver
+        """The stream it is fed from: the track's, or the simulcast layer it is on."""
+        self._origin = receiver
+        # Video cannot be decoded from the middle of a GOP: once packets really flow to this
+        # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
+        self.needs_keyframe = outgoing.kind == "video"
+
+    def bind(self) -> None:
+        """The subscriber's answer has this track: forwarding starts, and the publisher hears
+        the first time any subscriber gets its track (LiveKit ``track_subscribed``)."""
+        if not self.bound:
+            self.bound = True
+            self._origin.subscriber_bound()
+
+    def retransmit(self, sequence: int, now: float) -> bool:
+        """Answer a subscriber's NACK from the receiver's cache (same sequence number again,
+        RFC 4585 allows plain retransmission when RTX is not in use)."""
+        original = self.receiver.cache.get(self.original_sequence(sequence))
+        if original is None:
+            return False
+        _, header, end = rtp.header_end(original)
+        sequence_in, timestamp, ssrc = (
+            rtp.sequence_number(original),
+            rtp.timestamp(original),
+            rtp.ssrc(original),
+        )
+        if self.forward(original, header, end, sequence_in, timestamp, ssrc, now):
+            self.receiver.request_keyframe(now)
+        return True
+
+    def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+        """Send the publisher's SR mapped onto this subscriber's timestamps (lip sync needs
+        the NTP/RTP pair of each stream, RFC 3550 6.4.1)."""
+        if not self.packets:
+            return
+        translated = self.translate_timestamp(rtp_timestamp)
+        report = rtcp.sender_report(self.outgoing.ssrc, ntp, translated, self.packets, self.octets)
+        # The subscriber echoes the middle 32 bits of the NTP time as LSR (RFC 3550 6.4.1).
+        self._sr_sent[(ntp >> 16) & 0xFFFFFFFF] = time.monotonic()
+        if len(self._sr_sent) > 8:
+            del self._sr_sent[next(iter(self._sr_sent))]
+        self._send_rtcp(report)
+
+    def on_receiver_report(
+        self, fraction_lost: int, jitter: int, last_sr: int, delay: int, now: float
+    ) -> None:
+        """Read the subscriber's report: loss, jitter and, via our SR, the round trip."""
+        self.fraction_lost = fraction_lost / 256
+        self.jitter = jitter / self.outgoing.codecs[0].clock_rate
+        sent = self._sr_sent.get(last_sr)
+        if last_sr and sent is not None:
+            self.rtt = max(0.0, now - sent - delay / 65536)
+
+
+def _mid_extension(outgoing: OutgoingTrack) -> bytes:
+    """The header-extension block naming ``outgoing``'s section, or none when the section did
+    not negotiate ``sdes:mid`` (libwebrtc then demultiplexes by the announced SSRC)."""
+    for ident, uri in outgoing.extensions:
+        if uri == MID_EXTENSION_URI:
+            return rtp.build_extension_block([(ident, outgoing.mid.encode())])
+    return b""

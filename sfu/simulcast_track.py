@@ -1,0 +1,163 @@
+"""The layers of one simulcast track and where each of its subscribers is (sans-IO).
+
+Every spatial layer the publisher sends has its own :class:`TrackReceiver` (its own packet
+cache, loss statistics, NACKs and keyframe requests, as LiveKit keeps a buffer per layer).
+A subscriber's downtrack sits in the ``downtracks`` of the layer it gets, so the C fan-out
+of that layer's packets reaches it and no other layer's do. Moving it is done here, once per
+switch, never per packet:
+
+- :meth:`SimulcastTrack.check`, run from the packet path every :data:`CHECK_INTERVAL_S`,
+  samples which layers flow and revisits each subscriber's target (``sfu/simulcast.py``); a
+  subscriber with a target waits in that layer's ``switching`` and the layer is asked for a
+  keyframe (throttled by the receiver, as LiveKit's keyframe requester repeats its PLI).
+- :meth:`SimulcastTrack.on_keyframe`, called by the receiver when the first packet of a
+  keyframe arrives while someone waits, moves the waiting downtracks onto that layer before
+  the packet is fanned out; their munger continues the outgoing numbering across the change
+  of SSRC (``sfu/munger.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from livekit.protocol import models
+
+from protocol import rtcp
+from sfu.receiver import RTCP_SENDER_SSRC
+from sfu.simulcast import (
+    CHECK_INTERVAL_S,
+    LayerActivity,
+    LayerSelector,
+    quality_for_dimension,
+    spatial_for_quality,
+    spatial_order,
+)
+
+if TYPE_CHECKING:
+    from sfu.downtrack import DownTrack
+    from sfu.receiver import TrackReceiver
+
+logger = logging.getLogger(__name__)
+
+
+class SimulcastTrack:
+    """One rid-simulcast track's layers (``receivers``, by spatial index) and subscribers.
+
+    :param rids: the publisher's ``a=simulcast:send`` rids.
+    :param info: the track's ``TrackInfo`` (its layers' sizes map element sizes to layers).
+    """
+
+    def __init__(self, rids: Sequence[str], info: models.TrackInfo) -> None:
+        self.spatial_by_rid = spatial_order(rids)
+        self.info = info
+        self.receivers: dict[int, TrackReceiver] = {}
+        self.activity = LayerActivity()
+        self.next_check = 0.0
+        """When the packet path should call :meth:`check` next (0: at the next packet)."""
+        self._subscribers: dict[str, tuple[DownTrack, LayerSelector]] = {}
+        self._log = logging.LoggerAdapter(logger, {"track": info.sid})
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.spatial_by_rid)
+
+    def add_layer(self, spatial: int, receiver: TrackReceiver) -> None:
+        receiver.simulcast = self
+        receiver.spatial = spatial
+        self.receivers[spatial] = receiver
+        self.next_check = 0.0
+
+    def all_receivers(self) -> Iterator[TrackReceiver]:
+        return iter(self.receivers.values())
+
+    # --- subscribers -----------------------------------------------------------------------
+
+    def subscribe(self, subscriber_sid: str, downtrack: DownTrack, max_layer: int) -> None:
+        """A new subscriber, on no layer until its first keyframe (LiveKit starts a simulcast
+        downtrack on a keyframe of the layer it wants)."""
+        self._subscribers[subscriber_sid] = (downtrack, LayerSelector(max_layer))
+        # It starts on a keyframe, so its first packet needs no keyframe request of its own.
+        downtrack.needs_keyframe = False
+        self.next_check = 0.0
+
+    def unsubscribe(self, subscriber_sid: str) -> None:
+        self._subscribers.pop(subscriber_sid, None)
+        for receiver in self.receivers.values():
+            receiver.downtracks.pop(subscriber_sid, None)
+            receiver.switching.pop(subscriber_sid, None)
+
+    def set_max_layer(self, subscriber_sid: str, max_layer: int) -> None:
+        entry = self._subscribers.get(subscriber_sid)
+        if entry is not None and entry[1].max_layer != max_layer:
+            entry[1].max_layer = max_layer
+            self.next_check = 0.0
+
+    def max_layer_for(self, quality: int, width: int, height: int) -> int:
+        """The highest layer a subscriber's settings allow: an element size when given (adaptive
+        stream), else the quality (LiveKit ``UpdateTrackSettings`` handling)."""
+        if width or height:
+            return spatial_for_quality(
+                quality_for_dimension(self.info, width, height), self.layer_count
+            )
+        return spatial_for_quality(quality, self.layer_count)
+
+    def current_layer(self, subscriber_sid: str) -> int:
+        entry = self._subscribers.get(subscriber_sid)
+        return entry[1].current if entry is not None else -1
+
+    # --- called from the packet path -------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Sample which layers flow and move each subscriber's target accordingly."""
+        self.next_check = now + CHECK_INTERVAL_S
+        for spatial, receiver in self.receivers.items():
+            self.activity.sample(spatial, receiver.stats.received, now)
+        flowing = self.activity.flowing(now)
+        settled = self.activity.settled(now)
+        for subscriber_sid, (downtrack, selector) in self._subscribers.items():
+            previous = selector.target
+            target = selector.retarget(flowing, settled)
+            if target != previous:
+                if previous in self.receivers:
+                    self.receivers[previous].switching.pop(subscriber_sid, None)
+                if target in self.receivers:
+                    self.receivers[target].switching[subscriber_sid] = downtrack
+            if target in self.receivers and downtrack.bound and downtrack.enabled:
+                self.receivers[target].request_keyframe(now)
+
+    def on_keyframe(self, receiver: TrackReceiver) -> None:
+        """The first packet of a keyframe on ``receiver``'s layer: its waiting subscribers move
+        onto it before the packet is fanned out."""
+        for subscriber_sid, downtrack in list(receiver.switching.items()):
+            if not downtrack.bound:
+                continue  # a keyframe the client could not receive yet would be wasted
+            del receiver.switching[subscriber_sid]
+            downtrack.receiver.downtracks.pop(subscriber_sid, None)
+            receiver.downtracks[subscriber_sid] = downtrack
+            downtrack.receiver = receiver
+            selector = self._subscribers[subscriber_sid][1]
+            self._log.debug(
+                "subscriber %s: layer %d -> %d", subscriber_sid, selector.current, receiver.spatial
+            )
+            selector.switched(receiver.spatial)
+
+    # --- RTCP to the publisher -------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Once a second: each layer's Receiver Report and NACKs, and one REMB for the whole
+        track (libwebrtc applies a REMB to the publisher's whole send rate, so a REMB sized
+        for one layer would starve the others)."""
+        bitrate, worst_loss, ssrcs = 0, 0, []
+        for receiver in self.receivers.values():
+            fraction, received_bps = receiver.tick(now, remb=False)
+            bitrate += received_bps
+            worst_loss = max(worst_loss, fraction)
+            if receiver.media_ssrc:
+                ssrcs.append(receiver.media_ssrc)
+        if not ssrcs:
+            return
+        primary = self.receivers[min(self.receivers)]
+        estimate = primary.estimator.update(worst_loss, bitrate)
+        primary.send_rtcp(rtcp.remb(RTCP_SENDER_SSRC, estimate, ssrcs))
