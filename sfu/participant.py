@@ -298,6 +298,8 @@ class Participant:
             self.log.info("track published: %s (%s)", track.sid, track.info.mime_type)
             if track.receiver is not None:
                 track.receiver.on_first_subscriber = partial(self._track_subscribed, track.sid)
+            if track.simulcast is not None:
+                track.simulcast.on_dynacast = self._send_quality_update
             self._listener.on_track_published(self, track)
 
     def _subscription_refused(self, track_sid: str) -> None:
@@ -312,6 +314,9 @@ class Participant:
     def _send_requirement(self, audios: int, videos: int) -> None:
         requirement = rtc.MediaSectionsRequirement(num_audios=audios, num_videos=videos)
         self.send(rtc.SignalResponse(media_sections_requirement=requirement))
+
+    def _send_quality_update(self, update: rtc.SubscribedQualityUpdate) -> None:
+        self.send(rtc.SignalResponse(subscribed_quality_update=update))
 
     def _track_subscribed(self, track_sid: str) -> None:
         # LiveKit tells a publisher once, when its track first reaches a subscriber

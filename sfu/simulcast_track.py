@@ -19,12 +19,13 @@ switch, never per packet:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from protocol import rtcp
+from sfu.dynacast import Dynacast, quality_update
 from sfu.receiver import RTCP_SENDER_SSRC
 from sfu.simulcast import (
     CHECK_INTERVAL_S,
@@ -57,6 +58,10 @@ class SimulcastTrack:
         self.next_check = 0.0
         """When the packet path should call :meth:`check` next (0: at the next packet)."""
         self._subscribers: dict[str, tuple[DownTrack, LayerSelector]] = {}
+        self.dynacast = Dynacast(top_layer=self.layer_count - 1)
+        self.on_dynacast: Callable[[rtc.SubscribedQualityUpdate], None] | None = None
+        """Sends the publisher a ``SubscribedQualityUpdate`` (``sfu/dynacast.py``)."""
+        self._rid_by_layer = {spatial: rid for rid, spatial in self.spatial_by_rid.items()}
         self._log = logging.LoggerAdapter(logger, {"track": info.sid})
 
     @property
@@ -74,13 +79,16 @@ class SimulcastTrack:
 
     # --- subscribers -----------------------------------------------------------------------
 
-    def subscribe(self, subscriber_sid: str, downtrack: DownTrack, max_layer: int) -> None:
+    def subscribe(
+        self, subscriber_sid: str, downtrack: DownTrack, max_layer: int, now: float
+    ) -> None:
         """A new subscriber, on no layer until its first keyframe (LiveKit starts a simulcast
         downtrack on a keyframe of the layer it wants)."""
         self._subscribers[subscriber_sid] = (downtrack, LayerSelector(max_layer))
         # It starts on a keyframe, so its first packet needs no keyframe request of its own.
         downtrack.needs_keyframe = False
         self.next_check = 0.0
+        self._update_dynacast(now)
 
     def unsubscribe(self, subscriber_sid: str) -> None:
         self._subscribers.pop(subscriber_sid, None)
@@ -88,11 +96,22 @@ class SimulcastTrack:
             receiver.downtracks.pop(subscriber_sid, None)
             receiver.switching.pop(subscriber_sid, None)
 
-    def set_max_layer(self, subscriber_sid: str, max_layer: int) -> None:
+    def set_max_layer(self, subscriber_sid: str, max_layer: int, now: float) -> None:
+        """A subscriber's new highest layer (or its downtrack was enabled or disabled)."""
         entry = self._subscribers.get(subscriber_sid)
         if entry is not None and entry[1].max_layer != max_layer:
             entry[1].max_layer = max_layer
             self.next_check = 0.0
+        self._update_dynacast(now)
+
+    def _update_dynacast(self, now: float) -> None:
+        wanted = max((s.max_layer for d, s in self._subscribers.values() if d.enabled), default=-1)
+        top = self.dynacast.update(wanted, now)
+        if top is not None and self.on_dynacast is not None:
+            self._log.info("dynacast: publisher asked for layers up to %d", top)
+            self.on_dynacast(
+                quality_update(self.info.sid, self.info.mime_type, self._rid_by_layer, top)
+            )
 
     def max_layer_for(self, quality: int, width: int, height: int) -> int:
         """The highest layer a subscriber's settings allow: an element size when given (adaptive
@@ -112,6 +131,7 @@ class SimulcastTrack:
     def check(self, now: float) -> None:
         """Sample which layers flow and move each subscriber's target accordingly."""
         self.next_check = now + CHECK_INTERVAL_S
+        self._update_dynacast(now)
         for spatial, receiver in self.receivers.items():
             self.activity.sample(spatial, receiver.stats.received, now)
         flowing = self.activity.flowing(now)
@@ -148,7 +168,8 @@ class SimulcastTrack:
     def tick(self, now: float) -> None:
         """Once a second: each layer's Receiver Report and NACKs, and one REMB for the whole
         track (libwebrtc applies a REMB to the publisher's whole send rate, so a REMB sized
-        for one layer would starve the others)."""
+        for one layer would starve the others); dynacast downgrades come due."""
+        self._update_dynacast(now)
         bitrate, worst_loss, ssrcs = 0, 0, []
         for receiver in self.receivers.values():
             fraction, received_bps = receiver.tick(now, remb=False)

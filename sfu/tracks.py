@@ -420,7 +420,7 @@ class ParticipantTracks:
 
     def tick(self, now: float) -> None:
         for track in self.published.values():
-            if track.simulcast is not None and track.simulcast.receivers:
+            if track.simulcast is not None:
                 track.simulcast.tick(now)
             elif track.receiver is not None:
                 track.receiver.tick(now)
@@ -467,7 +467,9 @@ class ParticipantTracks:
         downtrack.bound = False
         self.downtracks[track.sid] = downtrack
         if track.simulcast is not None:
-            track.simulcast.subscribe(subscriber_sid, downtrack, self._max_layer(track))
+            track.simulcast.subscribe(
+                subscriber_sid, downtrack, self._max_layer(track), self._clock()
+            )
         else:
             receiver.downtracks[subscriber_sid] = downtrack
         self._counters.add_downtrack(downtrack)
@@ -502,7 +504,7 @@ class ParticipantTracks:
             simulcast = downtrack.receiver.simulcast
             if simulcast is not None:
                 layer = simulcast.max_layer_for(settings.quality, settings.width, settings.height)
-                simulcast.set_max_layer(subscriber_sid, layer)
+                simulcast.set_max_layer(subscriber_sid, layer, self._clock())
 
     def unsubscribe(
         self, track_sid: str, subscriber_sid: str, track: PublishedTrack | None

@@ -14,7 +14,7 @@ from livekit import rtc
 
 from tests.e2e.harness import ServerProcess, make_token
 from tests.e2e.netfilter import needs_nftables, rtp_stream_dropped
-from tests.e2e.sdk import EventLog, joined, wait_until
+from tests.e2e.sdk import EventLog, connect, joined, wait_until
 from tests.e2e.test_media import running
 
 pytestmark = pytest.mark.sdk
@@ -149,3 +149,43 @@ async def test_a_layer_that_stops_makes_its_subscribers_fall_back(server: Server
             assert decoded.longest_gap(stopped_at + fallback) < 0.5
         # The layer comes back, and the subscriber with it.
         await wait_until(lambda: decoded.width == WIDTH, 10)
+
+
+async def _frames_encoded_by_rid(publication: rtc.LocalTrackPublication) -> dict[str, int]:
+    track = publication.track
+    assert track is not None
+    return {
+        s.outbound_rtp.outbound.rid: s.outbound_rtp.outbound.frames_encoded
+        for s in await track.get_stats()
+        if s.HasField("outbound_rtp")
+    }
+
+
+async def _encoding(publication: rtc.LocalTrackPublication, seconds: float) -> set[str]:
+    """The rids whose encoder produced frames during the next ``seconds``."""
+    before = await _frames_encoded_by_rid(publication)
+    await asyncio.sleep(seconds)
+    after = await _frames_encoded_by_rid(publication)
+    return {rid for rid, count in after.items() if count > before.get(rid, 0)}
+
+
+async def test_dynacast_pauses_the_layers_nobody_wants(server: ServerProcess) -> None:
+    room = "simulcast-dynacast"
+    camera = await connect(server, "camera", room, options=rtc.RoomOptions(dynacast=True))
+    try:
+        async with (
+            publishing_camera(camera) as camera_publication,
+            viewing(server, "viewer", room) as (publication, decoded),
+        ):
+            await wait_until(lambda: decoded.width == WIDTH, 20)
+            assert await _encoding(camera_publication, 1.0) == {"q", "h", "f"}
+            publication.set_video_quality(LOW)
+            await wait_until(lambda: 0 < decoded.width <= 360, 10)
+            # LiveKit lowers the publisher's layers once the wish has held for 5 s.
+            await asyncio.sleep(5.5)
+            assert await _encoding(camera_publication, 1.5) == {"q"}
+            publication.set_video_quality(HIGH)
+            await wait_until(lambda: decoded.width == WIDTH, 10)
+            assert await _encoding(camera_publication, 1.0) == {"q", "h", "f"}
+    finally:
+        await camera.disconnect()
