@@ -51,6 +51,8 @@ IMPLEMENTED_KEYS = frozenset(
         "limit.signal_message_size_limit", "limit.max_api_request_body_size",
         "limit.max_room_name_length", "limit.max_participant_identity_length",
         "webhook",
+        "audio.active_level", "audio.min_percentile", "audio.update_interval",
+        "audio.smooth_intervals", "video.dynacast_pause_delay",
         "prometheus_port", "prometheus",
         "redis.address", "redis.username", "redis.password", "redis.db", "redis.use_tls",
         "redis.sentinel_master_name", "redis.sentinel_username", "redis.sentinel_password",
@@ -62,7 +64,9 @@ IMPLEMENTED_KEYS = frozenset(
 LIVEKIT_ONLY_SECTIONS = frozenset(
     {
         # Top level.
-        "audio", "video", "ingress", "sip", "signal_relay", "psrpc", "node_stats", "agents",
+        "audio.active_red_encoding", "video.stream_tracker_manager",
+        "video.codec_regression_threshold", "ingress", "sip", "signal_relay", "psrpc",
+        "node_stats", "agents",
         "trace", "debug_handler", "api", "metric", "environment", "enable_data_tracks",
         "enable_participant_data_blob",
         # rtc.
@@ -516,7 +520,12 @@ def _validate_addresses(config: Config) -> None:
 
 def _validate_not_negative(config: Config) -> None:
     """Counts, sizes and timeouts below zero mean nothing (LiveKit's are unsigned)."""
-    sections: dict[str, object] = {"room": config.room, "limit": config.limit}
+    sections: dict[str, object] = {
+        "room": config.room,
+        "limit": config.limit,
+        "audio": config.audio,
+        "video": config.video,
+    }
     for section_name, section in sections.items():
         for field in dataclasses.fields(section):  # type: ignore[arg-type]
             value = getattr(section, field.name)
@@ -539,6 +548,18 @@ def _validate_choices(config: Config) -> None:
             " (any, sysload, cpuload or regionaware)"
         )
     _validate_webhook(config)
+    _validate_video(config)
+
+
+def _validate_video(config: Config) -> None:
+    try:
+        delay = duration_seconds(config.video.dynacast_pause_delay)
+    except ValueError as exc:
+        raise ConfigError(f"video.dynacast_pause_delay: {exc}") from None
+    if delay < 0:
+        raise ConfigError("video.dynacast_pause_delay is negative")
+    if config.audio.update_interval < 1:
+        raise ConfigError("audio.update_interval must be at least 1 ms")
 
 
 def _validate_webhook(config: Config) -> None:

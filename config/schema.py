@@ -269,6 +269,29 @@ class LimitConfig:
 
 
 @dataclass(frozen=True)
+class AudioConfig:
+    """Active speaker detection (``audio``), LiveKit's keys and defaults."""
+
+    active_level: int = 35
+    """Loudest level counted as speech, in -dBov (0 loudest, 127 silence)."""
+    min_percentile: int = 40
+    """Share of an interval (%) that must be speech for a participant to be speaking."""
+    update_interval: int = 400
+    """Milliseconds between speaker updates."""
+    smooth_intervals: int = 2
+    """Intervals the level is smoothed over (0 = none)."""
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Video forwarding (``video``)."""
+
+    dynacast_pause_delay: str = "5s"
+    """How long (a Go duration) a lower layer wish must hold before the publisher is told to
+    stop layers."""
+
+
+@dataclass(frozen=True)
 class RegionConfig:
     """A region and its location (``node_selector.regions[]``)."""
 
@@ -332,6 +355,10 @@ class Config:
     """Metrics endpoint."""
     limit: LimitConfig = field(default_factory=LimitConfig)
     """Capacity and size limits."""
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    """Active speaker detection."""
+    video: VideoConfig = field(default_factory=VideoConfig)
+    """Video forwarding."""
     node_selector: NodeSelectorConfig = field(default_factory=NodeSelectorConfig)
     """Room placement across nodes."""
 

@@ -55,9 +55,10 @@ class Codec:
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 AUDIO_EXTENSIONS = (
     "urn:ietf:params:rtp-hdrext:sdes:mid",
-    "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    AUDIO_LEVEL_URI,
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
 )
 VIDEO_EXTENSIONS = (

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from config import Config
+from config.build import duration_seconds
 from routing.router import Router
 from server.cluster import (
     NodeLoad,
@@ -66,6 +67,8 @@ def build_app(
             departure_timeout=config.room.departure_timeout,
             max_participants=config.room.max_participants,
             limits=Limits.from_config(config),
+            audio=config.audio,
+            dynacast_pause_delay=duration_seconds(config.video.dynacast_pause_delay),
         ),
         auto_create=config.room.auto_create,
         events=events,

@@ -25,6 +25,7 @@ from sfu.fanout import fanout
 if TYPE_CHECKING:
     from sfu.downtrack import DownTrack
     from sfu.simulcast_track import SimulcastTrack
+    from sfu.speakers import AudioLevel
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class TrackReceiver:
         self.switching: dict[str, DownTrack] = {}
         """Subscribers waiting for this layer's next keyframe to move onto it."""
         self._keyframe_start = keyframe_test(codec.mime)
+        self.audio_level: AudioLevel | None = None
+        """Speech level from the ssrc-audio-level extension (audio tracks that send it)."""
+        self._audio_level_id = 0
         self.cache = PacketCache(VIDEO_CACHE if codec.mime.startswith("video") else AUDIO_CACHE)
         self.stats = ReceiveStats()
         self.estimator = RembEstimator(
@@ -131,7 +135,7 @@ class TrackReceiver:
         elif pt != self.codec.payload_type and pt != self.red_payload_type:
             return  # comfort noise, DTMF and the like are not forwarded
         try:
-            _, header, end = rtp.header_end(packet)
+            extension, header, end = rtp.header_end(packet)
         except ValueError:
             return
         sequence, ssrc = rtp.sequence_number(packet), rtp.ssrc(packet)
@@ -144,6 +148,8 @@ class TrackReceiver:
         if self.stats.highest > highest + 1 and highest >= 0:
             self._nack(self.stats.nacks_due())
         self.cache.put(sequence, packet)
+        if self.audio_level is not None and extension >= 0:
+            self._observe_level(packet, extension, header)
         simulcast = self.simulcast
         if simulcast is not None:
             if now >= simulcast.next_check:
@@ -187,6 +193,18 @@ class TrackReceiver:
         self.stats.last_sr_arrival = now
         for downtrack in self.downtracks.values():
             downtrack.sender_report(ntp, rtp_timestamp)
+
+    def watch_audio_level(self, audio_level: AudioLevel, extension_id: int) -> None:
+        self.audio_level = audio_level
+        self._audio_level_id = extension_id
+
+    def _observe_level(self, packet: bytes, extension: int, header: int) -> None:
+        """RFC 6464: the level is the low 7 bits of the element's first byte."""
+        assert self.audio_level is not None
+        for ident, value in rtp.extensions(packet, extension, header):
+            if ident == self._audio_level_id and value:
+                self.audio_level.observe(value[0] & 0x7F, rtp.timestamp(packet))
+                return
 
     def send_rtcp(self, packet: bytes) -> None:
         self._send_rtcp(packet)

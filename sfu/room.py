@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import agent_dispatch, models, rtc
 
+from config.schema import AudioConfig
+from sfu.dynacast import PAUSE_DELAY_S
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.limits import Limits
 from sfu.participant import Participant, ParticipantState
 from sfu.receiver import PublishedTrack
+from sfu.speakers import SpeakerTracker
 from sfu.tracks import source_name
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,10 @@ class RoomSettings:
     max_participants: int = 0
     limits: Limits = field(default_factory=Limits)
     """Sizes of what participants set about themselves (``limit.*``)."""
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    """Active speaker detection (``audio.*``)."""
+    dynacast_pause_delay: float = PAUSE_DELAY_S
+    """Seconds before a publisher is told to drop layers (``video.dynacast_pause_delay``)."""
 
 
 class Room:
@@ -71,6 +78,7 @@ class Room:
         self._created_monotonic = now
         self._last_left_monotonic: float | None = None
         self.events = events or EventBus()
+        self._speakers = SpeakerTracker()
         self.agent_dispatches: dict[str, agent_dispatch.AgentDispatch] = {}
         """Agent dispatches by id (AgentDispatchService), kept for the room's lifetime."""
         self.log = logging.LoggerAdapter(logger, {"room": name, "roomID": sid})
@@ -113,6 +121,8 @@ class Room:
             raise RoomFullError(f"room {self.name} is full")
         self.participants[participant.identity] = participant
         self._last_left_monotonic = None
+        participant.tracks.audio_config = self.settings.audio
+        participant.tracks.dynacast_delay = self.settings.dynacast_pause_delay
         join.room.CopyFrom(self.to_proto())
         join.participant.CopyFrom(participant.to_info())
         join.other_participants.extend(
@@ -226,6 +236,34 @@ class Room:
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, send_leave=True, reconnect=reconnect)
         self.log.info("room closed")
+
+    def update_speakers(self) -> None:
+        """One speaker interval ends: send each participant the changes among itself and the
+        participants it subscribes to (LiveKit ``audioUpdateWorker``)."""
+        levels: dict[str, float] = {}
+        by_sid: dict[str, Participant] = {}
+        for participant in self.participants.values():
+            by_sid[participant.sid] = participant
+            level = participant.tracks.close_audio_interval()
+            if level is not None:
+                levels[participant.sid] = level
+        changes = self._speakers.update(levels)
+        if not changes:
+            return
+        for receiver in list(self.participants.values()):
+            subscribed = receiver.tracks.downtracks.keys()
+            visible = [
+                speaker
+                for speaker in changes
+                if speaker.sid == receiver.sid
+                or (
+                    speaker.sid in by_sid
+                    and not subscribed.isdisjoint(by_sid[speaker.sid].tracks.published)
+                )
+            ]
+            if visible:
+                update = rtc.SpeakersChanged(speakers=visible)
+                receiver.send(rtc.SignalResponse(speakers_changed=update))
 
     def tick(self, now: float) -> None:
         """Once a second: RTCP feedback to every publisher."""

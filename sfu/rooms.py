@@ -39,6 +39,7 @@ class RoomManager:
         self.events = events or EventBus()
         self.rooms: dict[str, Room] = {}
         self._idle_task: asyncio.Task[None] | None = None
+        self._speaker_task: asyncio.Task[None] | None = None
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
@@ -84,16 +85,25 @@ class RoomManager:
         self.events.emit(RoomEvent(EventKind.ROOM_FINISHED, room.to_proto()))
 
     def start(self) -> None:
-        self._idle_task = asyncio.get_running_loop().create_task(
-            self._close_idle_rooms(), name="close-idle-rooms"
-        )
+        loop = asyncio.get_running_loop()
+        self._idle_task = loop.create_task(self._close_idle_rooms(), name="close-idle-rooms")
+        self._speaker_task = loop.create_task(self._update_speakers(), name="speaker-updates")
 
     async def stop(self) -> None:
-        if self._idle_task is not None:
-            self._idle_task.cancel()
-            await asyncio.gather(self._idle_task, return_exceptions=True)
+        for task in (self._idle_task, self._speaker_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for room in list(self.rooms.values()):
             await self.close_room(room, models.DisconnectReason.SERVER_SHUTDOWN)
+
+    async def _update_speakers(self) -> None:
+        """Every ``audio.update_interval``: each room's SpeakersChanged (``sfu/speakers.py``)."""
+        interval = self.settings.audio.update_interval / 1000
+        while True:
+            await asyncio.sleep(interval)
+            for room in list(self.rooms.values()):
+                room.update_speakers()
 
     async def _close_idle_rooms(self) -> None:
         while True:

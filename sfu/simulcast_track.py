@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from livekit.protocol import models, rtc
 
 from protocol import rtcp
-from sfu.dynacast import Dynacast, quality_update
+from sfu.dynacast import PAUSE_DELAY_S, Dynacast, quality_update
 from sfu.receiver import RTCP_SENDER_SSRC
 from sfu.simulcast import (
     CHECK_INTERVAL_S,
@@ -50,7 +50,9 @@ class SimulcastTrack:
     :param info: the track's ``TrackInfo`` (its layers' sizes map element sizes to layers).
     """
 
-    def __init__(self, rids: Sequence[str], info: models.TrackInfo) -> None:
+    def __init__(
+        self, rids: Sequence[str], info: models.TrackInfo, dynacast_delay: float = PAUSE_DELAY_S
+    ) -> None:
         self.spatial_by_rid = spatial_order(rids)
         self.info = info
         self.receivers: dict[int, TrackReceiver] = {}
@@ -58,7 +60,7 @@ class SimulcastTrack:
         self.next_check = 0.0
         """When the packet path should call :meth:`check` next (0: at the next packet)."""
         self._subscribers: dict[str, tuple[DownTrack, LayerSelector]] = {}
-        self.dynacast = Dynacast(top_layer=self.layer_count - 1)
+        self.dynacast = Dynacast(self.layer_count - 1, dynacast_delay)
         self.on_dynacast: Callable[[rtc.SubscribedQualityUpdate], None] | None = None
         """Sends the publisher a ``SubscribedQualityUpdate`` (``sfu/dynacast.py``)."""
         self._rid_by_layer = {spatial: rid for rid, spatial in self.spatial_by_rid.items()}

@@ -9,10 +9,12 @@ from collections.abc import Callable, Iterable
 
 from livekit.protocol import models, rtc
 
+from config.schema import AudioConfig
 from protocol import rtcp, rtp, sdp, sdp_media
 from protocol.ids import TRACK_PREFIX, new_id
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack
+from sfu.dynacast import PAUSE_DELAY_S
 from sfu.limits import (
     MAX_ADD_TRACK_REQUEST_BYTES,
     MAX_TRACK_NAME_LENGTH,
@@ -22,6 +24,7 @@ from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.simulcast import LIVEKIT_RID_ORDER
 from sfu.simulcast_track import SimulcastTrack
 from sfu.single_pc import Placement, SectionPlan, track_kind
+from sfu.speakers import AudioLevel
 from sfu.transport import RtcConnection, SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -97,6 +100,9 @@ class ParticipantTracks:
         """track sid -> the subscriber's last settings for it (they may come before the
         downtrack exists: in single peer connection mode it waits for a section)."""
         self.adaptive_stream = False
+        self.audio_config = AudioConfig()
+        """Active speaker detection for the audio tracks published (the room's)."""
+        self.dynacast_delay = PAUSE_DELAY_S
         """The client joined with adaptive stream: simulcast starts at the lowest layer until
         it gives the size of its video element (LiveKit)."""
         self._subscriber = subscriber
@@ -209,10 +215,15 @@ class ParticipantTracks:
                 stream.codec, primary, self._publisher.send_rtcp, rtx=stream.rtx, red=stream.red
             )
             track.rtx_payload_type = stream.rtx_payload_type
+            for ident, uri in stream.extensions:
+                if uri == sdp_media.AUDIO_LEVEL_URI and track_kind(track) == "audio":
+                    track.receiver.watch_audio_level(
+                        AudioLevel(self.audio_config, stream.codec.clock_rate), ident
+                    )
             if stream.rids and not stream.ssrcs:
                 # Layers announced by rid only: each gets a receiver as its packets arrive,
                 # this one for the first (sfu/simulcast_track.py).
-                track.simulcast = SimulcastTrack(stream.rids, track.info)
+                track.simulcast = SimulcastTrack(stream.rids, track.info, self.dynacast_delay)
                 track.receiver.simulcast = track.simulcast
             # Simulcast announced by SSRC (a=ssrc-group:SIM, no rids) is not told apart: its
             # first SSRC is forwarded to everyone.
@@ -255,6 +266,16 @@ class ParticipantTracks:
             for receiver in track.receivers():
                 self._counters.retire_receiver(receiver)
         return tracks
+
+    def close_audio_interval(self) -> float | None:
+        """The end of a speaker interval: the loudest level among the audio tracks published
+        (``sfu/speakers.py``), or None when none carries audio levels."""
+        levels = [
+            receiver.audio_level.close_interval()
+            for track in self.published.values()
+            if (receiver := track.receiver) is not None and receiver.audio_level is not None
+        ]
+        return max(levels) if levels else None
 
     def close(self) -> None:
         """The participant left: its downtracks and receivers count no more packets, so their

@@ -408,14 +408,26 @@ def test_unimplemented_key_at_its_default_is_quiet() -> None:
 
 
 def test_livekit_only_sections_are_accepted_with_a_warning() -> None:
-    body = KEYS + "audio:\n  active_level: 30\nrtc:\n  congestion_control:\n    enabled: true\n"
-    loaded = _load(body + "enable_data_tracks: true\n")
+    body = KEYS + "audio:\n  active_red_encoding: true\nrtc:\n  congestion_control:\n"
+    loaded = _load(body + "    enabled: true\nenable_data_tracks: true\n")
     assert loaded.warnings == (
-        'config key "audio.active_level" is accepted but not implemented yet',
+        'config key "audio.active_red_encoding" is accepted but not implemented yet',
         'config key "enable_data_tracks" is accepted but not implemented yet',
         'config key "rtc.congestion_control.enabled" is accepted but not implemented yet',
     )
     assert 'unknown config key "audiox"' in _error(KEYS + "audiox:\n  active_level: 30\n")
+
+
+def test_audio_and_video_keys() -> None:
+    body = "audio:\n  active_level: 30\n  update_interval: 250\nvideo:\n"
+    loaded = _load(KEYS + body + "  dynacast_pause_delay: 2s\n")
+    assert loaded.warnings == ()
+    assert loaded.config.audio.active_level == 30
+    assert loaded.config.audio.update_interval == 250
+    assert loaded.config.video.dynacast_pause_delay == "2s"
+    assert "video.dynacast_pause_delay" in _error(KEYS + "video:\n  dynacast_pause_delay: soon\n")
+    assert "audio.update_interval" in _error(KEYS + "audio:\n  update_interval: 0\n")
+    assert "audio.smooth_intervals" in _error(KEYS + "audio:\n  smooth_intervals: -1\n")
 
 
 def test_udp_port_range() -> None:

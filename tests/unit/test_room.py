@@ -9,6 +9,8 @@ from typing import Any, cast
 import pytest
 from livekit.protocol import metrics, models, rtc
 
+from config.schema import AudioConfig
+from protocol.sdp_media import Codec
 from protocol.token import VideoGrant
 from sfu import transport
 from sfu.endpoint import Endpoint
@@ -16,8 +18,10 @@ from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
 from sfu.limits import MAX_TRACKS_PER_PARTICIPANT, LimitExceededError, Limits
 from sfu.participant import JoinParams, Participant, ParticipantState
+from sfu.receiver import TrackReceiver
 from sfu.room import UPDATE_BATCH_S, Room, RoomSettings
 from sfu.rtc_adapter import ConnectionState, DataChannel
+from sfu.speakers import AudioLevel
 from sfu.transport import NegotiationState
 from tests.fakes import FakeChannel, FakePeerConnection
 
@@ -512,4 +516,33 @@ async def test_single_pc_answer_from_the_client_is_refused_not_applied() -> None
     with pytest.raises(ValueError, match="never offers"):
         await participant.handle_answer(answer)
     assert not participant.is_closed
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_speakers_go_to_the_speaker_and_its_subscribers_only() -> None:
+    room = _room()
+    alice, alice_sink = await _join(room, "alice")
+    bob, bob_sink = await _join(room, "bob")
+    _, carol_sink = await _join(room, "carol")
+    info = alice.tracks.add(rtc.AddTrackRequest(cid="mic", type=models.TrackType.AUDIO), True)
+    track = alice.tracks.pending.pop("mic")
+    track.receiver = TrackReceiver(Codec(111, "audio/opus", 48000), 1234, lambda _: None)
+    track.receiver.watch_audio_level(AudioLevel(AudioConfig()), 1)
+    alice.tracks.published[info.sid] = track  # as if negotiated
+    bob.tracks.downtracks[info.sid] = cast(Any, object())  # as if subscribed
+    level = track.receiver.audio_level
+    assert level is not None
+    for index in range(20):
+        level.observe(8, index * 960)  # 400 ms of loud speech
+    room.update_speakers()
+    for sink in (alice_sink, bob_sink):
+        (update,) = sink.of("speakers_changed")
+        (speaker,) = update.speakers_changed.speakers
+        assert (speaker.sid, speaker.active) == (alice.sid, True)
+    assert not carol_sink.of("speakers_changed"), "carol does not subscribe to alice"
+    room.update_speakers()
+    room.update_speakers()
+    stopped = bob_sink.of("speakers_changed")[-1].speakers_changed.speakers
+    assert [(s.sid, s.active, s.level) for s in stopped] == [(alice.sid, False, 0.0)]
+    del bob.tracks.downtracks[info.sid]
     await room.close(models.DisconnectReason.ROOM_DELETED)
