@@ -151,6 +151,13 @@ class ReceiveStats:
             fraction = (lost_interval << 8) // expected_interval
         return min(fraction, 255), min(lost, 0x7FFFFF), self.highest
 
+    def cumulative_lost(self) -> int:
+        """Packets missing from the current stream so far (RFC 3550 A.3; may shrink when
+        late packets arrive)."""
+        if self._base is None:
+            return 0
+        return max(0, self.highest - self._base + 1 - (self.received - self._received_at_base))
+
     def take_bytes(self) -> int:
         """Bytes received since the last call (for the incoming bitrate)."""
         taken, self._bytes = self._bytes, 0

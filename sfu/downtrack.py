@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from protocol import rtcp, rtp
 from protocol.sdp_media import OutgoingTrack
 from sfu.fanout import DownTrackCore, Sink
+from sfu.quality import QualityScorer, Window
 
 if TYPE_CHECKING:
     from sfu.receiver import TrackReceiver
@@ -35,11 +36,13 @@ class DownTrack(DownTrackCore):
 
     __slots__ = (
         "_origin",
+        "_quality_packets",
         "_send_rtcp",
         "_sr_sent",
         "fraction_lost",
         "jitter",
         "outgoing",
+        "quality",
         "receiver",
         "rtt",
     )
@@ -84,6 +87,8 @@ class DownTrack(DownTrackCore):
         self.receiver = receiver
         """The stream it is fed from: the track's, or the simulcast layer it is on."""
         self._origin = receiver
+        self.quality = QualityScorer(outgoing.kind)
+        self._quality_packets = 0
         # Video cannot be decoded from the middle of a GOP: once packets really flow to this
         # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
         self.needs_keyframe = outgoing.kind == "video"
@@ -123,6 +128,18 @@ class DownTrack(DownTrackCore):
         if len(self._sr_sent) > 8:
             del self._sr_sent[next(iter(self._sr_sent))]
         self._send_rtcp(report)
+
+    def quality_window(self) -> Window:
+        """What this subscriber got since the last window: packets sent, and the loss, jitter
+        and round trip its last Receiver Report gave."""
+        packets = self.packets - self._quality_packets
+        self._quality_packets = self.packets
+        return Window(
+            packets=packets,
+            lost=round(packets * self.fraction_lost),
+            rtt_ms=(self.rtt or 0.0) * 1000,
+            jitter_ms=self.jitter * 1000,
+        )
 
     def on_receiver_report(
         self, fraction_lost: int, jitter: int, last_sr: int, delay: int, now: float

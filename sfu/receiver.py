@@ -21,6 +21,7 @@ from protocol.keyframes import keyframe_test
 from protocol.sdp_media import Codec
 from sfu.buffer import PacketCache, ReceiveStats, RembEstimator
 from sfu.fanout import fanout
+from sfu.quality import QualityScorer, Window
 
 if TYPE_CHECKING:
     from sfu.downtrack import DownTrack
@@ -69,6 +70,9 @@ class TrackReceiver:
         self.switching: dict[str, DownTrack] = {}
         """Subscribers waiting for this layer's next keyframe to move onto it."""
         self._keyframe_start = keyframe_test(codec.mime)
+        self.quality = QualityScorer("video" if codec.mime.startswith("video") else "audio")
+        self._quality_mark = (0, 0)
+        """Packets received and lost at the last quality window."""
         self.audio_level: AudioLevel | None = None
         """Speech level from the ssrc-audio-level extension (audio tracks that send it)."""
         self._audio_level_id = 0
@@ -193,6 +197,15 @@ class TrackReceiver:
         self.stats.last_sr_arrival = now
         for downtrack in self.downtracks.values():
             downtrack.sender_report(ntp, rtp_timestamp)
+
+    def quality_window(self) -> Window:
+        """Packets received and lost since the last window (``sfu/quality.py``)."""
+        received, lost = self.stats.received, self.stats.cumulative_lost()
+        window = Window(
+            packets=received - self._quality_mark[0], lost=max(0, lost - self._quality_mark[1])
+        )
+        self._quality_mark = (received, lost)
+        return window
 
     def watch_audio_level(self, audio_level: AudioLevel, extension_id: int) -> None:
         self.audio_level = audio_level

@@ -17,6 +17,7 @@ from sfu.dynacast import PAUSE_DELAY_S
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.limits import Limits
 from sfu.participant import Participant, ParticipantState
+from sfu.quality import WINDOW_S, mean_opinion, quality_of
 from sfu.receiver import PublishedTrack
 from sfu.speakers import SpeakerTracker
 from sfu.tracks import source_name
@@ -79,6 +80,8 @@ class Room:
         self._last_left_monotonic: float | None = None
         self.events = events or EventBus()
         self._speakers = SpeakerTracker()
+        self._quality_due = 0.0
+        self._qualities_sent: dict[str, models.ConnectionQuality] = {}
         self.agent_dispatches: dict[str, agent_dispatch.AgentDispatch] = {}
         """Agent dispatches by id (AgentDispatchService), kept for the room's lifetime."""
         self.log = logging.LoggerAdapter(logger, {"room": name, "roomID": sid})
@@ -266,9 +269,44 @@ class Room:
                 receiver.send(rtc.SignalResponse(speakers_changed=update))
 
     def tick(self, now: float) -> None:
-        """Once a second: RTCP feedback to every publisher."""
+        """Once a second: RTCP feedback to every publisher; connection quality every
+        window."""
         for participant in list(self.participants.values()):
             participant.tracks.tick(now)
+        if now >= self._quality_due:
+            self._quality_due = now + WINDOW_S
+            self.update_connection_quality()
+
+    def update_connection_quality(self) -> None:
+        """Score everyone, and send each participant its own quality and its publishers'
+        when one of them changed (LiveKit ``connectionQualityWorker``)."""
+        infos: dict[str, rtc.ConnectionQualityInfo] = {}
+        by_sid: dict[str, Participant] = {}
+        for participant in self.participants.values():
+            score = participant.tracks.connection_score()
+            by_sid[participant.sid] = participant
+            infos[participant.sid] = rtc.ConnectionQualityInfo(
+                participant_sid=participant.sid,
+                quality=quality_of(score),
+                score=mean_opinion(score),
+            )
+        changed = {
+            sid for sid, info in infos.items() if self._qualities_sent.get(sid) != info.quality
+        }
+        self._qualities_sent = {sid: info.quality for sid, info in infos.items()}
+        if not changed:
+            return
+        for receiver in list(self.participants.values()):
+            subscribed = receiver.tracks.downtracks.keys()
+            seen = [receiver.sid] + [
+                sid
+                for sid, other in by_sid.items()
+                if other is not receiver and not subscribed.isdisjoint(other.tracks.published)
+            ]
+            if changed.isdisjoint(seen):
+                continue
+            update = rtc.ConnectionQualityUpdate(updates=[infos[sid] for sid in seen])
+            receiver.send(rtc.SignalResponse(connection_quality=update))
 
     def idle_expired(self, now: float) -> bool:
         """Whether the room should close: nobody came within ``empty_timeout``, or everyone left

@@ -20,6 +20,7 @@ from sfu.limits import (
     MAX_TRACK_NAME_LENGTH,
     MAX_TRACKS_PER_PARTICIPANT,
 )
+from sfu.quality import MAX_SCORE
 from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.simulcast import LIVEKIT_RID_ORDER
 from sfu.simulcast_track import SimulcastTrack
@@ -276,6 +277,17 @@ class ParticipantTracks:
             if (receiver := track.receiver) is not None and receiver.audio_level is not None
         ]
         return max(levels) if levels else None
+
+    def connection_score(self) -> float:
+        """The end of a quality window: the worst score among the streams this participant
+        publishes and receives (``sfu/quality.py``)."""
+        scores = [
+            receiver.quality.update(receiver.quality_window())
+            for track in self.published.values()
+            for receiver in track.receivers()
+        ]
+        scores += [d.quality.update(d.quality_window()) for d in self.downtracks.values()]
+        return min(scores, default=MAX_SCORE)
 
     def close(self) -> None:
         """The participant left: its downtracks and receivers count no more packets, so their

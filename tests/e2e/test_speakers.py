@@ -1,5 +1,6 @@
-"""Active speakers with the official SDK: the loud participant is named, the silent one not,
-and the names follow when they swap (issue 16, sfu/speakers.py)."""
+"""Active speakers and connection quality with the official SDK: the loud participant is
+named, the silent one not, and the names follow when they swap (sfu/speakers.py); every
+participant hears its own quality and its publishers' (sfu/quality.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from livekit import rtc
@@ -82,3 +84,24 @@ async def test_active_speakers_name_the_loud_participant_and_follow_a_swap(
         alice.amplitude = 16000  # and back: alice is named again
         back = len(speakers.items)
         await wait_until(lambda: any("alice" in _names(s) for s in speakers.items[back:]), 10)
+
+
+async def test_connection_quality_reaches_each_participant(server: ServerProcess) -> None:
+    room = "quality"
+    mic = Microphone()
+    mic.amplitude = 8000
+    async with (
+        watching(server, "listener", room, "connection_quality_changed") as (listener, logs),
+        joined(server, "speaker", room) as speaker,
+        mic.publishing(speaker),
+    ):
+        changes = logs["connection_quality_changed"]
+        for identity in ("listener", "speaker"):
+
+            def about(event: Any, who: str = identity) -> bool:
+                return bool(event[0].identity == who)
+
+            participant, quality = await changes.wait_for(about, within_s=15)
+            # A clean loopback link: nothing lost, round trips of a millisecond.
+            assert quality == rtc.ConnectionQuality.QUALITY_EXCELLENT, (participant, quality)
+        assert listener.local_participant.identity == "listener"

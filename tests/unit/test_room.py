@@ -18,6 +18,7 @@ from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
 from sfu.limits import MAX_TRACKS_PER_PARTICIPANT, LimitExceededError, Limits
 from sfu.participant import JoinParams, Participant, ParticipantState
+from sfu.quality import QualityScorer, Window
 from sfu.receiver import TrackReceiver
 from sfu.room import UPDATE_BATCH_S, Room, RoomSettings
 from sfu.rtc_adapter import ConnectionState, DataChannel
@@ -545,4 +546,36 @@ async def test_speakers_go_to_the_speaker_and_its_subscribers_only() -> None:
     stopped = bob_sink.of("speakers_changed")[-1].speakers_changed.speakers
     assert [(s.sid, s.active, s.level) for s in stopped] == [(alice.sid, False, 0.0)]
     del bob.tracks.downtracks[info.sid]
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+class _Subscribed:
+    """Stands in for a downtrack that carried nothing yet."""
+
+    quality = QualityScorer("audio")
+
+    def quality_window(self) -> Window:
+        return Window(packets=0, lost=0)
+
+
+async def test_connection_quality_goes_to_each_and_its_publishers_when_it_changes() -> None:
+    room = _room()
+    alice, alice_sink = await _join(room, "alice")
+    bob, bob_sink = await _join(room, "bob")
+    info = alice.tracks.add(rtc.AddTrackRequest(cid="mic", type=models.TrackType.AUDIO), True)
+    track = alice.tracks.pending.pop("mic")
+    track.receiver = TrackReceiver(Codec(111, "audio/opus", 48000), 1234, lambda _: None)
+    alice.tracks.published[info.sid] = track  # as if negotiated
+    bob.tracks.downtracks[info.sid] = cast(Any, _Subscribed())
+    room.tick(0.0)
+    (to_alice,) = alice_sink.of("connection_quality")
+    assert [u.participant_sid for u in to_alice.connection_quality.updates] == [alice.sid]
+    (to_bob,) = bob_sink.of("connection_quality")
+    assert {u.participant_sid for u in to_bob.connection_quality.updates} == {bob.sid, alice.sid}
+    assert all(
+        u.quality == models.ConnectionQuality.EXCELLENT for u in to_bob.connection_quality.updates
+    )
+    del bob.tracks.downtracks[info.sid]
+    room.tick(10.0)
+    assert len(bob_sink.of("connection_quality")) == 1, "nothing changed: nothing sent"
     await room.close(models.DisconnectReason.ROOM_DELETED)
