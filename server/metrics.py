@@ -21,7 +21,6 @@ alerts written for LiveKit working (``rate()`` does not look at the type).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,6 +42,7 @@ from sfu.counters import NODE_COUNTERS, MediaCounters, MediaTotals
 from sfu.events import EventKind, RoomEvent
 from sfu.fanout import protect_failures
 from sfu.guard import DROPPED
+from sfu.histogram import Histogram, QualityStats, exponential_range
 from sfu.ice import MALFORMED
 from sfu.rooms import RoomManager
 
@@ -85,12 +85,6 @@ def _no_counts() -> Mapping[Any, int]:
     return {}
 
 
-def exponential_range(low: float, high: float, count: int) -> tuple[float, ...]:
-    """Go's ``prometheus.ExponentialBucketsRange``: ``count`` buckets from ``low`` to ``high``."""
-    factor = (high / low) ** (1 / (count - 1))
-    return tuple(low * factor**index for index in range(count))
-
-
 #: ``livekit_session_duration_ms`` buckets: 100 ms to 4 h in 15 steps (``rooms.go``).
 SESSION_DURATION_BUCKETS = exponential_range(100, 4 * 3600 * 1000, 15)
 
@@ -107,35 +101,6 @@ class MetricsSources:
     media: MediaCounters = NODE_COUNTERS
     twirp_stats: Callable[[], TwirpStats] = _no_counts
     webhook_counts: Callable[[], WebhookCounts] = _no_counts
-
-
-class Histogram:
-    """A fixed-bucket histogram in plain integers, exported at scrape time."""
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        # Bucket ``le=b`` holds values <= b: the first bound not below the value.
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative counts per upper bound, ``+Inf`` last (the exposition format)."""
-        result, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            result.append((_le(bound), float(running)))
-        return result
-
-
-def _le(bound: float) -> str:
-    """A bucket bound as Go writes it: "+Inf", "60", "268.2695795279726"."""
-    if bound == float("inf"):
-        return "+Inf"
-    return str(int(bound)) if bound == int(bound) else repr(float(bound))
 
 
 class Lifecycle:
@@ -225,6 +190,7 @@ class NodeCollector:
     def collect(self) -> Iterator[Metric]:
         yield from self._rooms()
         yield from self._media(self._sources.media.snapshot())
+        yield from self._quality(self._sources.media.quality)
         yield from self._events()
         yield from self._api()
         yield self._gauge(
@@ -325,6 +291,41 @@ class NodeCollector:
             "RTP packets dropped because SRTP protection refused them.",
             [((), protect_failures())],
         )
+
+    def _quality(self, stats: QualityStats) -> Iterator[Metric]:
+        """Loss, jitter and round trips of the streams scored for connection quality, and the
+        participants' scores, under LiveKit's names (``source`` and ``country`` are not
+        known here and stay empty)."""
+        labels = ("direction", "source", "type", "country")
+        streams = sorted(stats.streams.items())
+        yield self._counter(
+            "livekit_packet_loss_total",
+            "RTP packets lost, as counted in connection quality windows.",
+            [((direction, "", kind, ""), s.lost) for (direction, kind), s in streams],
+            *labels,
+        )
+        for name, doc, attribute in (
+            ("livekit_packet_loss_percent", "Packet loss per window, %.", "loss_percent"),
+            ("livekit_jitter_us", "Interarrival jitter per window, µs.", "jitter_us"),
+            ("livekit_rtt_ms", "Round-trip time per window, ms.", "rtt_ms"),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=self._labels(*labels))
+            for (direction, kind), stream in streams:
+                histogram: Histogram = getattr(stream, attribute)
+                values = [*self._const, direction, "", kind, ""]
+                family.add_metric(values, histogram.buckets(), histogram.total)
+            yield family
+        for name, doc, histogram in (
+            ("livekit_quality_score", "Participants' mean opinion scores.", stats.scores),
+            (
+                "livekit_quality_rating",
+                "Participants' quality (0 poor to 2 excellent).",
+                stats.ratings,
+            ),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=self._labels())
+            family.add_metric(self._const, histogram.buckets(), histogram.total)
+            yield family
 
     def _events(self) -> Iterator[Metric]:
         lifecycle = self._lifecycle

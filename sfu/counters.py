@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from sfu.downtrack import DownTrack
+from sfu.histogram import QualityStats
 from sfu.receiver import TrackReceiver
 
 
@@ -65,6 +66,8 @@ class MediaCounters:
         self.downtracks: set[DownTrack] = set()
         self.totals = MediaTotals()
         """Counts of retired objects and RTCP feedback; see :meth:`snapshot` for the sum."""
+        self.quality = QualityStats()
+        """Loss, jitter, round trips and scores seen in connection quality windows."""
 
     def add_receiver(self, receiver: TrackReceiver) -> None:
         self.receivers.add(receiver)

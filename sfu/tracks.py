@@ -20,7 +20,7 @@ from sfu.limits import (
     MAX_TRACK_NAME_LENGTH,
     MAX_TRACKS_PER_PARTICIPANT,
 )
-from sfu.quality import MAX_SCORE
+from sfu.quality import MAX_SCORE, mean_opinion, quality_of
 from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.simulcast import LIVEKIT_RID_ORDER
 from sfu.simulcast_track import SimulcastTrack
@@ -281,13 +281,20 @@ class ParticipantTracks:
     def connection_score(self) -> float:
         """The end of a quality window: the worst score among the streams this participant
         publishes and receives (``sfu/quality.py``)."""
-        scores = [
-            receiver.quality.update(receiver.quality_window())
-            for track in self.published.values()
-            for receiver in track.receivers()
-        ]
-        scores += [d.quality.update(d.quality_window()) for d in self.downtracks.values()]
-        return min(scores, default=MAX_SCORE)
+        stats = self._counters.quality
+        scores = []
+        for track in self.published.values():
+            for receiver in track.receivers():
+                window = receiver.quality_window()
+                stats.record("incoming", track_kind(track), window)
+                scores.append(receiver.quality.update(window))
+        for downtrack in self.downtracks.values():
+            window = downtrack.quality_window()
+            stats.record("outgoing", downtrack.outgoing.kind, window)
+            scores.append(downtrack.quality.update(window))
+        score = min(scores, default=MAX_SCORE)
+        stats.record_participant(mean_opinion(score), int(quality_of(score)))
+        return score
 
     def close(self) -> None:
         """The participant left: its downtracks and receivers count no more packets, so their

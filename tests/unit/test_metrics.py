@@ -265,6 +265,37 @@ def test_packet_counters_split_retransmissions_with_livekit_labels() -> None:
     assert result.value("livekit_pli_total", direction="outgoing") == 4
 
 
+def test_quality_windows_export_loss_jitter_rtt_and_scores() -> None:
+    counters = MediaCounters()
+    publisher = ParticipantTracks(cast(Any, FakePc()), cast(Any, FakeSubscriber()), counters)
+    receiver = TrackReceiver(VP8, 5555, lambda _: None)
+    publisher.published["TR_v"] = PublishedTrack(
+        info=models.TrackInfo(sid="TR_v", type=models.TrackType.VIDEO), receiver=receiver
+    )
+    for sequence in (*range(1, 90), *range(91, 101)):  # one of 100 lost
+        receiver.on_packet(_packet(sequence), 1.0)
+    sink = _Sink()
+    downtrack = _downtrack(receiver, sink)
+    publisher.downtracks["TR_other"] = downtrack
+    receiver.downtracks["PA_sub"] = downtrack
+    for sequence in range(101, 151):
+        receiver.on_packet(_packet(sequence), 2.0)
+    downtrack.on_receiver_report(fraction_lost=26, jitter=900, last_sr=0, delay=0, now=3.0)
+    downtrack.rtt = 0.120
+    publisher.connection_score()
+    result = scrape(_registry(media=counters))
+    incoming = {"direction": "incoming", "type": "video", "source": "", "country": ""}
+    assert result.value("livekit_packet_loss_total", **incoming) == 1
+    outgoing = {"direction": "outgoing", "type": "video"}
+    assert result.value("livekit_packet_loss_total", **outgoing) == 5  # 26/256 of 50
+    assert result.value("livekit_jitter_us_count", **outgoing) == 1
+    assert result.value("livekit_jitter_us_sum", **outgoing) == 10_000  # 900 / 90 kHz
+    assert result.value("livekit_rtt_ms_sum", **outgoing) == 120
+    assert result.value("livekit_packet_loss_percent_count", **incoming) == 1
+    assert result.value("livekit_quality_score_count") == 1
+    assert result.value("livekit_quality_rating_count") == 1
+
+
 def test_twirp_and_webhook_counts_take_livekit_labels() -> None:
     twirp = {
         ("livekit.RoomService", "ListRooms", 200, ""): 3,

@@ -10,7 +10,7 @@ import pytest
 from livekit.protocol import metrics, models, rtc
 
 from config.schema import AudioConfig
-from protocol.sdp_media import Codec
+from protocol.sdp_media import Codec, OutgoingTrack
 from protocol.token import VideoGrant
 from sfu import transport
 from sfu.endpoint import Endpoint
@@ -553,6 +553,7 @@ class _Subscribed:
     """Stands in for a downtrack that carried nothing yet."""
 
     quality = QualityScorer("audio")
+    outgoing = OutgoingTrack("audio", "1", (), (), "s", "t", 1)
 
     def quality_window(self) -> Window:
         return Window(packets=0, lost=0)
