@@ -218,6 +218,16 @@ window.lk = {
     return stats;
   },
 
+  // Resize the element showing a remote video, as a page layout would: with adaptive stream
+  // livekit-client asks the server for a layer that fits it.
+  resizeVideo(identity, source, width, height) {
+    const element = state.elements.get(trackKey(identity, source));
+    if (!element) return false;
+    element.style.width = `${width}px`;
+    element.style.height = `${height}px`;
+    return true;
+  },
+
   // The colour at the centre of a remote video as the page shows it.
   centreColour(identity, source) {
     const element = state.elements.get(trackKey(identity, source));
