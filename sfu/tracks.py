@@ -208,7 +208,10 @@ class ParticipantTracks:
             del track.info.codecs[:]
             track.info.codecs.append(
                 models.SimulcastCodecInfo(
-                    mime_type=stream.codec.mime, mid=stream.mid, cid=track.cid
+                    mime_type=stream.codec.mime,
+                    mid=stream.mid,
+                    cid=track.cid,
+                    layers=track.info.layers,
                 )
             )
             primary = stream.ssrcs[0] if stream.ssrcs else 0
@@ -389,6 +392,7 @@ class ParticipantTracks:
         else:
             layer, receiver.media_ssrc = receiver, ssrc
         simulcast.add_layer(spatial, layer)
+        _set_layer_ssrc(track.info, rid, ssrc)
         logger.info("track %s: simulcast layer %r (spatial %d) started", track.sid, rid, spatial)
         return self._route(track, ssrc, layer)
 
@@ -636,6 +640,15 @@ def _layers(requested: Iterable[models.VideoLayer]) -> list[models.VideoLayer]:
             copied.rid = copied.rid or _RID_BY_QUALITY[layer.quality]
         layers.append(copied)
     return layers
+
+
+def _set_layer_ssrc(info: models.TrackInfo, rid: str, ssrc: int) -> None:
+    """Name the SSRC a layer arrives on in ``TrackInfo`` (its ``layers`` and its codec's), as
+    LiveKit fills them once media flows."""
+    for layers in (info.layers, *(codec.layers for codec in info.codecs)):
+        for layer in layers:
+            if layer.rid == rid:
+                layer.ssrc = ssrc
 
 
 def source_name(source: models.TrackSource) -> str:

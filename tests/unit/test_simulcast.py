@@ -295,3 +295,14 @@ def test_adaptive_stream_starts_low_and_unsubscribe_leaves_no_trace() -> None:
     for receiver in meeting.track.receivers():
         assert "late" not in receiver.downtracks
         assert "late" not in receiver.switching
+
+
+def test_track_info_names_each_layers_ssrc() -> None:
+    clock = Clock()
+    tracks, _, track = _published_chromium_camera(clock)
+    del track.info.layers[:]
+    for quality, rid in enumerate("qhf"):
+        track.info.layers.append(models.VideoLayer(quality=cast(Any, quality), rid=rid))
+    tracks._on_rtp(_packet(Q, 1, KEY, b"q"))
+    tracks._on_rtp(_packet(F, 1, KEY, b"f"))
+    assert [layer.ssrc for layer in track.info.layers] == [Q, 0, F]
