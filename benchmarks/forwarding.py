@@ -127,7 +127,9 @@ async def fan_out(subscribers: int, size: int, packets: int, batch: bool = True)
     publisher_tx, rx = _session(Policy.SSRC_ANY_OUTBOUND), _session(Policy.SSRC_ANY_INBOUND)
     payload = os.urandom(size - 12)
     incoming = [
-        publisher_tx.protect(struct.pack("!BBHII", 0x80, 111, seq, seq * 960, 1234) + payload)
+        publisher_tx.protect(
+            struct.pack("!BBHII", 0x80, 111, seq & 0xFFFF, seq * 960 & 0xFFFFFFFF, 1234) + payload
+        )
         for seq in range(packets)
     ]
     # The publisher's packets enter where a real one's do: the socket's datagram handler,
