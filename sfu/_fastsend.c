@@ -469,6 +469,7 @@ typedef struct {
     uint16_t sequence;
     uint32_t timestamp, ssrc;
     double now;
+    int marker; /* 1: set the marker bit (the last packet of the layers a subscriber gets) */
 } incoming_t;
 
 /* The subscriber's plaintext packet in out; its length, or 0 to skip this downtrack. */
@@ -494,7 +495,7 @@ static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *
         return 0; /* the Python path's protector refuses these too */
     }
     out[0] = 0x80 | (extension_length ? 0x10 : 0);
-    out[1] = (in->data[1] & 0x80) | t->payload_types[type];
+    out[1] = (in->data[1] & 0x80) | (in->marker ? 0x80 : 0) | t->payload_types[type];
     out[2] = sequence >> 8;
     out[3] = sequence & 0xFF;
     out[4] = timestamp >> 24;
@@ -623,18 +624,20 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
 }
 
 /* The packet arguments of fanout and forward: (packet, start, end, sequence, timestamp, ssrc,
- * now), then the downtracks when targets is not NULL. Takes the buffer and claims the batch;
- * -1 with an exception set (and nothing held) on bad arguments or a re-entrant call. */
+ * now), then the downtracks when targets is not NULL, then an optional marker flag. Takes the
+ * buffer and claims the batch; -1 with an exception set (and nothing held) on bad arguments or
+ * a re-entrant call. */
 static int begin_forwarding(PyObject *args, Py_buffer *buffer, incoming_t *in,
                             PyObject **targets) {
     unsigned int sequence;
     unsigned long timestamp, ssrc;
+    in->marker = 0;
     int parsed = targets != NULL
-                     ? PyArg_ParseTuple(args, "y*nnIkkdO!", buffer, &in->start, &in->end,
+                     ? PyArg_ParseTuple(args, "y*nnIkkdO!|p", buffer, &in->start, &in->end,
                                         &sequence, &timestamp, &ssrc, &in->now, &PyDict_Type,
-                                        targets)
-                     : PyArg_ParseTuple(args, "y*nnIkkd", buffer, &in->start, &in->end,
-                                        &sequence, &timestamp, &ssrc, &in->now);
+                                        targets, &in->marker)
+                     : PyArg_ParseTuple(args, "y*nnIkkd|p", buffer, &in->start, &in->end,
+                                        &sequence, &timestamp, &ssrc, &in->now, &in->marker);
     if (!parsed) {
         return -1;
     }
@@ -708,6 +711,39 @@ static PyObject *fanout(PyObject *self, PyObject *args) {
     return end_forwarding(status, keyframe, &buffer);
 }
 
+/* A packet a downtrack does not get (a layer above the one it wants): the numbering closes
+ * over it, so the subscriber sees no gap to NACK (LiveKit's munger drops such packets the same
+ * way). Only the newest packet of the stream it is on counts; anything else changes nothing. */
+static void skip_one(DownTrackCore *t, uint16_t sequence, uint32_t ssrc) {
+    if (!t->has_source || t->source != ssrc) {
+        return;
+    }
+    int64_t extended = unwrap(&t->highest_sequence, &t->sequence_seen, sequence, 16);
+    if (extended > t->highest_in) {
+        t->highest_in = extended;
+        t->sequence_offset -= 1;
+    }
+}
+
+static PyObject *skip(PyObject *self, PyObject *args) {
+    unsigned int sequence;
+    unsigned long ssrc;
+    PyObject *targets;
+    if (!PyArg_ParseTuple(args, "IkO!", &sequence, &ssrc, &PyDict_Type, &targets)) {
+        return NULL;
+    }
+    Py_ssize_t position = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(targets, &position, &key, &value)) {
+        if (!PyObject_TypeCheck(value, &DownTrackCoreType)) {
+            PyErr_SetString(PyExc_TypeError, "downtracks must be DownTrackCore instances");
+            return NULL;
+        }
+        skip_one((DownTrackCore *)value, (uint16_t)sequence, (uint32_t)ssrc);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *DownTrackCore_forward(DownTrackCore *self, PyObject *args) {
     Py_buffer buffer;
     incoming_t in;
@@ -778,7 +814,10 @@ static PyMethodDef methods[] = {
     {"set_srtp_protect", set_srtp_protect, METH_VARARGS,
      "set_srtp_protect(address of srtp_protect, longest plaintext packet)"},
     {"fanout", fanout, METH_VARARGS,
-     "fanout(packet, start, end, sequence, timestamp, ssrc, now, downtracks) -> keyframe due"},
+     "fanout(packet, start, end, sequence, timestamp, ssrc, now, downtracks[, marker])"
+     " -> keyframe due"},
+    {"skip", skip, METH_VARARGS,
+     "skip(sequence, ssrc, downtracks): a packet they do not get leaves no gap"},
     {NULL, NULL, 0, NULL},
 };
 

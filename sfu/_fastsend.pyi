@@ -14,8 +14,10 @@ def fanout(
     ssrc: int,
     now: float,
     downtracks: dict[Any, DownTrackCore],
+    marker: bool = False,
     /,
 ) -> bool: ...
+def skip(sequence: int, ssrc: int, downtracks: dict[Any, DownTrackCore], /) -> None: ...
 
 class Sink:
     fast: bool
@@ -58,6 +60,7 @@ class DownTrackCore:
         timestamp: int,
         ssrc: int,
         now: float,
+        marker: bool = False,
         /,
     ) -> bool: ...
     def original_sequence(self, sequence: int, /) -> int: ...

@@ -117,8 +117,10 @@ class PyDownTrackCore:
         timestamp: int,
         ssrc: int,
         now: float,
+        marker: bool = False,
     ) -> bool:
-        """Send one packet; True when it was the first sent and a keyframe is due."""
+        """Send one packet (with the marker bit set when ``marker``); True when it was the
+        first sent and a keyframe is due."""
         if not (self.enabled and self.bound):
             return False
         payload_type = packet[1] & 0x7F
@@ -136,10 +138,13 @@ class PyDownTrackCore:
             self._buffer
         ):
             return False
+        payload_type_out = self._payload_types.get(payload_type, payload_type)
+        if marker:
+            payload_type_out |= 0x80  # OR-ed with the original's marker bit
         size = rtp.write_header(
             self._buffer,
             packet,
-            payload_type_out=self._payload_types.get(payload_type, payload_type),
+            payload_type_out=payload_type_out,
             sequence=translated[0],
             timestamp_out=translated[1],
             ssrc_out=self._ssrc_out,
@@ -155,6 +160,9 @@ class PyDownTrackCore:
             self.needs_keyframe = False
             return True
         return False
+
+    def skip(self, sequence: int, ssrc: int) -> None:
+        self._munger.skip(sequence, ssrc)
 
     def original_sequence(self, sequence: int) -> int:
         return self._munger.original_sequence(sequence)
@@ -172,13 +180,22 @@ def py_fanout(
     ssrc: int,
     now: float,
     downtracks: Mapping[Any, PyDownTrackCore],
+    marker: bool = False,
 ) -> bool:
     """Forward one packet to every downtrack; True when one of them wants a keyframe."""
     keyframe = False
     for downtrack in downtracks.values():
-        if downtrack.forward(packet, payload_start, payload_end, sequence, timestamp, ssrc, now):
+        if downtrack.forward(
+            packet, payload_start, payload_end, sequence, timestamp, ssrc, now, marker
+        ):
             keyframe = True
     return keyframe
+
+
+def py_skip(sequence: int, ssrc: int, downtracks: Mapping[Any, PyDownTrackCore]) -> None:
+    """A packet these downtracks do not get: their numbering closes over it."""
+    for downtrack in downtracks.values():
+        downtrack.skip(sequence, ssrc)
 
 
 #: Whether the C fan-out is in use (the build has it and the environment did not turn it off).
@@ -188,10 +205,12 @@ if TYPE_CHECKING or not ACCELERATED:
     Sink = PySink
     DownTrackCore = PyDownTrackCore
     fanout = py_fanout
+    skip = py_skip
 else:
     Sink = _fastsend.Sink
     DownTrackCore = _fastsend.DownTrackCore
     fanout = _fastsend.fanout
+    skip = _fastsend.skip
 
 
 def log_implementation(log: logging.Logger) -> None:

@@ -98,6 +98,17 @@ class RtpMunger:
             self._last_now = now
         return out_seq & 0xFFFF, out_ts & 0xFFFFFFFF
 
+    def skip(self, sequence: int, ssrc: int) -> None:
+        """A packet of the current source this subscriber does not get (a layer above the
+        one it wants): later packets close over it, so the subscriber sees no gap to NACK.
+        Only the newest packet counts; a late one changes nothing."""
+        if ssrc != self._source:
+            return
+        ext_seq = self._seq.unwrap(sequence)
+        if ext_seq > self._highest_in:
+            self._highest_in = ext_seq
+            self._seq_offset -= 1
+
     def original_sequence(self, sequence: int) -> int:
         """The publisher's 16-bit sequence number behind one we sent (for NACKs)."""
         return (sequence - self._seq_offset) & 0xFFFF

@@ -311,13 +311,15 @@ def _random_stream(rng: random.Random) -> list[tuple[bytes, float]]:
 
 @pytest.mark.parametrize("seed", range(20))
 def test_random_streams_leave_both_paths_byte_for_byte_alike(seed: int) -> None:
-    """Seeded fuzz: whatever a publisher sends, the C fan-out writes what its Python
-    reference writes, packet for packet, with the same counters and translations."""
+    """Seeded fuzz: whatever a publisher sends, and whichever packets a subscriber skips or
+    gets with the marker set, the C fan-out writes what its Python reference writes, packet for
+    packet, with the same counters and translations."""
     rng = random.Random(seed)
     packets = _random_stream(rng)
     red_accepted = rng.random() < 0.5
     overrides = {"first_sequence": rng.randrange(65536), "first_timestamp": rng.randrange(1 << 32)}
     probes = [rng.randrange(65536) for _ in range(5)]
+    actions = [rng.choice(("forward",) * 7 + ("marker", "skip", "skip")) for _ in packets]
     results = []
     for cls, sink_cls, fan in (
         (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout),
@@ -327,11 +329,14 @@ def test_random_streams_leave_both_paths_byte_for_byte_alike(seed: int) -> None:
         core = _core(cls, sink_cls(capture), **overrides)
         core.red_accepted = red_accepted
 
-        def send_all(*args: Any, fan: Any = fan) -> bool:
-            *fields, target = args
-            return bool(fan(*fields, {"s": target}))
-
-        _feed(core, packets, send_all)
+        skip = fanout.py_skip if fan is fanout.py_fanout else _fastsend.skip
+        for (packet, now), action in zip(packets, actions, strict=True):
+            _, start, end = rtp.header_end(packet)
+            fields = (rtp.sequence_number(packet), rtp.timestamp(packet), rtp.ssrc(packet))
+            if action == "skip":  # a layer this subscriber does not get (an SVC track)
+                skip(fields[0], fields[2], {"s": core})
+            else:
+                fan(packet, start, end, *fields, now, {"s": core}, action == "marker")
         mapped = [core.original_sequence(s) for s in probes]
         results.append((capture.packets, core.packets, core.octets, mapped))
     assert results[0][0], "the reference sent nothing"
@@ -378,3 +383,29 @@ def test_protect_failures_are_counted() -> None:
         _core(_fastsend.DownTrackCore, sink).forward(packet, 12, len(packet), 5, 960, 7, 0.0)
     out.close()
     assert fanout.protect_failures() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("core_cls", "sink_cls", "fan", "skip"),
+    [
+        (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout, fanout.py_skip),
+        (_fastsend.DownTrackCore, _fastsend.Sink, _fastsend.fanout, _fastsend.skip),
+    ],
+)
+def test_skipped_packets_leave_no_gap_and_the_marker_can_be_set(
+    core_cls: Any, sink_cls: Any, fan: Any, skip: Any
+) -> None:
+    capture = Capture()
+    core = _core(core_cls, sink_cls(capture), first_sequence=100)
+    targets = {"s": core}
+    for sequence in (1, 2, 3, 4, 5, 6):
+        packet = _packet(sequence, sequence * 960, 42, b"payload")
+        if sequence in (3, 4):
+            skip(sequence, 42, targets)
+        else:
+            fan(packet, 12, len(packet), sequence, sequence * 960, 42, 1.0, targets, sequence == 2)
+    skip(1, 42, targets)  # a late packet changes nothing
+    skip(7, 99, targets)  # nor does one of another stream
+    fan(_packet(7, 7 * 960, 42, b"p"), 12, 13, 7, 7 * 960, 42, 1.0, targets)
+    assert [rtp.sequence_number(p) for p in capture.packets] == [100, 101, 102, 103, 104]
+    assert [p[1] >> 7 for p in capture.packets] == [0, 1, 0, 0, 1], "2 forced, 7 its own"
