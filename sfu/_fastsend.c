@@ -285,6 +285,16 @@ static PyTypeObject SinkType = {
 };
 
 /* ---- DownTrackCore: one track as one subscriber receives it ------------------------------ */
+/* What went out under one of our sequence numbers, so a subscriber's NACK finds the packet
+ * behind it even after skips or a change of source moved the numbering (LiveKit's
+ * sequencer). Indexed by the low bits of our sequence number. */
+#define SENT_RING 512
+typedef struct {
+    uint32_t ssrc;
+    uint16_t out, in;
+    char used;
+} sent_t;
+
 typedef struct {
     PyObject_HEAD
     Sink *sink;
@@ -302,6 +312,7 @@ typedef struct {
     int64_t sequence_offset, timestamp_offset, highest_in, source_floor;
     int64_t last_out_sequence, last_out_timestamp;
     double last_now;
+    sent_t sent[SENT_RING];
 } DownTrackCore;
 
 static int DownTrackCore_traverse(DownTrackCore *self, visitproc visit, void *arg) {
@@ -379,6 +390,7 @@ static int DownTrackCore_init(DownTrackCore *self, PyObject *args, PyObject *kwa
     self->last_out_sequence = first_sequence - 1;
     self->last_out_timestamp = first_timestamp;
     self->last_now = 0.0;
+    memset(self->sent, 0, sizeof(self->sent));
     return 0;
 }
 
@@ -470,6 +482,7 @@ typedef struct {
     uint32_t timestamp, ssrc;
     double now;
     int marker; /* 1: set the marker bit (the last packet of the layers a subscriber gets) */
+    int out_sequence; /* >= 0: a retransmission, sent again under the number it had */
 } incoming_t;
 
 /* The subscriber's plaintext packet in out; its length, or 0 to skip this downtrack. */
@@ -489,6 +502,14 @@ static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *
     if (!translate(t, in->sequence, in->timestamp, in->ssrc, in->now, &sequence, &timestamp)) {
         return 0;
     }
+    if (in->out_sequence >= 0) {
+        sequence = (uint16_t)in->out_sequence;
+    }
+    sent_t *record = &t->sent[sequence & (SENT_RING - 1)];
+    record->out = sequence;
+    record->in = in->sequence;
+    record->ssrc = in->ssrc;
+    record->used = 1;
     Py_ssize_t extension_length = PyBytes_GET_SIZE(t->extension);
     Py_ssize_t size = 12 + extension_length + (in->end - start);
     if (size > max_plaintext) {
@@ -632,12 +653,18 @@ static int begin_forwarding(PyObject *args, Py_buffer *buffer, incoming_t *in,
     unsigned int sequence;
     unsigned long timestamp, ssrc;
     in->marker = 0;
+    in->out_sequence = -1;
     int parsed = targets != NULL
                      ? PyArg_ParseTuple(args, "y*nnIkkdO!|p", buffer, &in->start, &in->end,
                                         &sequence, &timestamp, &ssrc, &in->now, &PyDict_Type,
                                         targets, &in->marker)
-                     : PyArg_ParseTuple(args, "y*nnIkkd|p", buffer, &in->start, &in->end,
-                                        &sequence, &timestamp, &ssrc, &in->now, &in->marker);
+                     : PyArg_ParseTuple(args, "y*nnIkkd|pi", buffer, &in->start, &in->end,
+                                        &sequence, &timestamp, &ssrc, &in->now, &in->marker,
+                                        &in->out_sequence);
+    if (parsed && in->out_sequence > 65535) {
+        PyErr_SetString(PyExc_ValueError, "out_sequence is a 16-bit sequence number");
+        parsed = 0;
+    }
     if (!parsed) {
         return -1;
     }
@@ -754,12 +781,16 @@ static PyObject *DownTrackCore_forward(DownTrackCore *self, PyObject *args) {
     return end_forwarding(status, keyframe_due(self, status), &buffer);
 }
 
-static PyObject *DownTrackCore_original_sequence(DownTrackCore *self, PyObject *arg) {
-    long long sequence = PyLong_AsLongLong(arg);
+static PyObject *DownTrackCore_sent(DownTrackCore *self, PyObject *arg) {
+    long sequence = PyLong_AsLong(arg);
     if (sequence == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    return PyLong_FromLong((long)((uint16_t)(sequence - self->sequence_offset)));
+    const sent_t *record = &self->sent[(uint16_t)sequence & (SENT_RING - 1)];
+    if (sequence < 0 || sequence > 65535 || !record->used || record->out != sequence) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(Ik)", (unsigned int)record->in, (unsigned long)record->ssrc);
 }
 
 static PyObject *DownTrackCore_translate_timestamp(DownTrackCore *self, PyObject *arg) {
@@ -772,9 +803,10 @@ static PyObject *DownTrackCore_translate_timestamp(DownTrackCore *self, PyObject
 
 static PyMethodDef DownTrackCore_methods[] = {
     {"forward", (PyCFunction)DownTrackCore_forward, METH_VARARGS,
-     "forward(packet, start, end, sequence, timestamp, ssrc, now) -> keyframe due"},
-    {"original_sequence", (PyCFunction)DownTrackCore_original_sequence, METH_O,
-     "the publisher's sequence number behind one we sent"},
+     "forward(packet, start, end, sequence, timestamp, ssrc, now[, marker, out_sequence])"
+     " -> keyframe due"},
+    {"sent", (PyCFunction)DownTrackCore_sent, METH_O,
+     "sent(our sequence number) -> (the publisher's, its SSRC) or None when not remembered"},
     {"translate_timestamp", (PyCFunction)DownTrackCore_translate_timestamp, METH_O,
      "a publisher timestamp in the subscriber's timeline"},
     {NULL, NULL, 0, NULL},

@@ -101,18 +101,19 @@ class DownTrack(DownTrackCore):
             self._origin.subscriber_bound()
 
     def retransmit(self, sequence: int, now: float) -> bool:
-        """Answer a subscriber's NACK from the receiver's cache (same sequence number again,
-        RFC 4585 allows plain retransmission when RTX is not in use)."""
-        original = self.receiver.cache.get(self.original_sequence(sequence))
-        if original is None:
+        """Answer a subscriber's NACK from the receiver's cache, under the sequence number the
+        packet first went out with (RFC 4585 allows plain retransmission when RTX is not in
+        use). A packet from another stream than the one forwarded now (a simulcast layer left
+        behind) or no longer cached is not sent."""
+        sent = self.sent(sequence)
+        if sent is None:
+            return False
+        original = self.receiver.cache.get(sent[0])
+        if original is None or rtp.ssrc(original) != sent[1]:
             return False
         _, header, end = rtp.header_end(original)
-        sequence_in, timestamp, ssrc = (
-            rtp.sequence_number(original),
-            rtp.timestamp(original),
-            rtp.ssrc(original),
-        )
-        if self.forward(original, header, end, sequence_in, timestamp, ssrc, now):
+        timestamp = rtp.timestamp(original)
+        if self.forward(original, header, end, sent[0], timestamp, sent[1], now, False, sequence):
             self.receiver.request_keyframe(now)
         return True
 

@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover - depends on the build
 
 #: The longest plaintext packet protected (pylibsrtp's 1500-byte buffer less the trailer).
 MAX_PLAINTEXT = 1500 - 144
+#: Packets remembered per downtrack for NACKs (``_fastsend.c`` SENT_RING).
+SENT_RING = 512
 
 
 class PySink:
@@ -70,6 +72,7 @@ class PyDownTrackCore:
         "_munger",
         "_payload_types",
         "_red_payload_type",
+        "_sent",
         "_sink",
         "_ssrc_out",
         "_view",
@@ -100,6 +103,8 @@ class PyDownTrackCore:
         self._red_payload_type = red_payload_type
         self._buffer = bytearray(MAX_PLAINTEXT)
         self._view = memoryview(self._buffer)
+        self._sent: list[tuple[int, int, int] | None] = [None] * SENT_RING
+        """Our sequence number's slot -> (ours, the publisher's, its SSRC)."""
         self.enabled = True
         self.bound = True
         """False until the subscriber's answer has this track (sfu/tracks.py)."""
@@ -118,9 +123,10 @@ class PyDownTrackCore:
         ssrc: int,
         now: float,
         marker: bool = False,
+        out_sequence: int = -1,
     ) -> bool:
-        """Send one packet (with the marker bit set when ``marker``); True when it was the
-        first sent and a keyframe is due."""
+        """Send one packet (with the marker bit set when ``marker``; under ``out_sequence``
+        when it is a retransmission); True when it was the first sent and a keyframe is due."""
         if not (self.enabled and self.bound):
             return False
         payload_type = packet[1] & 0x7F
@@ -134,6 +140,9 @@ class PyDownTrackCore:
         translated = self._munger.translate(sequence, timestamp, ssrc, now)
         if translated is None:
             return False
+        if out_sequence >= 0:
+            translated = (out_sequence & 0xFFFF, translated[1])
+        self._sent[translated[0] % SENT_RING] = (translated[0], sequence, ssrc)
         if rtp.RTP_HEADER_SIZE + len(self._extension) + payload_end - payload_start > len(
             self._buffer
         ):
@@ -164,8 +173,12 @@ class PyDownTrackCore:
     def skip(self, sequence: int, ssrc: int) -> None:
         self._munger.skip(sequence, ssrc)
 
-    def original_sequence(self, sequence: int) -> int:
-        return self._munger.original_sequence(sequence)
+    def sent(self, sequence: int) -> tuple[int, int] | None:
+        """(the publisher's sequence number, its SSRC) behind one we sent, if remembered."""
+        record = self._sent[sequence % SENT_RING] if 0 <= sequence <= 0xFFFF else None
+        if record is None or record[0] != sequence:
+            return None
+        return record[1], record[2]
 
     def translate_timestamp(self, timestamp: int) -> int:
         return self._munger.translate_timestamp(timestamp)

@@ -109,10 +109,6 @@ class RtpMunger:
             self._highest_in = ext_seq
             self._seq_offset -= 1
 
-    def original_sequence(self, sequence: int) -> int:
-        """The publisher's 16-bit sequence number behind one we sent (for NACKs)."""
-        return (sequence - self._seq_offset) & 0xFFFF
-
     def translate_timestamp(self, timestamp: int) -> int:
         """A publisher timestamp (from its Sender Report) in the subscriber's timeline."""
         return (timestamp + self._ts_offset) & 0xFFFFFFFF

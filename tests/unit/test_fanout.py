@@ -114,7 +114,8 @@ def test_c_core_writes_what_the_reference_writes(red_accepted: bool) -> None:
             return bool(fan(*fields, {"s": target}))
 
         keyframes = _feed(core, packets, send_all)
-        mapped = [core.original_sequence(s) for s in (0, 1, 65535, 900)]
+        recent = [rtp.sequence_number(p) for p in capture.packets[-5:]]
+        mapped = [core.sent(s) for s in (0, 1, 65535, 900, *recent)]
         timestamps = [core.translate_timestamp(t) for t in (0, 77, 0xFFFFFFFF)]
         results.append((capture.packets, core.packets, core.octets, keyframes, mapped, timestamps))
     assert results[0][0], "the reference sent nothing"
@@ -337,7 +338,8 @@ def test_random_streams_leave_both_paths_byte_for_byte_alike(seed: int) -> None:
                 skip(fields[0], fields[2], {"s": core})
             else:
                 fan(packet, start, end, *fields, now, {"s": core}, action == "marker")
-        mapped = [core.original_sequence(s) for s in probes]
+        recent = [rtp.sequence_number(p) for p in capture.packets[-5:]]
+        mapped = [core.sent(s) for s in (*probes, *recent)]
         results.append((capture.packets, core.packets, core.octets, mapped))
     assert results[0][0], "the reference sent nothing"
     assert results[1] == results[0]
@@ -409,3 +411,9 @@ def test_skipped_packets_leave_no_gap_and_the_marker_can_be_set(
     fan(_packet(7, 7 * 960, 42, b"p"), 12, 13, 7, 7 * 960, 42, 1.0, targets)
     assert [rtp.sequence_number(p) for p in capture.packets] == [100, 101, 102, 103, 104]
     assert [p[1] >> 7 for p in capture.packets] == [0, 1, 0, 0, 1], "2 forced, 7 its own"
+    assert core.sent(102) == (5, 42), "a NACK for 102 finds 5, not the skipped 3"
+    assert core.sent(105) is None
+    again = _packet(5, 5 * 960, 42, b"payload")
+    core.forward(again, 12, len(again), 5, 5 * 960, 42, 2.0, False, 102)
+    assert rtp.sequence_number(capture.packets[-1]) == 102, "resent under its first number"
+    assert rtp.timestamp(capture.packets[-1]) == rtp.timestamp(capture.packets[2])
