@@ -1,4 +1,5 @@
-"""Whether an RTP payload starts a keyframe, per video codec (read-only views on raw bytes).
+"""Whether an RTP payload starts a keyframe, per video codec, and which VP9 layer a packet
+belongs to (read-only views on raw bytes).
 
 A simulcast subscriber may only move to another layer where that layer can be decoded from
 scratch: the first packet of a keyframe (LiveKit switches layers only on a keyframe,
@@ -80,6 +81,34 @@ def vp9_keyframe_start(packet: bytes, start: int, end: int) -> bool:
     if first & 0x20:  # L: layer indices, SID in bits 3..1
         return offset < end and (packet[offset] >> 1) & 0x07 == 0
     return True
+
+
+#: Flags of :func:`vp9_layers`.
+LAYER_BEGIN, LAYER_END, PICTURE_KEYFRAME = 1, 2, 4
+
+
+def vp9_layers(packet: bytes, start: int, end: int) -> tuple[int, int, int] | None:
+    """(spatial id, temporal id, flags) of a VP9 packet from its payload descriptor (RFC 9628
+    section 4.2): LAYER_BEGIN and LAYER_END for the first and last packet of a layer frame (B,
+    E), PICTURE_KEYFRAME for the first packet of a keyframe. Without layer indices (L clear)
+    the stream has one layer, 0. None for a descriptor too short to read."""
+    if end - start < 1:
+        return None
+    first = packet[start]
+    flags = (LAYER_BEGIN if first & 0x08 else 0) | (LAYER_END if first & 0x04 else 0)
+    offset = start + 1
+    if first & 0x80:  # I: picture id, 7 or 15 bits
+        if offset >= end:
+            return None
+        offset += 2 if packet[offset] & 0x80 else 1
+    spatial = temporal = 0
+    if first & 0x20:  # L: TID (3 bits), U, SID (3 bits), D
+        if offset >= end:
+            return None
+        spatial, temporal = (packet[offset] >> 1) & 0x07, packet[offset] >> 5
+    if not first & 0x40 and first & 0x08 and spatial == 0:
+        flags |= PICTURE_KEYFRAME
+    return spatial, temporal, flags
 
 
 def av1_keyframe_start(packet: bytes, start: int, end: int) -> bool:

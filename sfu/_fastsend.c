@@ -292,7 +292,7 @@ static PyTypeObject SinkType = {
 typedef struct {
     uint32_t ssrc;
     uint16_t out, in;
-    char used;
+    char used, marker;
 } sent_t;
 
 typedef struct {
@@ -510,6 +510,7 @@ static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *
     record->in = in->sequence;
     record->ssrc = in->ssrc;
     record->used = 1;
+    record->marker = (in->data[1] & 0x80) || in->marker;
     Py_ssize_t extension_length = PyBytes_GET_SIZE(t->extension);
     Py_ssize_t size = 12 + extension_length + (in->end - start);
     if (size > max_plaintext) {
@@ -790,7 +791,8 @@ static PyObject *DownTrackCore_sent(DownTrackCore *self, PyObject *arg) {
     if (sequence < 0 || sequence > 65535 || !record->used || record->out != sequence) {
         Py_RETURN_NONE;
     }
-    return Py_BuildValue("(Ik)", (unsigned int)record->in, (unsigned long)record->ssrc);
+    return Py_BuildValue("(IkO)", (unsigned int)record->in, (unsigned long)record->ssrc,
+                         record->marker ? Py_True : Py_False);
 }
 
 static PyObject *DownTrackCore_translate_timestamp(DownTrackCore *self, PyObject *arg) {
@@ -806,7 +808,7 @@ static PyMethodDef DownTrackCore_methods[] = {
      "forward(packet, start, end, sequence, timestamp, ssrc, now[, marker, out_sequence])"
      " -> keyframe due"},
     {"sent", (PyCFunction)DownTrackCore_sent, METH_O,
-     "sent(our sequence number) -> (the publisher's, its SSRC) or None when not remembered"},
+     "sent(our sequence number) -> (the publisher's, its SSRC, marker) or None"},
     {"translate_timestamp", (PyCFunction)DownTrackCore_translate_timestamp, METH_O,
      "a publisher timestamp in the subscriber's timeline"},
     {NULL, NULL, 0, NULL},

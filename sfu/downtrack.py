@@ -113,7 +113,7 @@ class DownTrack(DownTrackCore):
             return False
         _, header, end = rtp.header_end(original)
         timestamp = rtp.timestamp(original)
-        if self.forward(original, header, end, sent[0], timestamp, sent[1], now, False, sequence):
+        if self.forward(original, header, end, sent[0], timestamp, sent[1], now, sent[2], sequence):
             self.receiver.request_keyframe(now)
         return True
 

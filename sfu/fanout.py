@@ -103,8 +103,8 @@ class PyDownTrackCore:
         self._red_payload_type = red_payload_type
         self._buffer = bytearray(MAX_PLAINTEXT)
         self._view = memoryview(self._buffer)
-        self._sent: list[tuple[int, int, int] | None] = [None] * SENT_RING
-        """Our sequence number's slot -> (ours, the publisher's, its SSRC)."""
+        self._sent: list[tuple[int, int, int, bool] | None] = [None] * SENT_RING
+        """Our sequence number's slot -> (ours, the publisher's, its SSRC, marker bit)."""
         self.enabled = True
         self.bound = True
         """False until the subscriber's answer has this track (sfu/tracks.py)."""
@@ -142,7 +142,8 @@ class PyDownTrackCore:
             return False
         if out_sequence >= 0:
             translated = (out_sequence & 0xFFFF, translated[1])
-        self._sent[translated[0] % SENT_RING] = (translated[0], sequence, ssrc)
+        sent_marker = bool(packet[1] & 0x80) or marker
+        self._sent[translated[0] % SENT_RING] = (translated[0], sequence, ssrc, sent_marker)
         if rtp.RTP_HEADER_SIZE + len(self._extension) + payload_end - payload_start > len(
             self._buffer
         ):
@@ -173,12 +174,13 @@ class PyDownTrackCore:
     def skip(self, sequence: int, ssrc: int) -> None:
         self._munger.skip(sequence, ssrc)
 
-    def sent(self, sequence: int) -> tuple[int, int] | None:
-        """(the publisher's sequence number, its SSRC) behind one we sent, if remembered."""
+    def sent(self, sequence: int) -> tuple[int, int, bool] | None:
+        """(the publisher's sequence number, its SSRC, the marker bit we sent) behind one of
+        our sequence numbers, if remembered."""
         record = self._sent[sequence % SENT_RING] if 0 <= sequence <= 0xFFFF else None
         if record is None or record[0] != sequence:
             return None
-        return record[1], record[2]
+        return record[1], record[2], record[3]
 
     def translate_timestamp(self, timestamp: int) -> int:
         return self._munger.translate_timestamp(timestamp)

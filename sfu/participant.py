@@ -298,8 +298,8 @@ class Participant:
             self.log.info("track published: %s (%s)", track.sid, track.info.mime_type)
             if track.receiver is not None:
                 track.receiver.on_first_subscriber = partial(self._track_subscribed, track.sid)
-            if track.simulcast is not None:
-                track.simulcast.on_dynacast = self._send_quality_update
+            if track.layered is not None:
+                track.layered.on_dynacast = self._send_quality_update
             self._listener.on_track_published(self, track)
 
     def _subscription_refused(self, track_sid: str) -> None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sfu.downtrack import DownTrack
     from sfu.simulcast_track import SimulcastTrack
     from sfu.speakers import AudioLevel
+    from sfu.svc import SvcTrack
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class TrackReceiver:
         """Subscriber participant sid -> its downtrack (those on this stream)."""
         self.simulcast: SimulcastTrack | None = None
         """The track's layers, when this stream is one simulcast layer of it."""
+        self.svc: SvcTrack | None = None
+        """Who gets which layers, when this stream carries scalable VP9."""
         self.spatial = 0
         self.switching: dict[str, DownTrack] = {}
         """Subscribers waiting for this layer's next keyframe to move onto it."""
@@ -167,7 +170,10 @@ class TrackReceiver:
                 and self._keyframe_start(packet, header, end)
             ):
                 simulcast.on_keyframe(self)
-        if fanout(packet, header, end, sequence, rtp.timestamp(packet), ssrc, now, self.downtracks):
+        timestamp = rtp.timestamp(packet)
+        if self.svc is not None:
+            self.svc.forward(self, packet, header, end, sequence, timestamp, ssrc, now)
+        elif fanout(packet, header, end, sequence, timestamp, ssrc, now, self.downtracks):
             self.request_keyframe(now)
 
     def _from_rtx(self, packet: bytes) -> bytes:
@@ -262,6 +268,8 @@ class PublishedTrack:
     cid: str = ""
     simulcast: SimulcastTrack | None = None
     """The layers of a rid-based simulcast track, a receiver each (``receiver`` is one)."""
+    svc: SvcTrack | None = None
+    """The subscribers' layers of a scalable VP9 track (one stream, one receiver)."""
     rtx_payload_type: int | None = None
 
     @property
@@ -279,3 +287,10 @@ class PublishedTrack:
             self.simulcast.unsubscribe(subscriber_sid)
         elif self.receiver is not None:
             self.receiver.downtracks.pop(subscriber_sid, None)
+        if self.svc is not None:
+            self.svc.unsubscribe(subscriber_sid)
+
+    @property
+    def layered(self) -> SimulcastTrack | SvcTrack | None:
+        """Where subscribers choose their layer, if the track has layers."""
+        return self.simulcast or self.svc

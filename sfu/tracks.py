@@ -26,6 +26,7 @@ from sfu.simulcast import LIVEKIT_RID_ORDER
 from sfu.simulcast_track import SimulcastTrack
 from sfu.single_pc import Placement, SectionPlan, track_kind
 from sfu.speakers import AudioLevel
+from sfu.svc import SvcTrack
 from sfu.transport import RtcConnection, SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,10 @@ class ParticipantTracks:
                 # this one for the first (sfu/simulcast_track.py).
                 track.simulcast = SimulcastTrack(stream.rids, track.info, self.dynacast_delay)
                 track.receiver.simulcast = track.simulcast
+            elif stream.codec.mime.lower() == "video/vp9":
+                # One stream that may carry several spatial layers (sfu/svc.py).
+                track.svc = SvcTrack(track.info, self.dynacast_delay)
+                track.receiver.svc = track.svc
             # Simulcast announced by SSRC (a=ssrc-group:SIM, no rids) is not told apart: its
             # first SSRC is forwarded to everyone.
             track.ssrcs = stream.ssrcs[:1] + ((stream.rtx[1],) if stream.rtx else ())
@@ -468,6 +473,8 @@ class ParticipantTracks:
                 track.simulcast.tick(now)
             elif track.receiver is not None:
                 track.receiver.tick(now)
+            if track.svc is not None:
+                track.svc.tick(now)
 
     # --- subscribing -----------------------------------------------------------------------
 
@@ -516,6 +523,8 @@ class ParticipantTracks:
             )
         else:
             receiver.downtracks[subscriber_sid] = downtrack
+        if track.svc is not None:
+            track.svc.subscribe(subscriber_sid, downtrack, self._max_layer(track), self._clock())
         self._counters.add_downtrack(downtrack)
         self._downtrack_by_ssrc[outgoing.ssrc] = downtrack
         settings = self._settings.get(track.sid)
@@ -527,12 +536,13 @@ class ParticipantTracks:
         """The highest simulcast layer this subscriber wants of ``track``: from its settings,
         else HIGH, or LOW with adaptive stream until the element's size is known (LiveKit's
         initial subscriber settings)."""
-        assert track.simulcast is not None
+        layered = track.layered
+        assert layered is not None
         settings = self._settings.get(track.sid)
         if settings is None:
             low, high = models.VideoQuality.LOW, models.VideoQuality.HIGH
-            return track.simulcast.max_layer_for(low if self.adaptive_stream else high, 0, 0)
-        return track.simulcast.max_layer_for(settings.quality, settings.width, settings.height)
+            return layered.max_layer_for(low if self.adaptive_stream else high, 0, 0)
+        return layered.max_layer_for(settings.quality, settings.width, settings.height)
 
     def update_settings(self, settings: rtc.UpdateTrackSettings, subscriber_sid: str) -> None:
         """A subscriber's ``UpdateTrackSettings``: ``disabled`` pauses its downtracks, and the
@@ -545,10 +555,10 @@ class ParticipantTracks:
             if downtrack is None:
                 continue
             downtrack.enabled = not settings.disabled
-            simulcast = downtrack.receiver.simulcast
-            if simulcast is not None:
-                layer = simulcast.max_layer_for(settings.quality, settings.width, settings.height)
-                simulcast.set_max_layer(subscriber_sid, layer, self._clock())
+            layered = downtrack.receiver.simulcast or downtrack.receiver.svc
+            if layered is not None:
+                layer = layered.max_layer_for(settings.quality, settings.width, settings.height)
+                layered.set_max_layer(subscriber_sid, layer, self._clock())
 
     def unsubscribe(
         self, track_sid: str, subscriber_sid: str, track: PublishedTrack | None

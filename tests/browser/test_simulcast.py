@@ -61,3 +61,18 @@ async def test_dynacast_stops_the_browser_layer_nobody_wants(
         publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
         await asyncio.sleep(1)
         assert await encoding(1.5) == layers
+
+
+async def test_scalable_vp9_sends_a_small_element_only_the_base_layer(pages: Pages) -> None:
+    """livekit-client sends VP9 as one L3T3_KEY stream (libwebrtc makes two spatial layers of
+    a 640x360 camera, 320x180 and 640x360); a subscriber whose element is small gets the base
+    layer only, and every layer once the element grows."""
+    sender = await pages.join("sender", "browser-svc", publishDefaults={"videoCodec": "vp9"})
+    viewer = await pages.join("viewer", "browser-svc")
+    await sender.lk("setCamera", True)
+    await viewer.wait_for("resizeVideo", bool, "sender", "camera", 160, 90, within_s=20)
+    small = await viewer.wait_for("inbound", lambda s: 0 < _video_width(s) < 640, "sender")
+    assert _video_width(small) == 320, small
+    await viewer.lk("resizeVideo", "sender", "camera", 640, 360)
+    large = await viewer.wait_for("inbound", lambda s: _video_width(s) == 640, "sender")
+    assert _video_width(large) == 640

@@ -28,12 +28,18 @@ LOW, MEDIUM, HIGH = (
 
 
 @asynccontextmanager
-async def publishing_camera(room: rtc.Room) -> AsyncIterator[rtc.LocalTrackPublication]:
-    """A 1280x720 camera at 15 fps, simulcast as the SDK makes it (180p, 360p, 720p), with a
-    bar moving across so every frame carries something to encode."""
+async def publishing_camera(
+    room: rtc.Room, scalability_mode: str = ""
+) -> AsyncIterator[rtc.LocalTrackPublication]:
+    """A 1280x720 camera at 15 fps, simulcast as the SDK makes it (180p, 360p, 720p), or one
+    VP9 stream in ``scalability_mode``, with a bar moving across so every frame carries
+    something to encode."""
     source = rtc.VideoSource(WIDTH, HEIGHT)
     track = rtc.LocalVideoTrack.create_video_track("camera", source)
     options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True)
+    if scalability_mode:
+        options.video_codec = rtc.VideoCodec.VP9
+        options.scalability_mode = scalability_mode
     publication = await room.local_participant.publish_track(track, options)
     background = bytearray(bytes((30, 120, 200, 255)) * (WIDTH * HEIGHT))
     bar = bytes((250, 250, 250, 255)) * 40
@@ -189,3 +195,25 @@ async def test_dynacast_pauses_the_layers_nobody_wants(server: ServerProcess) ->
             assert await _encoding(camera_publication, 1.0) == {"q", "h", "f"}
     finally:
         await camera.disconnect()
+
+
+async def test_scalable_vp9_sends_a_low_subscriber_only_its_layer(server: ServerProcess) -> None:
+    room = "svc-quality"
+    async with (
+        joined(server, "camera", room) as camera,
+        publishing_camera(camera, scalability_mode="L3T3_KEY"),
+        viewing(server, "small", room) as (small_publication, small),
+        viewing(server, "large", room) as (large_publication, large),
+    ):
+        assert small_publication.mime_type.lower() == "video/vp9"
+        small_publication_quality = LOW
+        small_publication.set_video_quality(small_publication_quality)
+        await wait_until(lambda: 0 < small.width <= 360 and large.width == WIDTH, 20)
+        switched_at = time.monotonic()
+        small_publication.set_video_quality(HIGH)
+        large_publication.set_video_quality(LOW)
+        await wait_until(lambda: small.width == WIDTH and 0 < large.width <= 360, 10)
+        await asyncio.sleep(1)
+        for decoded in (small, large):
+            gap = decoded.longest_gap(switched_at)
+            assert gap < 0.5, f"a frame gap of {gap:.2f} s around the switch"

@@ -411,7 +411,8 @@ def test_skipped_packets_leave_no_gap_and_the_marker_can_be_set(
     fan(_packet(7, 7 * 960, 42, b"p"), 12, 13, 7, 7 * 960, 42, 1.0, targets)
     assert [rtp.sequence_number(p) for p in capture.packets] == [100, 101, 102, 103, 104]
     assert [p[1] >> 7 for p in capture.packets] == [0, 1, 0, 0, 1], "2 forced, 7 its own"
-    assert core.sent(102) == (5, 42), "a NACK for 102 finds 5, not the skipped 3"
+    assert core.sent(102) == (5, 42, False), "a NACK for 102 finds 5, not the skipped 3"
+    assert core.sent(101) == (2, 42, True), "with the marker it went out with"
     assert core.sent(105) is None
     again = _packet(5, 5 * 960, 42, b"payload")
     core.forward(again, 12, len(again), 5, 5 * 960, 42, 2.0, False, 102)
