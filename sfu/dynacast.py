@@ -10,7 +10,12 @@ goes does not make the publisher toggle its encoders.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
+
 from livekit.protocol import models, rtc
+
+logger = logging.getLogger(__name__)
 
 #: LiveKit's ``dynacast_pause_delay``.
 PAUSE_DELAY_S = 5.0
@@ -57,6 +62,35 @@ class Dynacast:
         self._lower_since = None
         self.sent = wanted
         return wanted
+
+
+class DynacastSender:
+    """One layered track's dynacast: the subscribers' wishes in, updates to its publisher out.
+
+    :param rid_by_layer: the rid of each spatial layer (simulcast); empty when the layers
+        travel in one stream (SVC), where layer n is quality n.
+    """
+
+    def __init__(
+        self,
+        info: models.TrackInfo,
+        top_layer: int,
+        delay: float = PAUSE_DELAY_S,
+        rid_by_layer: dict[int, str] | None = None,
+    ) -> None:
+        self.info = info
+        self.state = Dynacast(top_layer, delay)
+        self.on_update: Callable[[rtc.SubscribedQualityUpdate], None] | None = None
+        """Sends the publisher a ``SubscribedQualityUpdate`` (the participant's)."""
+        self._rid_by_layer = rid_by_layer or {}
+
+    def update(self, wanted_layers: Iterable[int], now: float) -> None:
+        """``wanted_layers``: the highest layer each (enabled) subscriber wants."""
+        top = self.state.update(max(wanted_layers, default=-1), now)
+        if top is not None and self.on_update is not None:
+            logger.info("track %s: dynacast asks for layers up to %d", self.info.sid, top)
+            mime = self.info.mime_type
+            self.on_update(quality_update(self.info.sid, mime, self._rid_by_layer, top))
 
 
 def quality_update(

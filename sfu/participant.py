@@ -299,7 +299,7 @@ class Participant:
             if track.receiver is not None:
                 track.receiver.on_first_subscriber = partial(self._track_subscribed, track.sid)
             if track.layered is not None:
-                track.layered.on_dynacast = self._send_quality_update
+                track.layered.dynacast.on_update = self._send_quality_update
             self._listener.on_track_published(self, track)
 
     def _subscription_refused(self, track_sid: str) -> None:

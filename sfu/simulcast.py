@@ -86,6 +86,16 @@ def quality_for_dimension(info: models.TrackInfo, width: int, height: int) -> in
     return len(sizes) - 1
 
 
+def max_layer_for(
+    info: models.TrackInfo, layer_count: int, quality: int, width: int, height: int
+) -> int:
+    """The highest layer a subscriber's settings allow: an element size when given (adaptive
+    stream), else the quality (LiveKit ``UpdateTrackSettings`` handling)."""
+    if width or height:
+        quality = quality_for_dimension(info, width, height)
+    return spatial_for_quality(quality, layer_count)
+
+
 class LayerActivity:
     """Which spatial layers flow, sampled from each layer's received-packet count every check
     (no per-packet work: the receivers count packets anyway)."""

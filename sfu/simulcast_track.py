@@ -19,20 +19,19 @@ switch, never per packet:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from livekit.protocol import models, rtc
+from livekit.protocol import models
 
 from protocol import rtcp
-from sfu.dynacast import PAUSE_DELAY_S, Dynacast, quality_update
+from sfu.dynacast import PAUSE_DELAY_S, DynacastSender
 from sfu.receiver import RTCP_SENDER_SSRC
 from sfu.simulcast import (
     CHECK_INTERVAL_S,
     LayerActivity,
     LayerSelector,
-    quality_for_dimension,
-    spatial_for_quality,
+    max_layer_for,
     spatial_order,
 )
 
@@ -60,10 +59,8 @@ class SimulcastTrack:
         self.next_check = 0.0
         """When the packet path should call :meth:`check` next (0: at the next packet)."""
         self._subscribers: dict[str, tuple[DownTrack, LayerSelector]] = {}
-        self.dynacast = Dynacast(self.layer_count - 1, dynacast_delay)
-        self.on_dynacast: Callable[[rtc.SubscribedQualityUpdate], None] | None = None
-        """Sends the publisher a ``SubscribedQualityUpdate`` (``sfu/dynacast.py``)."""
-        self._rid_by_layer = {spatial: rid for rid, spatial in self.spatial_by_rid.items()}
+        rid_by_layer = {spatial: rid for rid, spatial in self.spatial_by_rid.items()}
+        self.dynacast = DynacastSender(info, self.layer_count - 1, dynacast_delay, rid_by_layer)
         self._log = logging.LoggerAdapter(logger, {"track": info.sid})
 
     @property
@@ -107,22 +104,11 @@ class SimulcastTrack:
         self._update_dynacast(now)
 
     def _update_dynacast(self, now: float) -> None:
-        wanted = max((s.max_layer for d, s in self._subscribers.values() if d.enabled), default=-1)
-        top = self.dynacast.update(wanted, now)
-        if top is not None and self.on_dynacast is not None:
-            self._log.info("dynacast: publisher asked for layers up to %d", top)
-            self.on_dynacast(
-                quality_update(self.info.sid, self.info.mime_type, self._rid_by_layer, top)
-            )
+        wishes = (s.max_layer for d, s in self._subscribers.values() if d.enabled)
+        self.dynacast.update(wishes, now)
 
     def max_layer_for(self, quality: int, width: int, height: int) -> int:
-        """The highest layer a subscriber's settings allow: an element size when given (adaptive
-        stream), else the quality (LiveKit ``UpdateTrackSettings`` handling)."""
-        if width or height:
-            return spatial_for_quality(
-                quality_for_dimension(self.info, width, height), self.layer_count
-            )
-        return spatial_for_quality(quality, self.layer_count)
+        return max_layer_for(self.info, self.layer_count, quality, width, height)
 
     def current_layer(self, subscriber_sid: str) -> int:
         entry = self._subscribers.get(subscriber_sid)

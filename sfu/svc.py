@@ -15,15 +15,14 @@ it adds can be decoded; it starts at a keyframe too, which is asked for while it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from livekit.protocol import models, rtc
+from livekit.protocol import models
 
 from protocol.keyframes import LAYER_BEGIN, LAYER_END, PICTURE_KEYFRAME, vp9_layers
-from sfu.dynacast import PAUSE_DELAY_S, Dynacast, quality_update
+from sfu.dynacast import PAUSE_DELAY_S, DynacastSender
 from sfu.fanout import fanout, skip
-from sfu.simulcast import CHECK_INTERVAL_S, quality_for_dimension, spatial_for_quality
+from sfu.simulcast import CHECK_INTERVAL_S, max_layer_for
 
 if TYPE_CHECKING:
     from sfu.downtrack import DownTrack
@@ -54,8 +53,7 @@ class SvcTrack:
         """Highest spatial layer -> the downtracks that get the layers up to it."""
         self._subscribers: dict[str, tuple[DownTrack, SvcSubscriber]] = {}
         self.next_check = 0.0
-        self.dynacast = Dynacast(SPATIAL_LAYERS - 1, dynacast_delay)
-        self.on_dynacast: Callable[[rtc.SubscribedQualityUpdate], None] | None = None
+        self.dynacast = DynacastSender(info, SPATIAL_LAYERS - 1, dynacast_delay)
         self._log = logging.LoggerAdapter(logger, {"track": info.sid})
 
     # --- subscribers -------------------------------------------------------------------
@@ -81,9 +79,7 @@ class SvcTrack:
         self._update_dynacast(now)
 
     def max_layer_for(self, quality: int, width: int, height: int) -> int:
-        if width or height:
-            quality = quality_for_dimension(self.info, width, height)
-        return spatial_for_quality(quality, SPATIAL_LAYERS)
+        return max_layer_for(self.info, SPATIAL_LAYERS, quality, width, height)
 
     def current_layer(self, subscriber_sid: str) -> int:
         entry = self._subscribers.get(subscriber_sid)
@@ -152,8 +148,5 @@ class SvcTrack:
         self._update_dynacast(now)
 
     def _update_dynacast(self, now: float) -> None:
-        wanted = max((s.max_layer for d, s in self._subscribers.values() if d.enabled), default=-1)
-        top = self.dynacast.update(wanted, now)
-        if top is not None and self.on_dynacast is not None:
-            self._log.info("dynacast: publisher asked for layers up to %d", top)
-            self.on_dynacast(quality_update(self.info.sid, self.info.mime_type, {}, top))
+        wishes = (s.max_layer for d, s in self._subscribers.values() if d.enabled)
+        self.dynacast.update(wishes, now)

@@ -44,7 +44,7 @@ def test_publisher_hears_what_subscribers_want() -> None:
     sent: list[rtc.SubscribedQualityUpdate] = []
     simulcast = meeting.track.simulcast
     assert simulcast is not None
-    simulcast.on_dynacast = sent.append
+    simulcast.dynacast.on_update = sent.append
     meeting.start_layers(0, 1, 2)
     meeting.subscribe("viewer")
     meeting.settings("viewer", quality=LOW)
