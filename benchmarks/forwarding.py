@@ -11,6 +11,12 @@ machine-independent ratios: CPU microseconds per forwarded packet and packets ou
 CPU-second.
 
     .venv/bin/python -m benchmarks.forwarding [--packets N] [--loop uvloop|asyncio] [--no-batch]
+        [--svc]
+
+``--svc`` sends scalable VP9 instead (three spatial layers, one packet each per picture, every
+picture a keyframe so subscribers settle at once), the subscribers spread evenly over the three
+layers they ask for: the descriptor is read per packet and each layer group fanned out or
+skipped (``sfu/svc.py``). "out pkts" counts what was really sent.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 from aioice import stun
+from livekit.protocol import models
 from pylibsrtp import Policy, Session
 
 from protocol.sdp_media import Codec, OutgoingTrack
@@ -33,9 +40,11 @@ from sfu.fanout import Sink
 from sfu.ice import IceRegistry, IceSession, UdpMux
 from sfu.receiver import TrackReceiver
 from sfu.rtc_adapter import SrtpProtector
+from sfu.svc import SPATIAL_LAYERS, SvcTrack
 
 KEY = bytes(range(30))  # AES_CM_128 key (16) + salt (14)
 CODEC = Codec(111, "audio/opus", 48000, 2)
+VP9 = Codec(98, "video/VP9", 90000)
 
 
 def _ignore(_: bytes) -> None:
@@ -90,7 +99,16 @@ class FanOut:
         self.sink.close()
 
 
-async def fan_out(subscribers: int, size: int, packets: int, batch: bool = True) -> FanOut:
+def _vp9_descriptor(sequence: int) -> bytes:
+    """RFC 9628, one packet per layer frame: B and E set, 15-bit picture id, the layer
+    indices, TL0PICIDX; every picture a keyframe."""
+    spatial, picture = sequence % SPATIAL_LAYERS, sequence // SPATIAL_LAYERS
+    return bytes((0xAC, 0x80 | (picture >> 8) & 0x7F, picture & 0xFF, spatial << 1, 0))
+
+
+async def fan_out(
+    subscribers: int, size: int, packets: int, batch: bool = True, svc: bool = False
+) -> FanOut:
     loop = asyncio.get_running_loop()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))  # never read: the kernel drops what does not fit
@@ -98,7 +116,10 @@ async def fan_out(subscribers: int, size: int, packets: int, batch: bool = True)
     transport, mux = await loop.create_datagram_endpoint(
         lambda: UdpMux(registry, batch=batch), local_addr=("127.0.0.1", 0)
     )
-    receiver = TrackReceiver(CODEC, 1234, lambda _: None)
+    codec = VP9 if svc else CODEC
+    receiver = TrackReceiver(codec, 1234, lambda _: None)
+    if svc:
+        receiver.svc = SvcTrack(models.TrackInfo(sid="TR_bench", mime_type=VP9.mime))
     for index in range(subscribers):
         ice = registry.create_session(f"sub{index}")
         _select_path(registry, mux, ice, sink.getsockname())
@@ -122,13 +143,19 @@ async def fan_out(subscribers: int, size: int, packets: int, batch: bool = True)
         destination = ice.selected.udp_destination()
         if destination is not None:
             rtp_sink.set_fast(protector.context_address, protector.session, *destination)
-        outgoing = OutgoingTrack("audio", "1", (CODEC,), (), "PA|TR", "TR", ssrc=100 + index)
-        receiver.downtracks[str(index)] = DownTrack(outgoing, rtp_sink, _ignore, receiver)
+        kind = "video" if svc else "audio"
+        outgoing = OutgoingTrack(kind, "1", (codec,), (), "PA|TR", "TR", ssrc=100 + index)
+        downtrack = DownTrack(outgoing, rtp_sink, _ignore, receiver)
+        receiver.downtracks[str(index)] = downtrack
+        if receiver.svc is not None:
+            receiver.svc.subscribe(str(index), downtrack, index % SPATIAL_LAYERS, 0.0)
     publisher_tx, rx = _session(Policy.SSRC_ANY_OUTBOUND), _session(Policy.SSRC_ANY_INBOUND)
-    payload = os.urandom(size - 12)
+    payload = os.urandom(size - 12 - (5 if svc else 0))
     incoming = [
         publisher_tx.protect(
-            struct.pack("!BBHII", 0x80, 111, seq & 0xFFFF, seq * 960 & 0xFFFFFFFF, 1234) + payload
+            struct.pack("!BBHII", 0x80, codec.payload_type, seq & 0xFFFF, seq * 960, 1234)
+            + (_vp9_descriptor(seq) if svc else b"")
+            + payload
         )
         for seq in range(packets)
     ]
@@ -142,13 +169,15 @@ async def fan_out(subscribers: int, size: int, packets: int, batch: bool = True)
     return FanOut(transport, mux, sink, receiver, incoming, publisher_addr, clock)
 
 
-async def run(subscribers: int, size: int, packets: int, batch: bool) -> tuple[float, int]:
-    fan = await fan_out(subscribers, size, packets, batch)
+async def run(
+    subscribers: int, size: int, packets: int, batch: bool, svc: bool = False
+) -> tuple[float, int]:
+    fan = await fan_out(subscribers, size, packets, batch, svc)
     start = time.process_time()
     fan.feed(0, packets)
     cpu = time.process_time() - start
     fan.close()
-    return cpu, packets * subscribers
+    return cpu, sum(d.packets for d in fan.receiver.downtracks.values())
 
 
 def main() -> None:
@@ -158,6 +187,7 @@ def main() -> None:
     parser.add_argument(
         "--no-batch", action="store_true", help="one sendto per datagram instead of sendmmsg"
     )
+    parser.add_argument("--svc", action="store_true", help="scalable VP9, three layers")
     args = parser.parse_args()
     runner = asyncio.run
     if args.loop == "uvloop":
@@ -169,7 +199,7 @@ def main() -> None:
     for size in (100, 1200):
         for subscribers in (1, 10, 100):
             packets = max(200, args.packets // subscribers)
-            cpu, out = runner(run(subscribers, size, packets, not args.no_batch))
+            cpu, out = runner(run(subscribers, size, packets, not args.no_batch, args.svc))
             row = (size, f"1->{subscribers}", out, f"{cpu:.3f}", f"{cpu / out * 1e6:.2f}")
             print(" ".join(f"{value:>10}" for value in row), f"{out / cpu:>10.0f}")
 
