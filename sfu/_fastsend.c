@@ -312,6 +312,10 @@ typedef struct {
     int64_t sequence_offset, timestamp_offset, highest_in, source_floor;
     int64_t last_out_sequence, last_out_timestamp;
     double last_now;
+    /* The timestamp offset the next source should take (expect_source), when known from the
+     * two streams' Sender Reports, instead of the wall-clock estimate. */
+    char expecting;
+    uint32_t expected_source, expected_in, expected_out;
     sent_t sent[SENT_RING];
 } DownTrackCore;
 
@@ -390,6 +394,7 @@ static int DownTrackCore_init(DownTrackCore *self, PyObject *args, PyObject *kwa
     self->last_out_sequence = first_sequence - 1;
     self->last_out_timestamp = first_timestamp;
     self->last_now = 0.0;
+    self->expecting = 0;
     memset(self->sent, 0, sizeof(self->sent));
     return 0;
 }
@@ -426,6 +431,20 @@ static void switch_source(DownTrackCore *t, uint16_t sequence, uint32_t timestam
     }
     t->sequence_offset = t->last_out_sequence + 1 - sequence;
     t->timestamp_offset = t->last_out_timestamp + ticks - timestamp;
+    if (t->expecting && t->expected_source == ssrc) {
+        /* Sender Reports map the new stream onto the old one's timeline: this packet should
+         * go out at expected_out (plus its distance from expected_in), taken in 64 bits nearest
+         * the wall clock's estimate, when it does not run backwards and stays within a second
+         * of that estimate. */
+        int64_t estimate = t->last_out_timestamp + ticks;
+        uint32_t wanted = t->expected_out + (timestamp - t->expected_in);
+        int64_t drift = (int32_t)(wanted - (uint32_t)estimate);
+        if (estimate + drift > t->last_out_timestamp && drift < t->clock_rate &&
+            drift > -t->clock_rate) {
+            t->timestamp_offset = estimate + drift - timestamp;
+        }
+    }
+    t->expecting = 0;
     t->highest_in = sequence;
     t->source_floor = sequence;
 }
@@ -782,6 +801,18 @@ static PyObject *DownTrackCore_forward(DownTrackCore *self, PyObject *args) {
     return end_forwarding(status, keyframe_due(self, status), &buffer);
 }
 
+static PyObject *DownTrackCore_expect_source(DownTrackCore *self, PyObject *args) {
+    unsigned long ssrc, timestamp_in, timestamp_out;
+    if (!PyArg_ParseTuple(args, "kkk", &ssrc, &timestamp_in, &timestamp_out)) {
+        return NULL;
+    }
+    self->expecting = 1;
+    self->expected_source = (uint32_t)ssrc;
+    self->expected_in = (uint32_t)timestamp_in;
+    self->expected_out = (uint32_t)timestamp_out;
+    Py_RETURN_NONE;
+}
+
 static PyObject *DownTrackCore_sent(DownTrackCore *self, PyObject *arg) {
     long sequence = PyLong_AsLong(arg);
     if (sequence == -1 && PyErr_Occurred()) {
@@ -807,6 +838,8 @@ static PyMethodDef DownTrackCore_methods[] = {
     {"forward", (PyCFunction)DownTrackCore_forward, METH_VARARGS,
      "forward(packet, start, end, sequence, timestamp, ssrc, now[, marker, out_sequence])"
      " -> keyframe due"},
+    {"expect_source", (PyCFunction)DownTrackCore_expect_source, METH_VARARGS,
+     "expect_source(ssrc, timestamp in, timestamp out): where the next source's time goes"},
     {"sent", (PyCFunction)DownTrackCore_sent, METH_O,
      "sent(our sequence number) -> (the publisher's, its SSRC, marker) or None"},
     {"translate_timestamp", (PyCFunction)DownTrackCore_translate_timestamp, METH_O,

@@ -75,6 +75,7 @@ class ReceiveStats:
         "highest",
         "last_sr_arrival",
         "last_sr_ntp",
+        "last_sr_rtp",
         "missing",
         "received",
     )
@@ -93,6 +94,7 @@ class ReceiveStats:
         self.missing: dict[int, int] = {}
         """Extended sequence number -> NACKs sent for it so far."""
         self.last_sr_ntp = 0
+        self.last_sr_rtp = 0
         self.last_sr_arrival = 0.0
 
     def on_packet(self, sequence: int, size: int) -> None:
@@ -120,6 +122,7 @@ class ReceiveStats:
         self._received_prior = 0
         self.missing.clear()
         self.last_sr_ntp = 0
+        self.last_sr_rtp = 0
         self.last_sr_arrival = 0.0
 
     def nacks_due(self) -> list[int]:

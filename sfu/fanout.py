@@ -174,6 +174,9 @@ class PyDownTrackCore:
     def skip(self, sequence: int, ssrc: int) -> None:
         self._munger.skip(sequence, ssrc)
 
+    def expect_source(self, ssrc: int, timestamp_in: int, timestamp_out: int) -> None:
+        self._munger.expect_source(ssrc, timestamp_in, timestamp_out)
+
     def sent(self, sequence: int) -> tuple[int, int, bool] | None:
         """(the publisher's sequence number, its SSRC, the marker bit we sent) behind one of
         our sequence numbers, if remembered."""

@@ -51,6 +51,7 @@ class RtpMunger:
 
     __slots__ = (
         "_clock_rate",
+        "_expected",
         "_highest_in",
         "_last_now",
         "_last_out_seq",
@@ -65,6 +66,7 @@ class RtpMunger:
 
     def __init__(self, clock_rate: int, first_sequence: int = 0, first_timestamp: int = 0) -> None:
         self._clock_rate = clock_rate
+        self._expected: tuple[int, int, int] | None = None
         self._seq = Unwrapper(16)
         self._ts = Unwrapper(32)
         self._source: int | None = None
@@ -109,6 +111,12 @@ class RtpMunger:
             self._highest_in = ext_seq
             self._seq_offset -= 1
 
+    def expect_source(self, ssrc: int, timestamp_in: int, timestamp_out: int) -> None:
+        """When the stream switches to ``ssrc``, its packet stamped ``timestamp_in`` should go
+        out stamped ``timestamp_out`` (LiveKit maps a new layer onto the old one's timeline
+        with both layers' Sender Reports)."""
+        self._expected = (ssrc, timestamp_in, timestamp_out)
+
     def translate_timestamp(self, timestamp: int) -> int:
         """A publisher timestamp (from its Sender Report) in the subscriber's timeline."""
         return (timestamp + self._ts_offset) & 0xFFFFFFFF
@@ -123,5 +131,16 @@ class RtpMunger:
         next_ts = self._last_out_ts + max(1, int(elapsed * self._clock_rate))
         self._seq_offset = self._last_out_seq + 1 - sequence
         self._ts_offset = next_ts - timestamp
+        if self._expected is not None and self._expected[0] == ssrc:
+            # Sender Reports map the new stream onto the old one's timeline: this packet goes
+            # out at the expected time (taken nearest the wall clock's estimate), when that
+            # does not run backwards and stays within a second of the estimate.
+            _, expected_in, expected_out = self._expected
+            wanted = (expected_out + timestamp - expected_in) & 0xFFFFFFFF
+            drift = (wanted - next_ts) & 0xFFFFFFFF
+            drift = drift - (1 << 32) if drift >= 1 << 31 else drift
+            if next_ts + drift > self._last_out_ts and -self._clock_rate < drift < self._clock_rate:
+                self._ts_offset = next_ts + drift - timestamp
+        self._expected = None
         self._highest_in = sequence
         self._source_floor = sequence

@@ -169,7 +169,7 @@ class TrackReceiver:
                 and self._keyframe_start is not None
                 and self._keyframe_start(packet, header, end)
             ):
-                simulcast.on_keyframe(self)
+                simulcast.on_keyframe(self, rtp.timestamp(packet))
         timestamp = rtp.timestamp(packet)
         if self.svc is not None:
             self.svc.forward(self, packet, header, end, sequence, timestamp, ssrc, now)
@@ -200,6 +200,7 @@ class TrackReceiver:
     def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
         """Remember the publisher's SR (for our RR's LSR) and translate it per subscriber."""
         self.stats.last_sr_ntp = ntp
+        self.stats.last_sr_rtp = rtp_timestamp
         self.stats.last_sr_arrival = now
         for downtrack in self.downtracks.values():
             downtrack.sender_report(ntp, rtp_timestamp)

@@ -135,13 +135,14 @@ class SimulcastTrack:
             if target in self.receivers and downtrack.bound and downtrack.enabled:
                 self.receivers[target].request_keyframe(now)
 
-    def on_keyframe(self, receiver: TrackReceiver) -> None:
-        """The first packet of a keyframe on ``receiver``'s layer: its waiting subscribers move
-        onto it before the packet is fanned out."""
+    def on_keyframe(self, receiver: TrackReceiver, timestamp: int) -> None:
+        """The first packet of a keyframe (stamped ``timestamp``) on ``receiver``'s layer: its
+        waiting subscribers move onto it before the packet is fanned out."""
         for subscriber_sid, downtrack in list(receiver.switching.items()):
             if not downtrack.bound:
                 continue  # a keyframe the client could not receive yet would be wasted
             del receiver.switching[subscriber_sid]
+            _expect_timeline(downtrack, receiver, timestamp)
             downtrack.receiver.downtracks.pop(subscriber_sid, None)
             receiver.downtracks[subscriber_sid] = downtrack
             downtrack.receiver = receiver
@@ -170,3 +171,21 @@ class SimulcastTrack:
         primary = self.receivers[min(self.receivers)]
         estimate = primary.estimator.update(worst_loss, bitrate)
         primary.send_rtcp(rtcp.remb(RTCP_SENDER_SSRC, estimate, ssrcs))
+
+
+def _expect_timeline(downtrack: DownTrack, layer: TrackReceiver, timestamp: int) -> None:
+    """Tell ``downtrack`` where on its timeline ``layer``'s packet stamped ``timestamp`` falls,
+    from the two layers' Sender Reports (RFC 3550 6.4.1: each pairs an NTP time with the
+    stream's RTP time), as LiveKit keeps a subscriber's timestamps continuous across a switch.
+    Without a report from both layers, the munger estimates by the wall clock."""
+    old, new = downtrack.receiver.stats, layer.stats
+    if not (downtrack.packets and old.last_sr_ntp and new.last_sr_ntp):
+        return
+    clock = layer.codec.clock_rate
+    since_report = (timestamp - new.last_sr_rtp) & 0xFFFFFFFF
+    if since_report >= 1 << 31:
+        since_report -= 1 << 32
+    captured = new.last_sr_ntp / (1 << 32) + since_report / clock
+    on_old = old.last_sr_rtp + round((captured - old.last_sr_ntp / (1 << 32)) * clock)
+    out = downtrack.translate_timestamp(on_old & 0xFFFFFFFF)
+    downtrack.expect_source(layer.media_ssrc, timestamp, out)

@@ -418,3 +418,31 @@ def test_skipped_packets_leave_no_gap_and_the_marker_can_be_set(
     core.forward(again, 12, len(again), 5, 5 * 960, 42, 2.0, False, 102)
     assert rtp.sequence_number(capture.packets[-1]) == 102, "resent under its first number"
     assert rtp.timestamp(capture.packets[-1]) == rtp.timestamp(capture.packets[2])
+
+
+@pytest.mark.parametrize(
+    ("core_cls", "sink_cls", "fan"),
+    [
+        (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout),
+        (_fastsend.DownTrackCore, _fastsend.Sink, _fastsend.fanout),
+    ],
+)
+def test_a_new_source_takes_the_timeline_its_sender_reports_give(
+    core_cls: Any, sink_cls: Any, fan: Any
+) -> None:
+    capture = Capture()
+    core = _core(core_cls, sink_cls(capture), first_timestamp=1000)
+
+    def send(sequence: int, timestamp: int, ssrc: int, now: float) -> int:
+        packet = _packet(sequence, timestamp, ssrc, b"p")
+        fan(packet, 12, 13, sequence, timestamp, ssrc, now, {"s": core})
+        return rtp.timestamp(capture.packets[-1])
+
+    assert send(1, 50_000, 7, 1.0) == 1001
+    assert send(2, 50_960, 7, 1.02) == 1961
+    core.expect_source(8, 4_000_000_000, 2950)  # what the reports say this packet maps to
+    assert send(90, 4_000_000_000, 8, 1.04) == 2950, "the reports' mapping, not the clock's"
+    core.expect_source(9, 10, 2900)  # would run backwards: the wall clock's estimate instead
+    assert send(5, 10, 9, 1.06) == 2950 + 960
+    core.expect_source(7, 51_920, 2950 + 960 + 48_000 * 2)  # two seconds off the estimate
+    assert send(3, 51_920, 7, 1.08) == 2950 + 960 * 2

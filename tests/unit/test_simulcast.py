@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from livekit.protocol import models, rtc
 
-from protocol import rtp, sdp, sdp_media
+from protocol import rtcp, rtp, sdp, sdp_media
 from sfu.receiver import PublishedTrack
 from sfu.simulcast import (
     SETTLE_S,
@@ -306,3 +306,23 @@ def test_track_info_names_each_layers_ssrc() -> None:
     tracks._on_rtp(_packet(Q, 1, KEY, b"q"))
     tracks._on_rtp(_packet(F, 1, KEY, b"f"))
     assert [layer.ssrc for layer in track.info.layers] == [Q, 0, F]
+
+
+def test_a_switch_keeps_the_timeline_the_sender_reports_give() -> None:
+    """q's clock runs 1500 ticks (about 17 ms) ahead of f's by their Sender Reports: the first
+    q packet after the switch goes out that much behind where f's would have, not at the wall
+    clock's estimate (which would be a whole 50 ms frame later)."""
+    meeting = Meeting()
+    meeting.start_layers(0, 1, 2)
+    ntp = 3_900_000_000 << 32
+    for ssrc, rtp_time in ((F, 300_000), (Q, 301_500)):
+        meeting.tracks._on_publisher_rtcp(rtcp.sender_report(ssrc, ntp, rtp_time, 1, 1))
+    meeting.subscribe("viewer")
+    meeting.frame(key=True)
+    meeting.frame()
+    meeting.settings("viewer", quality=LOW)
+    meeting.frame((0, 1, 2), key=True)
+    sent = meeting.viewers["viewer"][1].sent
+    assert [p[-1] for p in sent] == [2, 2, 0]
+    step = (rtp.timestamp(sent[2]) - rtp.timestamp(sent[1])) & 0xFFFFFFFF
+    assert step == 3000 - 1500, step
