@@ -316,6 +316,11 @@ typedef struct {
      * two streams' Sender Reports, instead of the wall-clock estimate. */
     char expecting;
     uint32_t expected_source, expected_in, expected_out;
+    /* VP8 payload descriptor munging (RFC 7741 4.2), LiveKit's codecmunger/vp8.go: picture id,
+     * TL0PICIDX and KEYIDX continue across a change of source as sequence numbers do. */
+    char vp8, vp8_seen, vp8_rebase;
+    uint16_t picture_offset, last_picture;
+    uint8_t tl0_offset, last_tl0, keyidx_offset, last_keyidx;
     sent_t sent[SENT_RING];
 } DownTrackCore;
 
@@ -395,6 +400,9 @@ static int DownTrackCore_init(DownTrackCore *self, PyObject *args, PyObject *kwa
     self->last_out_timestamp = first_timestamp;
     self->last_now = 0.0;
     self->expecting = 0;
+    self->vp8 = self->vp8_seen = self->vp8_rebase = 0;
+    self->picture_offset = self->last_picture = 0;
+    self->tl0_offset = self->last_tl0 = self->keyidx_offset = self->last_keyidx = 0;
     memset(self->sent, 0, sizeof(self->sent));
     return 0;
 }
@@ -431,6 +439,7 @@ static void switch_source(DownTrackCore *t, uint16_t sequence, uint32_t timestam
     }
     t->sequence_offset = t->last_out_sequence + 1 - sequence;
     t->timestamp_offset = t->last_out_timestamp + ticks - timestamp;
+    t->vp8_rebase = t->vp8_seen;
     if (t->expecting && t->expected_source == ssrc) {
         /* Sender Reports map the new stream onto the old one's timeline: this packet should
          * go out at expected_out (plus its distance from expected_in), taken in 64 bits nearest
@@ -504,6 +513,70 @@ typedef struct {
     int out_sequence; /* >= 0: a retransmission, sent again under the number it had */
 } incoming_t;
 
+/* Rewrites the VP8 payload descriptor at payload[0..length) in place: picture id, TL0PICIDX and
+ * KEYIDX shifted so they continue from the last source's (sfu/fanout.py munge_vp8). newest:
+ * this packet is the newest sent, so its values are the ones the next source continues. */
+static void munge_vp8(DownTrackCore *t, uint8_t *payload, Py_ssize_t length, int newest) {
+    if (length < 2 || !(payload[0] & 0x80)) {
+        return; /* no extended control bits: nothing to munge */
+    }
+    uint8_t bits = payload[1];
+    Py_ssize_t offset = 2;
+    int picture_at = -1, wide = 0, tl0_at = -1, keyidx_at = -1;
+    if (bits & 0x80) { /* I: picture id, 7 or 15 bits (M) */
+        picture_at = (int)offset;
+        wide = offset < length && (payload[offset] & 0x80);
+        offset += wide ? 2 : 1;
+    }
+    if (bits & 0x40) { /* L: TL0PICIDX */
+        tl0_at = (int)offset++;
+    }
+    if (bits & 0x30) { /* T or K: TID, Y, KEYIDX in one byte */
+        if (bits & 0x10) {
+            keyidx_at = (int)offset;
+        }
+        offset++;
+    }
+    if (offset > length) {
+        return; /* a descriptor cut short: left as it is */
+    }
+    uint16_t mask = wide ? 0x7FFF : 0x7F;
+    uint16_t picture = 0;
+    if (picture_at >= 0) {
+        picture = wide ? (uint16_t)(((payload[picture_at] & 0x7F) << 8) | payload[picture_at + 1])
+                       : (uint16_t)(payload[picture_at] & 0x7F);
+    }
+    uint8_t tl0 = tl0_at >= 0 ? payload[tl0_at] : 0;
+    uint8_t keyidx = keyidx_at >= 0 ? (payload[keyidx_at] & 0x1F) : 0;
+    if (t->vp8_rebase) {
+        t->picture_offset = (uint16_t)(t->last_picture + 1 - picture);
+        t->tl0_offset = (uint8_t)(t->last_tl0 + 1 - tl0);
+        t->keyidx_offset = (uint8_t)(t->last_keyidx + 1 - keyidx);
+        t->vp8_rebase = 0;
+    }
+    picture = (uint16_t)(picture + t->picture_offset) & mask;
+    tl0 = (uint8_t)(tl0 + t->tl0_offset);
+    keyidx = (uint8_t)(keyidx + t->keyidx_offset) & 0x1F;
+    if (picture_at >= 0 && wide) {
+        payload[picture_at] = 0x80 | (uint8_t)(picture >> 8);
+        payload[picture_at + 1] = (uint8_t)(picture & 0xFF);
+    } else if (picture_at >= 0) {
+        payload[picture_at] = (uint8_t)picture;
+    }
+    if (tl0_at >= 0) {
+        payload[tl0_at] = tl0;
+    }
+    if (keyidx_at >= 0) {
+        payload[keyidx_at] = (payload[keyidx_at] & 0xE0) | keyidx;
+    }
+    if (newest) {
+        t->vp8_seen = 1;
+        t->last_picture = picture;
+        t->last_tl0 = tl0;
+        t->last_keyidx = keyidx;
+    }
+}
+
 /* The subscriber's plaintext packet in out; its length, or 0 to skip this downtrack. */
 static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *out,
                                Py_ssize_t *payload_length) {
@@ -549,6 +622,10 @@ static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *
     out[11] = t->ssrc_out & 0xFF;
     memcpy(out + 12, PyBytes_AS_STRING(t->extension), (size_t)extension_length);
     memcpy(out + 12 + extension_length, in->data + start, (size_t)(in->end - start));
+    if (t->vp8) {
+        int newest = (uint16_t)t->last_out_sequence == sequence;
+        munge_vp8(t, out + 12 + extension_length, in->end - start, newest);
+    }
     *payload_length = in->end - start;
     return size;
 }
@@ -851,6 +928,7 @@ static PyMemberDef DownTrackCore_members[] = {
     {"enabled", T_BOOL, offsetof(DownTrackCore, enabled), 0, "forwarding on"},
     {"bound", T_BOOL, offsetof(DownTrackCore, bound), 0, "the subscriber has negotiated it"},
     {"red_accepted", T_BOOL, offsetof(DownTrackCore, red_accepted), 0, "subscriber kept RED"},
+    {"vp8", T_BOOL, offsetof(DownTrackCore, vp8), 0, "munge VP8 payload descriptors"},
     {"needs_keyframe", T_BOOL, offsetof(DownTrackCore, needs_keyframe), 0,
      "ask for a keyframe when the first packet goes out"},
     {"packets", T_ULONGLONG, offsetof(DownTrackCore, packets), READONLY, "packets sent"},

@@ -37,6 +37,7 @@ class DownTrackCore:
     enabled: bool
     bound: bool
     red_accepted: bool
+    vp8: bool
     needs_keyframe: bool
     packets: int
     octets: int

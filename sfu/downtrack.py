@@ -92,6 +92,9 @@ class DownTrack(DownTrackCore):
         # Video cannot be decoded from the middle of a GOP: once packets really flow to this
         # subscriber, ask the publisher for a keyframe (LiveKit sends a PLI on downtrack bind).
         self.needs_keyframe = outgoing.kind == "video"
+        # A simulcast switch moves to a layer with its own picture ids: they are munged to
+        # continue, as LiveKit does, so the decoder sees one stream.
+        self.vp8 = receiver.codec.mime.lower() == "video/vp8"
 
     def bind(self) -> None:
         """The subscriber's answer has this track: forwarding starts, and the publisher hears

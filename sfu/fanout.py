@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from protocol import rtp
-from sfu.munger import REORDER_WINDOW, RtpMunger
+from sfu.munger import REORDER_WINDOW, RtpMunger, Vp8Munger
 
 try:  # the optional C accelerator; without it, the reference below
     from sfu import _fastsend
@@ -76,12 +76,14 @@ class PyDownTrackCore:
         "_sink",
         "_ssrc_out",
         "_view",
+        "_vp8",
         "bound",
         "enabled",
         "needs_keyframe",
         "octets",
         "packets",
         "red_accepted",
+        "vp8",
     )
 
     def __init__(
@@ -109,6 +111,9 @@ class PyDownTrackCore:
         self.bound = True
         """False until the subscriber's answer has this track (sfu/tracks.py)."""
         self.red_accepted = True
+        self.vp8 = False
+        """Munge VP8 payload descriptors (``sfu/munger.py`` Vp8Munger)."""
+        self._vp8 = Vp8Munger()
         self.needs_keyframe = False
         self.packets = 0
         self.octets = 0
@@ -137,7 +142,10 @@ class PyDownTrackCore:
                 )
             except ValueError:
                 return False
+        switching = ssrc != self._munger.source
         translated = self._munger.translate(sequence, timestamp, ssrc, now)
+        if switching:
+            self._vp8.source_changed()
         if translated is None:
             return False
         if out_sequence >= 0:
@@ -162,6 +170,9 @@ class PyDownTrackCore:
             payload_start=payload_start,
             payload_end=payload_end,
         )
+        if self.vp8:
+            newest = self._munger.last_sequence == translated[0]
+            self._vp8.munge(self._buffer, size - (payload_end - payload_start), size, newest)
         if not self._sink.send(self._view[:size]):
             return False
         self.packets += 1

@@ -117,6 +117,15 @@ class RtpMunger:
         with both layers' Sender Reports)."""
         self._expected = (ssrc, timestamp_in, timestamp_out)
 
+    @property
+    def source(self) -> int | None:
+        return self._source
+
+    @property
+    def last_sequence(self) -> int:
+        """The newest sequence number sent, wrapped to 16 bits."""
+        return self._last_out_seq & 0xFFFF
+
     def translate_timestamp(self, timestamp: int) -> int:
         """A publisher timestamp (from its Sender Report) in the subscriber's timeline."""
         return (timestamp + self._ts_offset) & 0xFFFFFFFF
@@ -144,3 +153,69 @@ class RtpMunger:
         self._expected = None
         self._highest_in = sequence
         self._source_floor = sequence
+
+
+class Vp8Munger:
+    """VP8 payload descriptor munging for one downtrack (RFC 7741 4.2; LiveKit
+    ``codecmunger/vp8.go``): picture id, TL0PICIDX and KEYIDX continue across a change of
+    source as sequence numbers do, so the decoder sees one stream. The reference for the C
+    twin in ``_fastsend.c`` (``munge_vp8``)."""
+
+    __slots__ = ("_last", "_offsets", "_rebase", "_seen")
+
+    def __init__(self) -> None:
+        self._seen = False
+        self._rebase = False
+        self._offsets = (0, 0, 0)
+        self._last = (0, 0, 0)
+        """(picture id, TL0PICIDX, KEYIDX) of the newest packet sent."""
+
+    def source_changed(self) -> None:
+        """The next packet starts a new source: its values continue from the last sent."""
+        self._rebase = self._seen
+
+    def munge(self, buffer: bytearray, start: int, end: int, newest: bool) -> None:
+        """Rewrite the descriptor at ``buffer[start:end]`` in place."""
+        if end - start < 2 or not buffer[start] & 0x80:
+            return
+        bits, offset = buffer[start + 1], start + 2
+        picture_at = tl0_at = keyidx_at = -1
+        wide = False
+        if bits & 0x80:
+            picture_at, wide = offset, offset < end and bool(buffer[offset] & 0x80)
+            offset += 2 if wide else 1
+        if bits & 0x40:
+            tl0_at, offset = offset, offset + 1
+        if bits & 0x30:
+            keyidx_at = offset if bits & 0x10 else -1
+            offset += 1
+        if offset > end:
+            return
+        picture = 0
+        if picture_at >= 0:
+            high = buffer[picture_at] & 0x7F
+            picture = (high << 8 | buffer[picture_at + 1]) if wide else high
+        tl0 = buffer[tl0_at] if tl0_at >= 0 else 0
+        keyidx = buffer[keyidx_at] & 0x1F if keyidx_at >= 0 else 0
+        if self._rebase:
+            last = self._last
+            self._offsets = (
+                (last[0] + 1 - picture) & 0xFFFF,
+                (last[1] + 1 - tl0) & 0xFF,
+                (last[2] + 1 - keyidx) & 0xFF,
+            )
+            self._rebase = False
+        picture = (picture + self._offsets[0]) & (0x7FFF if wide else 0x7F)
+        tl0 = (tl0 + self._offsets[1]) & 0xFF
+        keyidx = (keyidx + self._offsets[2]) & 0x1F
+        if picture_at >= 0 and wide:
+            buffer[picture_at], buffer[picture_at + 1] = 0x80 | picture >> 8, picture & 0xFF
+        elif picture_at >= 0:
+            buffer[picture_at] = picture
+        if tl0_at >= 0:
+            buffer[tl0_at] = tl0
+        if keyidx_at >= 0:
+            buffer[keyidx_at] = (buffer[keyidx_at] & 0xE0) | keyidx
+        if newest:
+            self._seen = True
+            self._last = (picture, tl0, keyidx)

@@ -321,6 +321,7 @@ def test_random_streams_leave_both_paths_byte_for_byte_alike(seed: int) -> None:
     overrides = {"first_sequence": rng.randrange(65536), "first_timestamp": rng.randrange(1 << 32)}
     probes = [rng.randrange(65536) for _ in range(5)]
     actions = [rng.choice(("forward",) * 7 + ("marker", "skip", "skip")) for _ in packets]
+    vp8 = rng.random() < 0.5  # payloads are random bytes: whatever they hold, both agree
     results = []
     for cls, sink_cls, fan in (
         (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout),
@@ -329,7 +330,7 @@ def test_random_streams_leave_both_paths_byte_for_byte_alike(seed: int) -> None:
         capture = Capture()
         core = _core(cls, sink_cls(capture), **overrides)
         core.red_accepted = red_accepted
-
+        core.vp8 = vp8
         skip = fanout.py_skip if fan is fanout.py_fanout else _fastsend.skip
         for (packet, now), action in zip(packets, actions, strict=True):
             _, start, end = rtp.header_end(packet)
@@ -446,3 +447,41 @@ def test_a_new_source_takes_the_timeline_its_sender_reports_give(
     assert send(5, 10, 9, 1.06) == 2950 + 960
     core.expect_source(7, 51_920, 2950 + 960 + 48_000 * 2)  # two seconds off the estimate
     assert send(3, 51_920, 7, 1.08) == 2950 + 960 * 2
+
+
+def _vp8(sequence: int, ssrc: int, picture: int, tl0: int, keyidx: int) -> bytes:
+    """RFC 7741: X, then I L T K, a 15-bit picture id, TL0PICIDX, TID/Y/KEYIDX, payload."""
+    descriptor = bytes((0x90, 0xF0, 0x80 | picture >> 8, picture & 0xFF, tl0, 0x40 | keyidx, 0x00))
+    return _packet(sequence, sequence * 3000, ssrc, descriptor + b"vp8", pt=96)
+
+
+@pytest.mark.parametrize(
+    ("core_cls", "sink_cls", "fan"),
+    [
+        (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout),
+        (_fastsend.DownTrackCore, _fastsend.Sink, _fastsend.fanout),
+    ],
+)
+def test_vp8_picture_ids_continue_across_a_change_of_source(
+    core_cls: Any, sink_cls: Any, fan: Any
+) -> None:
+    capture = Capture()
+    core = _core(core_cls, sink_cls(capture), payload_types={96: 96}, red_payload_type=-1)
+    core.vp8 = True
+    stream = [
+        _vp8(1, 7, 32766, 254, 30),
+        _vp8(2, 7, 32767, 255, 31),
+        _vp8(900, 8, 5000, 17, 3),  # another layer: its own numbering
+        _vp8(901, 8, 5001, 18, 4),
+        _vp8(899, 8, 4999, 16, 2),  # late, from before the switch: dropped
+    ]
+    for packet in stream:
+        _, start, end = rtp.header_end(packet)
+        fields = (rtp.sequence_number(packet), rtp.timestamp(packet), rtp.ssrc(packet))
+        fan(packet, start, end, *fields, 1.0, {"s": core})
+    at = 12 + len(EXTENSION) + 2  # the picture id, after X and I L T K
+    pictures = [(p[at] & 0x7F) << 8 | p[at + 1] for p in capture.packets]
+    assert pictures == [32766, 32767, 0, 1], "continued, wrapping at 15 bits"
+    assert [p[at + 2] for p in capture.packets] == [254, 255, 0, 1]
+    assert [p[at + 3] & 0x1F for p in capture.packets] == [30, 31, 0, 1]
+    assert all(p[at + 3] & 0x40 for p in capture.packets), "the other bits are kept"
