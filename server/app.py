@@ -31,6 +31,7 @@ from server.cluster import (
     sibling_node_ids,
 )
 from server.membership import CLUSTER, Membership, install_cluster
+from server.memory import MemoryTrimmer, find_malloc_trim
 from server.metrics import MetricsSources
 from server.metrics_http import install_metrics
 from sfu.endpoint import Endpoints, media_bind_address
@@ -109,12 +110,16 @@ def build_app(
         port_offset=worker.index,
     )
 
+    trimmer = MemoryTrimmer(find_malloc_trim())
+
     async def start_rooms(app: web.Application) -> None:
         rooms.start()
+        trimmer.start()
 
     async def stop_rooms(app: web.Application) -> None:
         # On shutdown, before aiohttp waits for open WebSockets: every participant gets a
         # leave with SERVER_SHUTDOWN, which ends its session.
+        await trimmer.stop()
         await rooms.stop()
 
     app.on_startup.append(start_rooms)
