@@ -41,6 +41,8 @@ from sfu.limits import Limits
 from sfu.room import RoomSettings
 from sfu.rooms import RoomManager
 from sfu.rtc_adapter import host_addresses
+from signaling.agent_socket import add_agent_routes
+from signaling.agents import AgentService
 from signaling.http import SignalingContext, add_routes
 from signaling.http_guard import GuardedRunner
 from signaling.webhooks import install_webhooks
@@ -85,6 +87,8 @@ def build_app(
         NodeLoad(rooms),
     )
     sync = StoreSync(rooms, router)
+    agents = AgentService(rooms)
+    events.subscribe(agents)
     ctx = SignalingContext(
         config=config,
         rooms=rooms,
@@ -93,8 +97,10 @@ def build_app(
         endpoints=endpoints,
         router=router,
         publish_room=sync.publish,
+        agents=agents,
     )
     add_routes(app, ctx)
+    add_agent_routes(app, agents)
     app[CLUSTER] = install_cluster(app, ctx, backends, sync, sibling_node_ids(config, worker))
     notifier = install_webhooks(app, config, events)
     install_metrics(
@@ -121,6 +127,7 @@ def build_app(
         # leave with SERVER_SHUTDOWN, which ends its session.
         await trimmer.stop()
         await rooms.stop()
+        await agents.close()
 
     app.on_startup.append(start_rooms)
     app.on_shutdown.append(stop_rooms)

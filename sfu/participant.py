@@ -191,6 +191,13 @@ class Participant:
         return self.grant.hidden
 
     @property
+    def dependent(self) -> bool:
+        """An agent or egress: it neither counts against ``max_participants`` nor keeps its
+        room open (LiveKit ``IsDependent``)."""
+        kinds = (models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS)
+        return self.params.kind in kinds or self.grant.agent or self.grant.recorder
+
+    @property
     def is_closed(self) -> bool:
         return self.state is ParticipantState.DISCONNECTED
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from livekit.protocol import agent_dispatch, models, rtc
 
 from config.schema import AudioConfig
+from protocol.ids import AGENT_DISPATCH_PREFIX, new_id
 from sfu.dynacast import PAUSE_DELAY_S
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.limits import Limits
@@ -99,15 +100,36 @@ class Room:
             creation_time=int(self.created_at),
             creation_time_ms=int(self.created_at * 1000),
             metadata=self.metadata,
-            num_participants=len(visible),
+            # LiveKit does not count agents and egress (``IsDependent``).
+            num_participants=sum(1 for p in visible if not p.dependent),
             num_publishers=sum(1 for p in visible if p.tracks.published),
             version=models.TimedVersion(unix_micro=int(time.time() * 1e6), ticks=self._version),
         )
 
-    def is_full(self, identity: str) -> bool:
-        """Whether a new participant may not join (a duplicate identity replaces, so fits)."""
+    def add_agent_dispatch(
+        self, agent_name: str, metadata: str = "", attributes: Mapping[str, str] | None = None
+    ) -> agent_dispatch.AgentDispatch:
+        """Ask for an agent in this room (LiveKit ``AgentDispatch``, kept for its lifetime)."""
+        dispatch = agent_dispatch.AgentDispatch(
+            id=new_id(AGENT_DISPATCH_PREFIX),
+            agent_name=agent_name,
+            room=self.name,
+            metadata=metadata,
+            state=agent_dispatch.AgentDispatchState(created_at=time.time_ns()),
+        )
+        dispatch.attributes.update(attributes or {})
+        self.agent_dispatches[dispatch.id] = dispatch
+        self.log.info("agent dispatch %s created for %r", dispatch.id, agent_name)
+        return dispatch
+
+    def is_full(self, identity: str, dependent: bool = False) -> bool:
+        """Whether a new participant may not join (a duplicate identity replaces, so fits;
+        agents and egress always fit, LiveKit does not count them)."""
+        if dependent:
+            return False
         limit = self.settings.max_participants
-        return limit > 0 and identity not in self.participants and len(self.participants) >= limit
+        counted = sum(1 for p in self.participants.values() if not p.dependent)
+        return limit > 0 and identity not in self.participants and counted >= limit
 
     # --- joining and leaving ---------------------------------------------------------------
 
@@ -120,10 +142,11 @@ class Room:
         previous = self.participants.get(participant.identity)
         if previous is not None:
             await self.remove(previous, models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True)
-        if self.is_full(participant.identity):
+        if self.is_full(participant.identity, participant.dependent):
             raise RoomFullError(f"room {self.name} is full")
         self.participants[participant.identity] = participant
-        self._last_left_monotonic = None
+        if not participant.dependent:
+            self._last_left_monotonic = None
         participant.tracks.audio_config = self.settings.audio
         participant.tracks.dynacast_delay = self.settings.dynacast_pause_delay
         join.room.CopyFrom(self.to_proto())
@@ -159,7 +182,9 @@ class Room:
         ``send_leave`` it is told first (to rejoin at once with ``reconnect``)."""
         if self.participants.get(participant.identity) is participant:
             del self.participants[participant.identity]
-            if not self.participants:
+            # LiveKit counts the room's departure timeout from the last removal of anyone,
+            # agents included, once only dependent participants (or nobody) are left.
+            if self._only_dependents_left():
                 self._last_left_monotonic = time.monotonic()
         if participant.is_closed:
             return
@@ -311,11 +336,14 @@ class Room:
     def idle_expired(self, now: float) -> bool:
         """Whether the room should close: nobody came within ``empty_timeout``, or everyone left
         more than ``departure_timeout`` ago (LiveKit ``room.go CloseIfEmpty``)."""
-        if self.participants:
+        if not self._only_dependents_left():
             return False
         if self._last_left_monotonic is None:
             return now - self._created_monotonic >= self.settings.empty_timeout
         return now - self._last_left_monotonic >= self.settings.departure_timeout
+
+    def _only_dependents_left(self) -> bool:
+        return all(p.dependent for p in self.participants.values())
 
     # --- updates ---------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from livekit.protocol import models
 
@@ -44,21 +45,36 @@ class RoomManager:
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
-    def get_or_create(self, name: str, *, may_create: bool) -> Room:
+    def get_or_create(
+        self,
+        name: str,
+        *,
+        may_create: bool,
+        configure: Callable[[Room], None] | None = None,
+    ) -> Room:
         """The room called ``name``; created when ``room.auto_create`` or ``may_create`` allow.
 
         :param may_create: the joiner's token has ``roomCreate`` (LiveKit lets it create the
             room even with auto_create off).
+        :param configure: applied to a room made here before it starts (a token's room
+            configuration).
         """
         room = self.rooms.get(name)
         if room is not None:
             return room
         if not (self.auto_create or may_create):
             raise RoomNotFoundError(f"room {name} does not exist")
-        return self.create(name, self.settings)
+        return self.create(name, self.settings, configure=configure)
 
-    def create(self, name: str, settings: RoomSettings, metadata: str = "") -> Room:
-        """A new room called ``name`` (which must not exist yet)."""
+    def create(
+        self,
+        name: str,
+        settings: RoomSettings,
+        metadata: str = "",
+        configure: Callable[[Room], None] | None = None,
+    ) -> Room:
+        """A new room called ``name`` (which must not exist yet); ``configure`` sets it up
+        (its agent dispatches among other things) before anyone hears it started."""
         room = Room(
             name=name,
             sid=new_id(ROOM_PREFIX),
@@ -67,6 +83,8 @@ class RoomManager:
             events=self.events,
         )
         room.metadata = metadata
+        if configure is not None:
+            configure(room)
         self.rooms[name] = room
         room.log.info("room created")
         self.events.emit(RoomEvent(EventKind.ROOM_STARTED, room.to_proto()))

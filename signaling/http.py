@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
 
 from aiohttp import web
+from google.protobuf import json_format
 from livekit.protocol import models, rtc
+from livekit.protocol import room as room_pb
 from multidict import CIMultiDict, MultiDict
 
 from config import Config
@@ -26,6 +29,7 @@ from sfu.endpoint import Endpoints
 from sfu.participant import JoinParams, Participant
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
+from signaling.agents import AgentService
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
 from signaling.ice_servers import ice_servers
@@ -70,6 +74,8 @@ class SignalingContext:
     """Writes one room's state to the cluster store at once (set by the membership)."""
     twirp_stats: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
     """Server API requests by (service, method, HTTP status, Twirp code or "")."""
+    agents: AgentService | None = None
+    """The agent workers connected here (``/agent``), which dispatches are offered to."""
 
 
 CONTEXT = web.AppKey("signaling_context", SignalingContext)
@@ -142,13 +148,41 @@ def _find_room(ctx: SignalingContext, connect: ConnectRequest, *, create: bool) 
     if room is None and not may_create:
         raise HttpError(404, "requested room does not exist")
     if room is None and create:
+        room_config = connect.claims.room_config
+        configure = partial(configure_room, room_config) if room_config is not None else None
         try:
-            room = rooms.get_or_create(connect.room_name, may_create=may_create)
+            room = rooms.get_or_create(
+                connect.room_name, may_create=may_create, configure=configure
+            )
         except RoomNotFoundError as exc:
             raise HttpError(404, str(exc)) from exc
-    if room is not None and room.is_full(connect.claims.identity):
+    claims = connect.claims
+    dependent = claims.kind in ("agent", "egress") or claims.video.agent or claims.video.recorder
+    if room is not None and room.is_full(claims.identity, dependent):
         raise HttpError(500, "room has exceeded its max participants")
     return room
+
+
+def configure_room(room_config: Mapping[str, object], room: Room) -> None:
+    """A token's ``roomConfig`` for the room its join creates (LiveKit
+    ``SetRoomConfiguration``): timeouts, size, metadata and the agents to dispatch. A live room
+    is not changed by it."""
+    config = room_pb.RoomConfiguration()
+    try:
+        json_format.ParseDict(dict(room_config), config, ignore_unknown_fields=True)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        room.log.warning("token room configuration ignored: %s", exc)
+        return
+    settings = room.settings
+    room.settings = dataclasses.replace(
+        settings,
+        empty_timeout=config.empty_timeout or settings.empty_timeout,
+        departure_timeout=config.departure_timeout or settings.departure_timeout,
+        max_participants=config.max_participants or settings.max_participants,
+    )
+    room.metadata = config.metadata or room.metadata
+    for agent in config.agents:
+        room.add_agent_dispatch(agent.agent_name, agent.metadata, agent.attributes)
 
 
 async def rtc_websocket(request: web.Request) -> web.StreamResponse:
@@ -380,7 +414,8 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     store = ctx.router.store
     service = RoomService(ctx.rooms, ctx.config, store.list_rooms, ctx.publish_room)
     twirp.add(service.twirp())
-    twirp.add(AgentDispatchService(ctx.rooms).twirp())
+    launch = ctx.agents.dispatch_now if ctx.agents is not None else None
+    twirp.add(AgentDispatchService(ctx.rooms, launch).twirp())
     forwarder = ApiForwarder(ctx.router, ctx.rooms, twirp)
     twirp.forward = forwarder
     app[FORWARDER] = forwarder

@@ -17,7 +17,6 @@ from google.protobuf.message import Message
 from livekit.protocol import agent_dispatch, models, room, rtc
 
 from config import Config
-from protocol.ids import AGENT_DISPATCH_PREFIX, new_id
 from protocol.token import Claims
 from routing.store import STORE_ERRORS
 from sfu.limits import LimitExceededError, attributes_size
@@ -142,16 +141,20 @@ class RoomService:
             max_participants=request.max_participants or settings.max_participants,
         )
         existing = self.rooms.get(name)
+
+        def add_agents(target: Room) -> None:
+            for agent in request.agents:
+                target.add_agent_dispatch(agent.agent_name, agent.metadata, agent.attributes)
+
         if existing is None:
-            created = self.rooms.create(name, settings, request.metadata)
+            created = self.rooms.create(name, settings, request.metadata, configure=add_agents)
         else:
             # LiveKit's allocator applies the request's non-zero fields to an existing room.
             created = existing
             created.settings = settings
             if request.metadata:
                 created.update_metadata(request.metadata)
-        for agent in request.agents:
-            _add_dispatch(created, agent.agent_name, agent.metadata)
+            add_agents(created)
         await self._published(name)
         return created.to_proto()
 
@@ -278,25 +281,20 @@ class RoomService:
         return room.UpdateSubscriptionsResponse()
 
 
-def _add_dispatch(target: Room, agent_name: str, metadata: str) -> agent_dispatch.AgentDispatch:
-    dispatch = agent_dispatch.AgentDispatch(
-        id=new_id(AGENT_DISPATCH_PREFIX),
-        agent_name=agent_name,
-        room=target.name,
-        metadata=metadata,
-        state=agent_dispatch.AgentDispatchState(created_at=time.time_ns()),
-    )
-    target.agent_dispatches[dispatch.id] = dispatch
-    target.log.info("agent dispatch %s created for %r", dispatch.id, agent_name)
-    return dispatch
-
-
 class AgentDispatchService:
-    """Dispatches stored per room (LiveKit ``RoomManager.CreateDispatch``); the agent worker
-    protocol that acts on them is not part of this node yet."""
+    """Dispatches stored per room (LiveKit ``agent_dispatch_service.go``); a new one is
+    offered to the agent workers at once (``signaling/agents.py``).
 
-    def __init__(self, rooms: RoomManager) -> None:
+    :param launch: starts a dispatch's room job; None when no workers are served here.
+    """
+
+    def __init__(
+        self,
+        rooms: RoomManager,
+        launch: Callable[[agent_dispatch.AgentDispatch], None] | None = None,
+    ) -> None:
         self.rooms = rooms
+        self._launch = launch
 
     def twirp(self) -> TwirpService:
         return TwirpService(
@@ -314,9 +312,20 @@ class AgentDispatchService:
     async def create_dispatch(
         self, claims: Claims, request: agent_dispatch.CreateAgentDispatchRequest
     ) -> Message:
-        target = self._room(claims, request.room)
-        dispatch = _add_dispatch(target, request.agent_name, request.metadata)
-        dispatch.attributes.update(request.attributes)
+        if not claims.video.room_admin or claims.video.room != request.room:
+            raise permission_denied()
+        target = self.rooms.get(request.room)
+        if target is None:
+            # LiveKit creates the room first when rooms may be created on demand: a room
+            # with no agents configured, so it gets the automatic dispatch too.
+            if not self.rooms.auto_create:
+                raise TwirpError("not_found", "requested room does not exist")
+            target = self.rooms.create(request.room, self.rooms.settings)
+        dispatch = target.add_agent_dispatch(
+            request.agent_name, request.metadata, request.attributes
+        )
+        if self._launch is not None:
+            self._launch(dispatch)
         return dispatch
 
     async def delete_dispatch(

@@ -34,6 +34,10 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# The agent tests run the real livekit-agents framework as a worker; it pins its own livekit
+# SDK, so it gets a virtual environment of its own (tests/e2e/test_agents.py).
+python3 -m venv .venv-agents
+.venv-agents/bin/pip install -q --disable-pip-version-check -r tests/agents/requirements.txt
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

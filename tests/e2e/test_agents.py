@@ -1,0 +1,171 @@
+"""Voice AI agents with the real livekit-agents framework (issue 17): a worker with a trivial
+entrypoint (tests/agents/echo_agent.py, in its own virtual environment) is dispatched to rooms
+automatically, by the joiner's token and by the server API; its agent answers RPC, echoes
+audio, and its job ends when the room closes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from livekit import api, rtc
+
+from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess
+from tests.e2e.sdk import EventLog, wait_until
+from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
+
+pytestmark = pytest.mark.sdk
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENTS_PYTHON = ROOT / ".venv-agents" / "bin" / "python"
+ECHO_AGENT = ROOT / "tests" / "agents" / "echo_agent.py"
+#: The framework takes a few seconds to start and register.
+REGISTER_TIMEOUT_S = 60.0
+
+
+class Worker:
+    """A running echo agent worker and what it printed."""
+
+    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def said(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@asynccontextmanager
+async def agent_worker(
+    server: ServerProcess, tmp_path: Path, agent_name: str = ""
+) -> AsyncIterator[Worker]:
+    assert AGENTS_PYTHON.exists(), "tests/run.sh makes .venv-agents (livekit-agents)"
+    registered = server.logs().count("agent worker AW_")
+    log = tmp_path / f"worker-{agent_name or 'auto'}.log"
+    env = dict(
+        os.environ,
+        LIVEKIT_URL=server.ws_url,
+        LIVEKIT_API_KEY=API_KEY,
+        LIVEKIT_API_SECRET=API_SECRET,
+        ECHO_AGENT_NAME=agent_name,
+    )
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            str(AGENTS_PYTHON), str(ECHO_AGENT), env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    worker = Worker(process, log)
+    try:
+        await wait_until(
+            lambda: (
+                server.logs().count("agent worker AW_") > registered
+                or process.returncode is not None
+            ),
+            REGISTER_TIMEOUT_S,
+        )
+        assert process.returncode is None, worker.said()
+        yield worker
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def _token(identity: str, room: str, agent_name: str | None = None) -> str:
+    token = (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_identity(identity)
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+    )
+    if agent_name is not None:
+        dispatch = api.RoomAgentDispatch(agent_name=agent_name, metadata="from the token")
+        token = token.with_room_config(api.RoomConfiguration(agents=[dispatch]))
+    return token.to_jwt()
+
+
+async def _join(server: ServerProcess, identity: str, room: str, **token: str) -> rtc.Room:
+    participant = rtc.Room()
+    await asyncio.wait_for(participant.connect(server.ws_url, _token(identity, room, **token)), 15)
+    return participant
+
+
+async def _agent_in(room: rtc.Room) -> rtc.RemoteParticipant:
+    await wait_until(lambda: any(_is_agent(p) for p in room.remote_participants.values()), 20)
+    return next(p for p in room.remote_participants.values() if _is_agent(p))
+
+
+def _is_agent(participant: rtc.RemoteParticipant) -> bool:
+    return bool(participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+
+
+async def test_automatic_dispatch_answers_rpc_and_echoes_audio(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    async with agent_worker(server, tmp_path) as worker:
+        caller = rtc.Room()
+        subscribed = EventLog(caller, "track_subscribed")
+        token = _token("caller", "agent-auto")
+        await asyncio.wait_for(caller.connect(server.ws_url, token), 15)
+        try:
+            agent = await _agent_in(caller)
+            assert agent.identity.startswith("agent-AJ_")
+            assert agent.attributes.get("lk.agent_name") == ""
+            reply = await caller.local_participant.perform_rpc(
+                destination_identity=agent.identity, method="ping", payload="hello"
+            )
+            assert reply == "pong hello"
+            async with publishing_tone(caller):
+                track, _, _ = await subscribed.wait_for(lambda e: _is_agent(e[2]), 20)
+                await wait_until(lambda: "AGENT echoing" in worker.said(), 20)
+                tail = (await hear(track, 2.0))[SAMPLE_RATE:]
+                assert abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15, "our tone back"
+        finally:
+            await caller.disconnect()
+
+
+async def test_token_dispatch_and_the_job_ends_with_the_room(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    async with (
+        agent_worker(server, tmp_path, agent_name="concierge") as worker,
+        agent_worker(server, tmp_path) as unnamed,
+    ):
+        caller = await _join(server, "guest", "agent-token", agent_name="concierge")
+        try:
+            agent = await _agent_in(caller)
+            assert agent.attributes.get("lk.agent_name") == "concierge"
+            await asyncio.sleep(1)
+            assert len([p for p in caller.remote_participants.values() if _is_agent(p)]) == 1
+            assert "AGENT joined" not in unnamed.said(), "a named agent turns automatic off"
+            async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lkapi:
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room="agent-token"))
+            await wait_until(lambda: "AGENT job ended in agent-token" in worker.said(), 20)
+            assert "worker told" in server.logs()
+        finally:
+            await caller.disconnect()
+
+
+async def test_api_dispatch_creates_the_room(server: ServerProcess, tmp_path: Path) -> None:
+    async with agent_worker(server, tmp_path, agent_name="scheduler") as worker:
+        async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lkapi:
+            request = api.CreateAgentDispatchRequest(
+                agent_name="scheduler", room="agent-api", metadata="booked"
+            )
+            dispatch = await lkapi.agent_dispatch.create_dispatch(request)
+            assert dispatch.id.startswith("AD_") and dispatch.room == "agent-api"
+            await wait_until(lambda: "AGENT joined agent-api" in worker.said(), 20)
+            listed = await lkapi.room.list_participants(
+                api.ListParticipantsRequest(room="agent-api")
+            )
+            kinds = {p.identity: p.kind for p in listed.participants}
+            assert list(kinds.values()) == [api.ParticipantInfo.Kind.AGENT], kinds
+            dispatches = await lkapi.agent_dispatch.list_dispatch(room_name="agent-api")
+            named = [d for d in dispatches if d.agent_name == "scheduler"]
+            assert named and named[0].state.jobs, dispatches
