@@ -29,6 +29,7 @@ from sfu.endpoint import Endpoints
 from sfu.participant import JoinParams, Participant
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
+from signaling.absent_services import absent_services
 from signaling.agents import AgentService
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
@@ -416,6 +417,8 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     twirp.add(service.twirp())
     launch = ctx.agents.dispatch_now if ctx.agents is not None else None
     twirp.add(AgentDispatchService(ctx.rooms, launch).twirp())
+    for absent in absent_services():
+        twirp.add(absent)
     forwarder = ApiForwarder(ctx.router, ctx.rooms, twirp)
     twirp.forward = forwarder
     app[FORWARDER] = forwarder

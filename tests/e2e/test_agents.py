@@ -169,3 +169,17 @@ async def test_api_dispatch_creates_the_room(server: ServerProcess, tmp_path: Pa
             dispatches = await lkapi.agent_dispatch.list_dispatch(room_name="agent-api")
             named = [d for d in dispatches if d.agent_name == "scheduler"]
             assert named and named[0].state.jobs, dispatches
+
+
+async def test_egress_ingress_and_sip_answer_as_livekit_without_them(server: ServerProcess) -> None:
+    async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lkapi:
+        calls = (
+            ("egress", lkapi.egress.list_egress(api.ListEgressRequest())),
+            ("ingress", lkapi.ingress.list_ingress(api.ListIngressRequest())),
+            ("sip", lkapi.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())),
+        )
+        for what, call in calls:
+            with pytest.raises(api.TwirpError) as raised:
+                await call
+            assert raised.value.code == "unknown"
+            assert raised.value.message == f"{what} not connected (redis required)"
