@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from livekit.protocol import agent_dispatch, models, rtc
 
@@ -20,6 +21,7 @@ from sfu.limits import Limits
 from sfu.participant import Participant, ParticipantState
 from sfu.quality import WINDOW_S, mean_opinion, quality_of
 from sfu.receiver import PublishedTrack
+from sfu.server_rpc import ServerRpcs
 from sfu.speakers import SpeakerTracker
 from sfu.tracks import source_name
 
@@ -81,6 +83,8 @@ class Room:
         self._last_left_monotonic: float | None = None
         self.events = events or EventBus()
         self._speakers = SpeakerTracker()
+        self.rpcs = ServerRpcs()
+        """RPCs the server API sends participants here (``PerformRpc``)."""
         self._quality_due = 0.0
         self._qualities_sent: dict[str, models.ConnectionQuality] = {}
         self.agent_dispatches: dict[str, agent_dispatch.AgentDispatch] = {}
@@ -186,6 +190,7 @@ class Room:
             # agents included, once only dependent participants (or nobody) are left.
             if self._only_dependents_left():
                 self._last_left_monotonic = time.monotonic()
+        self.rpcs.recipient_gone(participant.identity)
         if participant.is_closed:
             return
         was_active = participant.state is ParticipantState.ACTIVE
@@ -557,6 +562,15 @@ class Room:
                 for track in list(other.tracks.published.values()):
                     participant.subscribe_to(other, track, negotiate=True)
 
+    async def perform_rpc(
+        self, participant: Participant, method: str, payload: str, response_timeout_ms: int
+    ) -> str:
+        """Call ``method`` on ``participant`` (``RoomService.PerformRpc``); ``RpcFailed``."""
+        send = partial(participant.send_data, reliable=True)
+        return await self.rpcs.call(
+            participant.identity, send, method, payload, response_timeout_ms
+        )
+
     def send_server_data(self, packet: models.DataPacket, *, reliable: bool) -> None:
         """Data from the server API (RoomService.SendData): no sender identity."""
         self._deliver(packet, None, reliable=reliable)
@@ -582,6 +596,8 @@ class Room:
         ``destination_identities`` when given, on the same kind of channel it came in on."""
         if packet.WhichOneof("value") == "metrics":
             return  # metrics feed the server's own pipeline in LiveKit; never relayed as data
+        if self.rpcs.consume(packet):
+            return  # the answer to the server's own RPC
         identity = "" if participant.hidden else participant.identity
         sid = "" if participant.hidden else participant.sid
         packet.participant_identity = identity

@@ -23,6 +23,7 @@ from sfu.limits import LimitExceededError, attributes_size
 from sfu.participant import Participant
 from sfu.room import Room
 from sfu.rooms import RoomManager
+from sfu.server_rpc import RpcFailed
 from signaling.twirp import Handler, TwirpError, TwirpService, permission_denied
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class RoomService:
                 "UpdateSubscriptions": _handler(self.update_subscriptions),
                 "SendData": _handler(self.send_data),
                 "UpdateRoomMetadata": _handler(self.update_room_metadata),
+                "PerformRpc": _handler(self.perform_rpc),
             },
         )
 
@@ -235,6 +237,20 @@ class RoomService:
         )
         return room.RemoveParticipantResponse()
 
+    async def perform_rpc(self, claims: Claims, request: room.PerformRpcRequest) -> Message:
+        """Call an RPC method on a participant and return its answer (LiveKit
+        ``RoomManager.PerformRpc``); RPC errors come back with LiveKit's codes."""
+        if not request.destination_identity:
+            raise TwirpError("invalid_argument", "destination identity is required")
+        found, participant = self._participant(claims, request.room, request.destination_identity)
+        try:
+            payload = await found.perform_rpc(
+                participant, request.method, request.payload, request.response_timeout_ms
+            )
+        except RpcFailed as exc:
+            raise TwirpError(_RPC_TWIRP_CODES.get(exc.code, "internal"), str(exc)) from None
+        return room.PerformRpcResponse(payload=payload)
+
     async def mute_published_track(
         self, claims: Claims, request: room.MuteRoomTrackRequest
     ) -> Message:
@@ -279,6 +295,20 @@ class RoomService:
         )
         found.update_subscription(participant, update)
         return room.UpdateSubscriptionsResponse()
+
+
+#: LiveKit's mapping of RPC error codes to API errors (``DataChannelRpcError.PsrpcError``).
+_RPC_TWIRP_CODES = {
+    1500: "internal",
+    1501: "canceled",
+    1502: "canceled",
+    1503: "unavailable",
+    1504: "malformed",
+    1505: "internal",
+    1400: "invalid_argument",
+    1401: "not_found",
+    1402: "invalid_argument",
+}
 
 
 class AgentDispatchService:

@@ -183,3 +183,45 @@ async def test_egress_ingress_and_sip_answer_as_livekit_without_them(server: Ser
                 await call
             assert raised.value.code == "unknown"
             assert raised.value.message == f"{what} not connected (redis required)"
+
+
+async def _perform_rpc(lkapi: api.LiveKitAPI, request: api.PerformRpcRequest) -> str:
+    """``RoomService.PerformRpc`` through livekit-api's own Twirp client (its RoomService
+    has no method for it yet)."""
+    service = lkapi.room
+    grant = api.VideoGrants(room_admin=True, room=request.room)
+    response = await service._client.request(
+        "RoomService",
+        "PerformRpc",
+        request,
+        service._auth_header(grant),
+        api.PerformRpcResponse,
+    )
+    return str(response.payload)
+
+
+async def test_perform_rpc_through_the_server_api(server: ServerProcess) -> None:
+    callee = await _join(server, "callee", "server-rpc")
+    try:
+
+        async def shout(data: rtc.RpcInvocationData) -> str:
+            return f"{data.payload.upper()} (asked by {data.caller_identity})"
+
+        callee.local_participant.register_rpc_method("shout", shout)
+        async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lkapi:
+            request = api.PerformRpcRequest(
+                room="server-rpc", destination_identity="callee", method="shout", payload="hi"
+            )
+            answer = await _perform_rpc(lkapi, request)
+            assert answer.startswith("HI (asked by "), answer
+            request.method = "whisper"
+            with pytest.raises(api.TwirpError) as raised:
+                await _perform_rpc(lkapi, request)
+            assert raised.value.code == "invalid_argument"
+            assert "1400" in raised.value.message, raised.value.message
+            request.destination_identity = "nobody"
+            with pytest.raises(api.TwirpError) as missing:
+                await _perform_rpc(lkapi, request)
+            assert missing.value.code == "not_found"
+    finally:
+        await callee.disconnect()
