@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 from typing import Any, cast
 
@@ -49,14 +50,16 @@ def _participant(
     hidden: bool = False,
     can_publish_data: bool = True,
     single_pc: bool = False,
+    kind: models.ParticipantInfo.Kind = models.ParticipantInfo.Kind.STANDARD,
 ) -> tuple[Participant, RecordingSink]:
     sink = RecordingSink()
     grant = VideoGrant(
         room_join=True, room=room.name, hidden=hidden, can_publish_data=can_publish_data
     )
+    params = JoinParams(identity=identity, grant=grant, protocol=15, single_pc=single_pc, kind=kind)
     participant = Participant(
         sid=f"PA_{identity}",
-        params=JoinParams(identity=identity, grant=grant, protocol=15, single_pc=single_pc),
+        params=params,
         room_name=room.name,
         sink=sink,
         listener=room,
@@ -66,7 +69,7 @@ def _participant(
     return participant, sink
 
 
-async def _join(room: Room, identity: str, **kwargs: bool) -> tuple[Participant, RecordingSink]:
+async def _join(room: Room, identity: str, **kwargs: Any) -> tuple[Participant, RecordingSink]:
     participant, sink = _participant(room, identity, **kwargs)
     await room.join(participant, rtc.JoinResponse())
     return participant, sink
@@ -579,4 +582,19 @@ async def test_connection_quality_goes_to_each_and_its_publishers_when_it_change
     del bob.tracks.downtracks[info.sid]
     room.tick(10.0)
     assert len(bob_sink.of("connection_quality")) == 1, "nothing changed: nothing sent"
+    await room.close(models.DisconnectReason.ROOM_DELETED)
+
+
+async def test_agents_neither_fill_a_room_nor_keep_it_open() -> None:
+    room = _room(max_participants=1, departure_timeout=20)
+    user, _ = await _join(room, "user")
+    agent_kind = models.ParticipantInfo.Kind.AGENT
+    assert not room.is_full("agent-1", dependent=True), "an agent joins a full room"
+    await _join(room, "agent-1", kind=agent_kind)
+    assert room.to_proto().num_participants == 1, "LiveKit does not count agents"
+    assert room.is_full("another-user")
+    await room.remove(user, models.DisconnectReason.CLIENT_INITIATED)
+    left_at = time.monotonic()
+    assert not room.idle_expired(left_at + 19)
+    assert room.idle_expired(left_at + 21), "only an agent left: the departure timeout runs"
     await room.close(models.DisconnectReason.ROOM_DELETED)
