@@ -6,8 +6,8 @@ joins the room, answers the RPC method ``ping`` and plays back the first audio i
 prints one ``AGENT ...`` line per step for the test to follow. The agent name comes from
 ``ECHO_AGENT_NAME`` (empty: automatic dispatch).
 
-Its load is reported as a constant 0.1: the default is the machine's CPU use, and a busy test
-machine above LiveKit's 0.7 target would get no jobs at all.
+Its load is reported as a constant, ``ECHO_AGENT_LOAD`` (0.1 unless set): the default is the
+machine's CPU use, and a busy test machine above LiveKit's 0.7 target would get no jobs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentServer, JobContext, JobExecutorType
+from livekit.agents import AgentServer, JobContext
 
 SAMPLE_RATE = 48000
 
@@ -65,13 +65,13 @@ async def entrypoint(ctx: JobContext) -> None:
 
 def main() -> None:
     server = AgentServer(
-        job_executor_type=JobExecutorType.THREAD,
-        load_fnc=lambda: 0.1,
+        load_fnc=lambda: float(os.environ.get("ECHO_AGENT_LOAD", "0.1")),
         num_idle_processes=0,
         port=0,
     )
     server.rtc_session(entrypoint, agent_name=os.environ.get("ECHO_AGENT_NAME", ""))
-    asyncio.run(server.run(devmode=True))
+    # Production mode, as deployed: a worker over its 0.7 load threshold reports itself FULL.
+    asyncio.run(server.run(devmode=False))
 
 
 if __name__ == "__main__":

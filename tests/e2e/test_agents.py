@@ -41,17 +41,18 @@ class Worker:
 
 @asynccontextmanager
 async def agent_worker(
-    server: ServerProcess, tmp_path: Path, agent_name: str = ""
+    server: ServerProcess, tmp_path: Path, agent_name: str = "", load: float = 0.1
 ) -> AsyncIterator[Worker]:
     assert AGENTS_PYTHON.exists(), "tests/run.sh makes .venv-agents (livekit-agents)"
     registered = server.logs().count("agent worker AW_")
-    log = tmp_path / f"worker-{agent_name or 'auto'}.log"
+    log = tmp_path / f"worker-{agent_name or 'auto'}-{load}.log"
     env = dict(
         os.environ,
         LIVEKIT_URL=server.ws_url,
         LIVEKIT_API_KEY=API_KEY,
         LIVEKIT_API_SECRET=API_SECRET,
         ECHO_AGENT_NAME=agent_name,
+        ECHO_AGENT_LOAD=str(load),
     )
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
@@ -225,3 +226,43 @@ async def test_perform_rpc_through_the_server_api(server: ServerProcess) -> None
             assert missing.value.code == "not_found"
     finally:
         await callee.disconnect()
+
+
+async def test_jobs_go_by_load_and_a_killed_worker_leaves_the_rest(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A worker over LiveKit's target load gets nothing while another has room; when the
+    working one is killed its agent leaves its room, and new rooms go to the survivor once it
+    has room again (no job is moved, as in LiveKit)."""
+    async with (
+        agent_worker(server, tmp_path, load=0.9) as loaded,
+        agent_worker(server, tmp_path, load=0.2) as light,
+    ):
+        callers: list[rtc.Room] = []
+        try:
+            for index in range(3):
+                callers.append(await _join(server, f"user{index}", f"shared-{index}"))
+                await _agent_in(callers[-1])
+                # livekit-agents says FULL while it starts a job and AVAILABLE again with its
+                # next status (every 2.5 s); a room made in between gets no agent, in LiveKit
+                # too (no dispatch is retried).
+                await asyncio.sleep(3)
+            await wait_until(lambda: light.said().count("AGENT joined") == 3)
+            assert "AGENT joined" not in loaded.said()
+            left = EventLog(callers[0], "participant_disconnected")
+            light.process.kill()
+            await light.process.wait()
+            gone = await left.wait_for(lambda p: _is_agent(p), within_s=40)
+            assert gone.identity.startswith("agent-AJ_")
+            assert "gone with 3 job(s)" in server.logs()
+        finally:
+            for caller in callers:
+                await caller.disconnect()
+        newcomer = await _join(server, "late", "shared-late")
+        try:
+            await asyncio.sleep(2)
+            assert not any(_is_agent(p) for p in newcomer.remote_participants.values()), (
+                "the only worker left is over the target load"
+            )
+        finally:
+            await newcomer.disconnect()
