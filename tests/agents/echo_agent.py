@@ -66,7 +66,7 @@ async def entrypoint(ctx: JobContext) -> None:
 def main() -> None:
     server = AgentServer(
         load_fnc=lambda: float(os.environ.get("ECHO_AGENT_LOAD", "0.1")),
-        num_idle_processes=0,
+        num_idle_processes=int(os.environ.get("ECHO_AGENT_IDLE_PROCESSES", "0")),
         port=0,
     )
     server.rtc_session(entrypoint, agent_name=os.environ.get("ECHO_AGENT_NAME", ""))
