@@ -23,7 +23,8 @@ from sfu.receiver import PublishedTrack
 from sfu.rtc_adapter import MAX_PENDING_MESSAGES, ConnectionState, DataChannel, PeerConnection
 from sfu.single_pc import SinglePcSubscriber
 from sfu.tasks import TaskSet
-from sfu.tracks import SOURCES_BY_NAME, ParticipantTracks, PublishError, source_name
+from sfu.track_info import SOURCES_BY_NAME, PublishError, source_name
+from sfu.tracks import ParticipantTracks
 from sfu.transport import PublisherTransport, RtcConnection, SubscriberTransport
 
 logger = logging.getLogger(__name__)

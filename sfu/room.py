@@ -19,11 +19,11 @@ from sfu.dynacast import PAUSE_DELAY_S
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.limits import Limits
 from sfu.participant import Participant, ParticipantState
-from sfu.quality import WINDOW_S, mean_opinion, quality_of
+from sfu.quality import WINDOW_S
 from sfu.receiver import PublishedTrack
+from sfu.room_reports import RoomReports
 from sfu.server_rpc import ServerRpcs
-from sfu.speakers import SpeakerTracker
-from sfu.tracks import source_name
+from sfu.track_info import source_name
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ class Room:
         self._created_monotonic = now
         self._last_left_monotonic: float | None = None
         self.events = events or EventBus()
-        self._speakers = SpeakerTracker()
+        self.reports = RoomReports()
+        """Speakers and connection quality, as each participant is told them."""
         self.rpcs = ServerRpcs()
         """RPCs the server API sends participants here (``PerformRpc``)."""
         self._quality_due = 0.0
-        self._qualities_sent: dict[str, models.ConnectionQuality] = {}
         self.agent_dispatches: dict[str, agent_dispatch.AgentDispatch] = {}
         """Agent dispatches by id (AgentDispatchService), kept for the room's lifetime."""
         self.log = logging.LoggerAdapter(logger, {"room": name, "roomID": sid})
@@ -271,32 +271,8 @@ class Room:
         self.log.info("room closed")
 
     def update_speakers(self) -> None:
-        """One speaker interval ends: send each participant the changes among itself and the
-        participants it subscribes to (LiveKit ``audioUpdateWorker``)."""
-        levels: dict[str, float] = {}
-        by_sid: dict[str, Participant] = {}
-        for participant in self.participants.values():
-            by_sid[participant.sid] = participant
-            level = participant.tracks.close_audio_interval()
-            if level is not None:
-                levels[participant.sid] = level
-        changes = self._speakers.update(levels)
-        if not changes:
-            return
-        for receiver in list(self.participants.values()):
-            subscribed = receiver.tracks.downtracks.keys()
-            visible = [
-                speaker
-                for speaker in changes
-                if speaker.sid == receiver.sid
-                or (
-                    speaker.sid in by_sid
-                    and not subscribed.isdisjoint(by_sid[speaker.sid].tracks.published)
-                )
-            ]
-            if visible:
-                update = rtc.SpeakersChanged(speakers=visible)
-                receiver.send(rtc.SignalResponse(speakers_changed=update))
+        """One speaker interval ends (``sfu/room_reports.py``)."""
+        self.reports.send_speakers(list(self.participants.values()))
 
     def tick(self, now: float) -> None:
         """Once a second: RTCP feedback to every publisher; connection quality every
@@ -308,35 +284,7 @@ class Room:
             self.update_connection_quality()
 
     def update_connection_quality(self) -> None:
-        """Score everyone, and send each participant its own quality and its publishers'
-        when one of them changed (LiveKit ``connectionQualityWorker``)."""
-        infos: dict[str, rtc.ConnectionQualityInfo] = {}
-        by_sid: dict[str, Participant] = {}
-        for participant in self.participants.values():
-            score = participant.tracks.connection_score()
-            by_sid[participant.sid] = participant
-            infos[participant.sid] = rtc.ConnectionQualityInfo(
-                participant_sid=participant.sid,
-                quality=quality_of(score),
-                score=mean_opinion(score),
-            )
-        changed = {
-            sid for sid, info in infos.items() if self._qualities_sent.get(sid) != info.quality
-        }
-        self._qualities_sent = {sid: info.quality for sid, info in infos.items()}
-        if not changed:
-            return
-        for receiver in list(self.participants.values()):
-            subscribed = receiver.tracks.downtracks.keys()
-            seen = [receiver.sid] + [
-                sid
-                for sid, other in by_sid.items()
-                if other is not receiver and not subscribed.isdisjoint(other.tracks.published)
-            ]
-            if changed.isdisjoint(seen):
-                continue
-            update = rtc.ConnectionQualityUpdate(updates=[infos[sid] for sid in seen])
-            receiver.send(rtc.SignalResponse(connection_quality=update))
+        self.reports.send_qualities(list(self.participants.values()))
 
     def idle_expired(self, now: float) -> bool:
         """Whether the room should close: nobody came within ``empty_timeout``, or everyone left

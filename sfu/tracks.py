@@ -11,22 +11,19 @@ from livekit.protocol import models, rtc
 
 from config.schema import AudioConfig
 from protocol import rtcp, rtp, sdp, sdp_media
-from protocol.ids import TRACK_PREFIX, new_id
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack
 from sfu.dynacast import PAUSE_DELAY_S
 from sfu.limits import (
-    MAX_ADD_TRACK_REQUEST_BYTES,
-    MAX_TRACK_NAME_LENGTH,
     MAX_TRACKS_PER_PARTICIPANT,
 )
 from sfu.quality import MAX_SCORE, mean_opinion, quality_of
 from sfu.receiver import PublishedTrack, TrackReceiver
-from sfu.simulcast import LIVEKIT_RID_ORDER
 from sfu.simulcast_track import SimulcastTrack
 from sfu.single_pc import Placement, SectionPlan, track_kind
 from sfu.speakers import AudioLevel
 from sfu.svc import SvcTrack
+from sfu.track_info import PublishError, track_info
 from sfu.transport import RtcConnection, SubscriberTransport
 
 logger = logging.getLogger(__name__)
@@ -37,31 +34,6 @@ MAX_PENDING_TRACKS = 20
 MAX_UNFORWARDED_SSRCS = 64
 #: Subscription settings kept per participant for tracks it has no downtrack of yet.
 MAX_KEPT_SETTINGS = 256
-#: LiveKit's lower-case source names (``canPublishSources``) and the protobuf enum.
-SOURCES_BY_NAME = {
-    "camera": models.TrackSource.CAMERA,
-    "microphone": models.TrackSource.MICROPHONE,
-    "screen_share": models.TrackSource.SCREEN_SHARE,
-    "screen_share_audio": models.TrackSource.SCREEN_SHARE_AUDIO,
-}
-_NAMES_BY_SOURCE = {source: name for name, source in SOURCES_BY_NAME.items()}
-#: Codecs whose layers travel in one stream (scalable video coding, not simulcast).
-SVC_MIME_TYPES = frozenset({"video/vp9", "video/av1"})
-_RID_BY_QUALITY = dict(
-    zip(
-        (models.VideoQuality.LOW, models.VideoQuality.MEDIUM, models.VideoQuality.HIGH),
-        LIVEKIT_RID_ORDER,
-        strict=True,
-    )
-)
-
-
-class PublishError(Exception):
-    """An AddTrackRequest refused; ``reason`` goes back in a RequestResponse."""
-
-    def __init__(self, reason: rtc.RequestResponse.Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class ParticipantTracks:
@@ -126,53 +98,12 @@ class ParticipantTracks:
 
     def add(self, request: rtc.AddTrackRequest, can_publish_source: bool) -> models.TrackInfo:
         """Announce a track (LiveKit ``participant.go AddTrack``); raises PublishError."""
-        if request.type == models.TrackType.DATA:
-            raise PublishError(
-                rtc.RequestResponse.UNSUPPORTED_TYPE, "data tracks are not supported"
-            )
-        if not can_publish_source:
-            raise PublishError(
-                rtc.RequestResponse.NOT_ALLOWED, "not allowed to publish this source"
-            )
         if len(self.pending) >= MAX_PENDING_TRACKS and request.cid not in self.pending:
             raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "too many pending tracks")
-        # Every track's info goes to everyone in the room: bound what one client can put there.
-        if len(request.name.encode()) > MAX_TRACK_NAME_LENGTH:
-            raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "track name exceeds limits")
-        if request.ByteSize() > MAX_ADD_TRACK_REQUEST_BYTES:
-            raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "track request exceeds limits")
         tracks = len(self.published) + len(self.pending)
         if tracks >= MAX_TRACKS_PER_PARTICIPANT and request.cid not in self.pending:
             raise PublishError(rtc.RequestResponse.LIMIT_EXCEEDED, "too many tracks")
-        info = models.TrackInfo(
-            sid=new_id(TRACK_PREFIX),
-            type=request.type,
-            name=request.name,
-            muted=request.muted,
-            width=request.width,
-            height=request.height,
-            source=request.source,
-            disable_red=request.disable_red,
-            stream=request.stream,
-        )
-        kind = "audio" if request.type == models.TrackType.AUDIO else "video"
-        info.layers.extend(_layers(request.layers))
-        for codec in request.simulcast_codecs:
-            # The client names the codec it will send (LiveKit fills TrackInfo from it), with
-            # its own layers or the request's.
-            mime = codec.codec if "/" in codec.codec else f"{kind}/{codec.codec}"
-            layers = _layers(codec.layers or request.layers)
-            info.codecs.append(
-                models.SimulcastCodecInfo(mime_type=mime, cid=codec.cid, layers=layers)
-            )
-        if info.codecs:
-            info.mime_type = info.codecs[0].mime_type
-        # LiveKit's compatibility flag: the primary codec sends several layers as separate
-        # streams (simulcast, not SVC). The SDKs only offer quality choices when it is set.
-        primary = info.codecs[0] if info.codecs else None
-        layer_count = len(primary.layers) if primary is not None else len(info.layers)
-        svc = primary is not None and primary.mime_type.lower() in SVC_MIME_TYPES
-        info.simulcast = kind == "video" and layer_count > 1 and not svc
+        info = track_info(request, can_publish_source)
         self.pending[request.cid] = PublishedTrack(info=info, cid=request.cid)
         return info
 
@@ -638,20 +569,6 @@ class ParticipantTracks:
         return self.plan.sections_needed() if self.plan is not None else (0, 0)
 
 
-def _layers(requested: Iterable[models.VideoLayer]) -> list[models.VideoLayer]:
-    """The client's layers with the spatial index and rid LiveKit derives from each quality
-    (``videolayerutils.go``: LOW q 0, MEDIUM h 1, HIGH f 2)."""
-    layers = []
-    for layer in requested:
-        copied = models.VideoLayer()
-        copied.CopyFrom(layer)
-        if layer.quality in _RID_BY_QUALITY:
-            copied.spatial_layer = int(layer.quality)
-            copied.rid = copied.rid or _RID_BY_QUALITY[layer.quality]
-        layers.append(copied)
-    return layers
-
-
 def _set_layer_ssrc(info: models.TrackInfo, rid: str, ssrc: int) -> None:
     """Name the SSRC a layer arrives on in ``TrackInfo`` (its ``layers`` and its codec's), as
     LiveKit fills them once media flows."""
@@ -659,7 +576,3 @@ def _set_layer_ssrc(info: models.TrackInfo, rid: str, ssrc: int) -> None:
         for layer in layers:
             if layer.rid == rid:
                 layer.ssrc = ssrc
-
-
-def source_name(source: models.TrackSource) -> str:
-    return _NAMES_BY_SOURCE.get(source, "unknown")
