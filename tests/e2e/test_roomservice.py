@@ -382,12 +382,16 @@ async def test_update_subscriptions_for_a_participant(server: ServerProcess) -> 
 
 async def test_agent_dispatches_are_stored_listed_and_deleted(server: ServerProcess) -> None:
     async with server_api(server) as lk:
-        error = await refused(
-            lk.agent_dispatch.create_dispatch(
-                api.CreateAgentDispatchRequest(room="api-no-room", agent_name="helper")
-            )
+        # LiveKit creates the room of a dispatch when rooms may be created on demand.
+        early = await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(room="api-new-room", agent_name="helper")
         )
-        assert (error.code, error.status) == ("not_found", 404)
+        assert early.room == "api-new-room"
+        rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=["api-new-room"]))
+        assert [r.name for r in rooms.rooms] == ["api-new-room"]
+        listed = await lk.agent_dispatch.list_dispatch("api-new-room")
+        assert sorted(d.agent_name for d in listed) == ["", "helper"], "automatic one too"
+        await lk.room.delete_room(api.DeleteRoomRequest(room="api-new-room"))
         await lk.room.create_room(
             api.CreateRoomRequest(
                 name="api-agents", agents=[api.RoomAgentDispatch(agent_name="greeter")]
@@ -455,7 +459,7 @@ async def test_json_bodies_in_both_naming_styles(server: ServerProcess) -> None:
         ("livekit.RoomService/ListRooms", "text/plain", "{}", 404, "bad_route"),
         ("livekit.RoomService/ListRooms", "application/json", "{not json", 400, "malformed"),
         ("livekit.RoomService/ListRooms", "application/protobuf", "\xff\xff", 400, "malformed"),
-        ("livekit.RoomService/PerformRpc", "application/json", "{}", 501, "unimplemented"),
+        ("livekit.RoomService/MoveParticipant", "application/json", "{}", 501, "unimplemented"),
     ],
 )
 async def test_twirp_errors(
