@@ -58,7 +58,9 @@ async def test_js_server_sdk_drives_the_room_service(server: ServerProcess) -> N
         assert isinstance(dispatch, dict)
         assert str(dispatch["id"]).startswith("AD_")
         # The room's automatic dispatch ("", LiveKit's default) is listed beside the new one.
-        assert sorted(result["dispatches"]) == ["", "js-agent"]
+        dispatches = result["dispatches"]
+        assert isinstance(dispatches, list)
+        assert sorted(dispatches) == ["", "js-agent"]
         assert result["dispatchesAfterDelete"] == 1
         deleted_again = result["deletedAgain"]
         assert isinstance(deleted_again, dict)
