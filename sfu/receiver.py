@@ -20,7 +20,7 @@ from protocol import rtcp, rtp
 from protocol.keyframes import keyframe_test
 from protocol.sdp_media import Codec
 from sfu.buffer import PacketCache, ReceiveStats, RembEstimator
-from sfu.fanout import fanout
+from sfu.fanout import fanout, skip
 from sfu.quality import QualityScorer, Window
 
 if TYPE_CHECKING:
@@ -171,7 +171,11 @@ class TrackReceiver:
             ):
                 simulcast.on_keyframe(self, rtp.timestamp(packet))
         timestamp = rtp.timestamp(packet)
-        if self.svc is not None:
+        if end == header:
+            # Padding only, a bandwidth probe: LiveKit does not forward it, and the
+            # subscribers' numbering closes over it so they see no loss to NACK.
+            skip(sequence, ssrc, self.downtracks)
+        elif self.svc is not None:
             self.svc.forward(self, packet, header, end, sequence, timestamp, ssrc, now)
         elif fanout(packet, header, end, sequence, timestamp, ssrc, now, self.downtracks):
             self.request_keyframe(now)

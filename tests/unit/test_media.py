@@ -277,3 +277,19 @@ def test_sender_report_counts_wrap_modulo_2_32() -> None:
     report = rtcp.sender_report(7, 1 << 40, (1 << 32) + 5, (1 << 32) + 3, (5 << 32) + 9)
     assert list(rtcp.sender_reports(report)) == [(7, 1 << 40, 5)]
     assert report[20:28] == (3).to_bytes(4, "big") + (9).to_bytes(4, "big")
+
+
+def test_padding_only_probes_are_not_forwarded_and_leave_no_gap() -> None:
+    """libwebrtc probes bandwidth with padding-only packets on the media SSRC when it has no
+    RTX; LiveKit drops them, and the subscriber's numbering closes over them."""
+    receiver = TrackReceiver(VP8, 5555, _drop)
+    sink = Sink()
+    receiver.downtracks["a"] = DownTrack(_outgoing("1", 111), sink, _drop, receiver)
+    receiver.on_packet(_packet(10), now=0.0)
+    for seq in (11, 12):  # RFC 3550 padding: P set, the whole payload is padding
+        header = struct.pack("!BBHII", 0xA0, 96, seq, seq * 3000, 5555)
+        receiver.on_packet(header + bytes(223) + bytes([224]), now=0.0)
+    receiver.on_packet(_packet(13), now=0.0)
+    sequences = [rtp.sequence_number(p) for p in sink.packets]
+    assert len(sequences) == 2 and sequences[1] == (sequences[0] + 1) & 0xFFFF
+    assert receiver.stats.received == 4, "the probes still count upstream (no NACK for them)"
