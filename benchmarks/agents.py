@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
@@ -89,10 +90,8 @@ async def _idle_worker(url: str, token: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             status = agent.UpdateWorkerStatus(status=agent.WorkerStatus.WS_AVAILABLE, load=0.1)
             await ws.send_bytes(agent.WorkerMessage(update_worker=status).SerializeToString())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STATUS_INTERVAL_S)
-            except TimeoutError:
-                pass
 
 
 async def idle_cost(server: ServerProcess, workers: int, seconds: float) -> tuple[float, float]:

@@ -10,34 +10,61 @@ short payloads are simply not keyframes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 KeyframeTest = Callable[[bytes, int, int], bool]
+
+
+class Vp8Layout(NamedTuple):
+    """Offsets of a VP8 payload descriptor's fields (:func:`vp8_layout`)."""
+
+    picture: int
+    wide: bool
+    tl0: int
+    keyidx: int
+    payload: int
+
 
 #: H.264 NAL unit types (RFC 6184 section 5.2 and H.264 table 7-1).
 _H264_IDR, _H264_SPS, _H264_STAP_A, _H264_FU_A = 5, 7, 24, 28
 
 
+def vp8_layout(packet: bytes | bytearray, start: int, end: int) -> Vp8Layout | None:
+    """Where the VP8 payload descriptor's fields sit (RFC 7741 section 4.2): offsets of the
+    picture id (and whether it is 15 bits), TL0PICIDX and KEYIDX byte (-1 when absent), and of
+    the VP8 payload header after it. None for a descriptor cut short."""
+    if end - start < 1:
+        return None
+    offset = start + 1
+    picture = tl0 = keyidx = -1
+    wide = False
+    if packet[start] & 0x80:  # X: extended control bits follow
+        if offset >= end:
+            return None
+        bits = packet[offset]
+        offset += 1
+        if bits & 0x80:  # I: picture id, 7 or 15 bits (M)
+            if offset >= end:
+                return None
+            picture, wide = offset, bool(packet[offset] & 0x80)
+            offset += 2 if wide else 1
+        if bits & 0x40:  # L: TL0PICIDX
+            tl0, offset = offset, offset + 1
+        if bits & 0x30:  # T or K: TID, Y and KEYIDX in one byte
+            keyidx = offset if bits & 0x10 else -1
+            offset += 1
+    if offset > end:
+        return None
+    return Vp8Layout(picture, wide, tl0, keyidx, offset)
+
+
 def vp8_keyframe_start(packet: bytes, start: int, end: int) -> bool:
     """RFC 7741 section 4.2: the first packet of a partition (S=1, PID=0) whose VP8 payload
     header has the inverse key frame flag P clear (section 4.3)."""
-    if end - start < 2:
+    if end - start < 2 or not packet[start] & 0x10 or packet[start] & 0x07:
         return False
-    first = packet[start]
-    if not first & 0x10 or first & 0x07:
-        return False
-    offset = start + 1
-    if first & 0x80:  # X: extended control bits follow
-        extended = packet[offset]
-        offset += 1
-        if extended & 0x80:  # I: picture id, 7 or 15 bits (M)
-            if offset >= end:
-                return False
-            offset += 2 if packet[offset] & 0x80 else 1
-        if extended & 0x40:  # L: TL0PICIDX
-            offset += 1
-        if extended & 0x30:  # T or K: TID/Y/KEYIDX
-            offset += 1
-    return offset < end and not packet[offset] & 0x01
+    layout = vp8_layout(packet, start, end)
+    return layout is not None and layout.payload < end and not packet[layout.payload] & 0x01
 
 
 def h264_keyframe_start(packet: bytes, start: int, end: int) -> bool:

@@ -10,6 +10,8 @@ replay window on the same SSRC.
 
 from __future__ import annotations
 
+from protocol.keyframes import vp8_layout
+
 #: Packets older than this many sequence numbers behind the newest are dropped, not forwarded.
 REORDER_WINDOW = 1000
 
@@ -177,20 +179,11 @@ class Vp8Munger:
     def munge(self, buffer: bytearray, start: int, end: int, newest: bool) -> None:
         """Rewrite the descriptor at ``buffer[start:end]`` in place."""
         if end - start < 2 or not buffer[start] & 0x80:
+            return  # no extended control bits: nothing to munge
+        layout = vp8_layout(buffer, start, end)
+        if layout is None:
             return
-        bits, offset = buffer[start + 1], start + 2
-        picture_at = tl0_at = keyidx_at = -1
-        wide = False
-        if bits & 0x80:
-            picture_at, wide = offset, offset < end and bool(buffer[offset] & 0x80)
-            offset += 2 if wide else 1
-        if bits & 0x40:
-            tl0_at, offset = offset, offset + 1
-        if bits & 0x30:
-            keyidx_at = offset if bits & 0x10 else -1
-            offset += 1
-        if offset > end:
-            return
+        picture_at, wide, tl0_at, keyidx_at, _ = layout
         picture = 0
         if picture_at >= 0:
             high = buffer[picture_at] & 0x7F

@@ -91,6 +91,14 @@ class ParticipantListener(Protocol):
     ) -> None: ...
 
 
+def is_dependent(kind: models.ParticipantInfo.Kind, agent: bool, recorder: bool) -> bool:
+    """An agent or egress (by kind, or the legacy ``agent``/``recorder`` grants): it neither
+    counts against ``max_participants``, starts agent jobs nor keeps its room open (LiveKit
+    ``IsDependent``)."""
+    kinds = (models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS)
+    return kind in kinds or agent or recorder
+
+
 @dataclass(frozen=True)
 class JoinParams:
     """Who is joining and how, from the token and the ``/rtc`` query."""
@@ -193,10 +201,7 @@ class Participant:
 
     @property
     def dependent(self) -> bool:
-        """An agent or egress: it neither counts against ``max_participants`` nor keeps its
-        room open (LiveKit ``IsDependent``)."""
-        kinds = (models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS)
-        return self.params.kind in kinds or self.grant.agent or self.grant.recorder
+        return is_dependent(self.params.kind, self.grant.agent, self.grant.recorder)
 
     @property
     def is_closed(self) -> bool:

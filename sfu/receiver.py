@@ -84,7 +84,7 @@ class TrackReceiver:
         self.estimator = RembEstimator(
             minimum=REMB_MIN_BPS, maximum=REMB_MAX_BPS, start=REMB_START_BPS
         )
-        self._send_rtcp = send_rtcp
+        self.send_rtcp = send_rtcp
         self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL_S
         self._fir_only = "ccm fir" in codec.rtcp_fb and "nack pli" not in codec.rtcp_fb
         self._fir_sequence = 0
@@ -118,10 +118,10 @@ class TrackReceiver:
             # RFC 5104 FIR for publishers that negotiated "ccm fir" but not "nack pli".
             self._fir_sequence = (self._fir_sequence + 1) & 0xFF
             self.firs += 1
-            self._send_rtcp(rtcp.fir(RTCP_SENDER_SSRC, self.media_ssrc, self._fir_sequence))
+            self.send_rtcp(rtcp.fir(RTCP_SENDER_SSRC, self.media_ssrc, self._fir_sequence))
         else:
             self.plis += 1
-            self._send_rtcp(rtcp.pli(RTCP_SENDER_SSRC, self.media_ssrc))
+            self.send_rtcp(rtcp.pli(RTCP_SENDER_SSRC, self.media_ssrc))
 
     def switch_source(self, media_ssrc: int, rtx: tuple[int, int] | None, now: float) -> None:
         """Forward another stream of this track from now on (a simulcast layer, ``sfu/
@@ -155,8 +155,9 @@ class TrackReceiver:
         if self.stats.highest > highest + 1 and highest >= 0:
             self._nack(self.stats.nacks_due())
         self.cache.put(sequence, packet)
+        timestamp = rtp.timestamp(packet)
         if self.audio_level is not None and extension >= 0:
-            self._observe_level(packet, extension, header)
+            self._observe_level(packet, extension, header, timestamp)
         simulcast = self.simulcast
         if simulcast is not None:
             if now >= simulcast.next_check:
@@ -169,8 +170,7 @@ class TrackReceiver:
                 and self._keyframe_start is not None
                 and self._keyframe_start(packet, header, end)
             ):
-                simulcast.on_keyframe(self, rtp.timestamp(packet))
-        timestamp = rtp.timestamp(packet)
+                simulcast.on_keyframe(self, timestamp)
         if end == header:
             # Padding only, a bandwidth probe: LiveKit does not forward it, and the
             # subscribers' numbering closes over it so they see no loss to NACK.
@@ -199,7 +199,7 @@ class TrackReceiver:
     def _nack(self, sequences: list[int]) -> None:
         if sequences and self.media_ssrc:
             self.nacks += len(sequences)
-            self._send_rtcp(rtcp.nack(RTCP_SENDER_SSRC, self.media_ssrc, sequences))
+            self.send_rtcp(rtcp.nack(RTCP_SENDER_SSRC, self.media_ssrc, sequences))
 
     def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
         """Remember the publisher's SR (for our RR's LSR) and translate it per subscriber."""
@@ -222,16 +222,13 @@ class TrackReceiver:
         self.audio_level = audio_level
         self._audio_level_id = extension_id
 
-    def _observe_level(self, packet: bytes, extension: int, header: int) -> None:
+    def _observe_level(self, packet: bytes, extension: int, header: int, timestamp: int) -> None:
         """RFC 6464: the level is the low 7 bits of the element's first byte."""
         assert self.audio_level is not None
         for ident, value in rtp.extensions(packet, extension, header):
             if ident == self._audio_level_id and value:
-                self.audio_level.observe(value[0] & 0x7F, rtp.timestamp(packet))
+                self.audio_level.observe(value[0] & 0x7F, timestamp)
                 return
-
-    def send_rtcp(self, packet: bytes) -> None:
-        self._send_rtcp(packet)
 
     def tick(self, now: float, remb: bool = True) -> tuple[int, int]:
         """Once a second: Receiver Report, REMB (unless ``remb`` is False: a simulcast track
@@ -258,7 +255,7 @@ class TrackReceiver:
         if remb:
             estimate = self.estimator.update(fraction, bitrate)
             report += rtcp.remb(RTCP_SENDER_SSRC, estimate, [self.media_ssrc])
-        self._send_rtcp(report)
+        self.send_rtcp(report)
         self._nack(self.stats.nacks_due())
         return fraction, bitrate
 

@@ -34,6 +34,7 @@ from livekit.protocol import agent, agent_dispatch, models
 from protocol.ids import AGENT_JOB_PREFIX, new_id
 from protocol.token import VideoGrant, issue_token
 from sfu.events import EventKind, RoomEvent
+from sfu.participant import is_dependent
 from sfu.rooms import RoomManager
 
 logger = logging.getLogger(__name__)
@@ -157,8 +158,6 @@ class AgentService:
             case EventKind.PARTICIPANT_LEFT | EventKind.PARTICIPANT_CONNECTION_ABORTED:
                 if event.participant is not None:
                     self._agent_left(event.room.name, event.participant.identity)
-            case _:
-                pass
 
     def _room_started(self, room_name: str) -> None:
         """A room job per dispatch the room was made with; none configured means one for the
@@ -343,8 +342,8 @@ class AgentService:
 
 def _dependent(participant: models.ParticipantInfo) -> bool:
     """Agents and egress neither start jobs nor keep a room open (LiveKit ``IsDependent``)."""
-    kinds = (models.ParticipantInfo.Kind.AGENT, models.ParticipantInfo.Kind.EGRESS)
-    return participant.kind in kinds
+    permission = participant.permission
+    return is_dependent(participant.kind, permission.agent, permission.recorder)
 
 
 async def _send_quietly(worker: Worker, message: agent.ServerMessage) -> None:

@@ -26,7 +26,7 @@ from routing.node import NodeState
 from routing.router import Router, RoutingError
 from routing.store import STORE_ERRORS
 from sfu.endpoint import Endpoints
-from sfu.participant import JoinParams, Participant
+from sfu.participant import JoinParams, Participant, is_dependent
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
 from signaling.absent_services import absent_services
@@ -158,7 +158,8 @@ def _find_room(ctx: SignalingContext, connect: ConnectRequest, *, create: bool) 
         except RoomNotFoundError as exc:
             raise HttpError(404, str(exc)) from exc
     claims = connect.claims
-    dependent = claims.kind in ("agent", "egress") or claims.video.agent or claims.video.recorder
+    kind = _KINDS.get(claims.kind.lower(), models.ParticipantInfo.Kind.STANDARD)
+    dependent = is_dependent(kind, claims.video.agent, claims.video.recorder)
     if room is not None and room.is_full(claims.identity, dependent):
         raise HttpError(500, "room has exceeded its max participants")
     return room
