@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 from livekit import api, rtc
+from livekit.protocol import agent
 
 from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess
 from tests.e2e.sdk import EventLog, wait_until
@@ -266,3 +268,41 @@ async def test_jobs_go_by_load_and_a_killed_worker_leaves_the_rest(
             )
         finally:
             await newcomer.disconnect()
+
+
+async def test_bad_agent_connections_get_clear_answers(server: ServerProcess) -> None:
+    """/agent refuses what is not a worker of this deployment, and one bad worker closes only
+    its own connection (LiveKit ``agentservice.go``)."""
+    room_token = _token("someone", "agent-bad")
+    agent_token = api.AccessToken(API_KEY, API_SECRET).with_grants(api.VideoGrants(agent=True))
+    agent_jwt = agent_token.to_jwt()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.http_url}/agent") as plain:
+            assert plain.status == 404, "not a WebSocket"
+        headers = {"Authorization": f"Bearer {room_token}"}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as no_grant:
+            await http.ws_connect(f"{server.ws_url}/agent", headers=headers)
+        assert no_grant.value.status == 401
+        bearer = {"Authorization": f"Bearer {agent_jwt}"}
+        async with http.ws_connect(f"{server.ws_url}/agent", headers=bearer) as garbage:
+            await garbage.send_bytes(b"\xff\xff\xff not protobuf")
+            closing = await garbage.receive(timeout=5)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        async with http.ws_connect(f"{server.ws_url}/agent", headers=bearer) as bad:
+            register = agent.RegisterWorkerRequest(deployment="has space")
+            await bad.send_bytes(agent.WorkerMessage(register=register).SerializeToString())
+            closing = await bad.receive(timeout=5)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        async with http.ws_connect(f"{server.ws_url}/agent", headers=bearer) as good:
+            ping = agent.WorkerMessage(ping=agent.WorkerPing(timestamp=7))
+            await good.send_bytes(ping.SerializeToString())
+            pong = agent.ServerMessage()
+            pong.ParseFromString((await good.receive(timeout=5)).data)
+            assert pong.pong.last_timestamp == 7, "pings are answered before register"
+            register = agent.RegisterWorkerRequest(agent_name="fine")
+            await good.send_bytes(agent.WorkerMessage(register=register).SerializeToString())
+            answer = agent.ServerMessage()
+            answer.ParseFromString((await good.receive(timeout=5)).data)
+            assert answer.register.worker_id.startswith("AW_")
+            assert answer.register.server_info.agent_protocol == 1
+    assert "Traceback" not in server.logs()
