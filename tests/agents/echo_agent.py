@@ -52,6 +52,7 @@ async def entrypoint(ctx: JobContext) -> None:
             echoing.append(asyncio.get_running_loop().create_task(echo(remote)))
 
     room.on("track_subscribed", on_track)
+    say(f"ready in {room.name}")  # the RPC method is registered and the echo track published
     for participant in room.remote_participants.values():
         for publication in participant.track_publications.values():
             if publication.track is not None:

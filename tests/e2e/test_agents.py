@@ -120,6 +120,9 @@ async def test_automatic_dispatch_answers_rpc_and_echoes_audio(
             agent = await _agent_in(caller)
             assert agent.identity.startswith("agent-AJ_")
             assert agent.attributes.get("lk.agent_name") == ""
+            # The agent is in the room as soon as it connects; its entrypoint registers the
+            # RPC method just after.
+            await wait_until(lambda: "AGENT ready in agent-auto" in worker.said())
             reply = await caller.local_participant.perform_rpc(
                 destination_identity=agent.identity, method="ping", payload="hello"
             )
