@@ -23,7 +23,9 @@ class RoomReports:
 
     def __init__(self) -> None:
         self._speakers = SpeakerTracker()
-        self._qualities_sent: dict[str, models.ConnectionQuality] = {}
+        self._qualities_sent: dict[str, dict[str, models.ConnectionQuality]] = {}
+        """receiver sid -> the qualities it was last told, by participant sid: one that starts
+        subscribing to a publisher hears of it at the next window."""
 
     def send_speakers(self, participants: Sequence[Participant]) -> None:
         """One speaker interval ends: each participant gets the changes among itself and the
@@ -55,17 +57,16 @@ class RoomReports:
                 quality=quality_of(score),
                 score=mean_opinion(score),
             )
-        changed = {
-            sid for sid, info in infos.items() if self._qualities_sent.get(sid) != info.quality
-        }
-        self._qualities_sent = {sid: info.quality for sid, info in infos.items()}
-        if not changed:
-            return
         by_sid = {p.sid: p for p in participants}
+        told_before = self._qualities_sent
+        self._qualities_sent = {}
         for receiver in participants:
             seen = _seen_by(receiver, by_sid)
-            if changed.isdisjoint(seen):
-                continue
+            told = {sid: infos[sid].quality for sid in seen}
+            self._qualities_sent[receiver.sid] = told
+            before = told_before.get(receiver.sid, {})
+            if all(before.get(sid) == quality for sid, quality in told.items()):
+                continue  # nothing new to it (one it stopped hearing about is no news)
             ordered = [receiver.sid, *(sid for sid in seen if sid != receiver.sid)]
             update = rtc.ConnectionQualityUpdate(updates=[infos[sid] for sid in ordered])
             receiver.send(rtc.SignalResponse(connection_quality=update))

@@ -166,7 +166,7 @@ async def test_api_dispatch_creates_the_room(server: ServerProcess, tmp_path: Pa
             )
             dispatch = await lkapi.agent_dispatch.create_dispatch(request)
             assert dispatch.id.startswith("AD_") and dispatch.room == "agent-api"
-            await wait_until(lambda: "AGENT joined agent-api" in worker.said(), 20)
+            await wait_until(lambda: "AGENT joined agent-api" in worker.said(), 60)
             listed = await lkapi.room.list_participants(
                 api.ListParticipantsRequest(room="agent-api")
             )
