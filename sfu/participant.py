@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
@@ -26,6 +26,9 @@ from sfu.tasks import TaskSet
 from sfu.track_info import SOURCES_BY_NAME, PublishError, source_name
 from sfu.tracks import ParticipantTracks
 from sfu.transport import PublisherTransport, RtcConnection, SubscriberTransport
+
+if TYPE_CHECKING:
+    from sfu.room import Room
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,15 @@ class ParticipantListener(Protocol):
     def on_participant_data(
         self, participant: Participant, packet: models.DataPacket, *, reliable: bool
     ) -> None: ...
+
+
+class TrackOwner(Protocol):
+    """Who a subscribed track belongs to, as the subscriber's room knows it: a participant, or
+    its copy in a room it is forwarded to (``sfu/forwarding.py``)."""
+
+    sid: str
+
+    def allows(self, subscriber: Participant, track_sid: str) -> bool: ...
 
 
 def is_dependent(kind: models.ParticipantInfo.Kind, agent: bool, recorder: bool) -> bool:
@@ -194,6 +206,10 @@ class Participant:
         self.publisher.pc.on_data_channel = self._on_publisher_channel
         self.subscription_permission: rtc.SubscriptionPermission | None = None
         """Who may subscribe to this participant's tracks; None allows everyone."""
+        self.on_moved: Callable[[str, Room | None], str] | None = None
+        """Set by the signal session: told the name of the room the server API moves this
+        participant to (and the room, when it is on this node), it answers a token for that
+        room (MoveParticipant)."""
 
     @property
     def hidden(self) -> bool:
@@ -253,6 +269,14 @@ class Participant:
     def send(self, response: rtc.SignalResponse) -> None:
         if not self.is_closed:
             self.sink.send(response)
+
+    def rebind(self, listener: ParticipantListener, room_name: str) -> None:
+        """The participant now belongs to another room on this node (MoveParticipant)."""
+        self._listener = listener
+        extra = self.log.extra
+        if isinstance(extra, dict):  # shared by the objects that log for this participant
+            extra["room"] = room_name
+        self.version += 1
 
     def detach_signal(self) -> None:
         """The signal connection went away; media and data carry on until a resume."""
@@ -396,7 +420,7 @@ class Participant:
         return False
 
     def subscribe_to(
-        self, publisher: Participant, track: PublishedTrack, *, negotiate: bool
+        self, publisher: TrackOwner, track: PublishedTrack, *, negotiate: bool
     ) -> None:
         if not self.grant.can_subscribe or self.is_closed:
             return
@@ -412,7 +436,7 @@ class Participant:
         self.tracks.update_settings(request, self.sid)
 
     def send_permission_update(
-        self, publisher: Participant, track: PublishedTrack, *, allowed: bool
+        self, publisher: TrackOwner, track: PublishedTrack, *, allowed: bool
     ) -> None:
         update = rtc.SubscriptionPermissionUpdate(
             participant_sid=publisher.sid, track_sid=track.sid, allowed=allowed

@@ -17,8 +17,9 @@ from config.schema import AudioConfig
 from protocol.ids import AGENT_DISPATCH_PREFIX, new_id
 from sfu.dynacast import PAUSE_DELAY_S
 from sfu.events import EventBus, EventKind, RoomEvent
+from sfu.forwarding import RoomForwards
 from sfu.limits import Limits
-from sfu.participant import Participant, ParticipantState
+from sfu.participant import Participant, ParticipantState, TrackOwner
 from sfu.quality import WINDOW_S
 from sfu.receiver import PublishedTrack
 from sfu.room_reports import RoomReports
@@ -89,12 +90,15 @@ class Room:
         self._quality_due = 0.0
         self.agent_dispatches: dict[str, agent_dispatch.AgentDispatch] = {}
         """Agent dispatches by id (AgentDispatchService), kept for the room's lifetime."""
+        self.forwards = RoomForwards(self)
+        """Participants forwarded here from other rooms, and ours forwarded elsewhere."""
         self.log = logging.LoggerAdapter(logger, {"room": name, "roomID": sid})
 
     # --- info ------------------------------------------------------------------------------
 
     def to_proto(self) -> models.Room:
         visible = [p for p in self.participants.values() if not p.hidden]
+        forwarded = len(self.forwards.infos())
         return models.Room(
             sid=self.sid,
             name=self.name,
@@ -104,8 +108,9 @@ class Room:
             creation_time=int(self.created_at),
             creation_time_ms=int(self.created_at * 1000),
             metadata=self.metadata,
-            # LiveKit does not count agents and egress (``IsDependent``).
-            num_participants=sum(1 for p in visible if not p.dependent),
+            # LiveKit does not count agents and egress (``IsDependent``); copies forwarded
+            # here are participants to everyone here.
+            num_participants=sum(1 for p in visible if not p.dependent) + forwarded,
             num_publishers=sum(1 for p in visible if p.tracks.published),
             version=models.TimedVersion(unix_micro=int(time.time() * 1e6), ticks=self._version),
         )
@@ -148,16 +153,13 @@ class Room:
             await self.remove(previous, models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True)
         if self.is_full(participant.identity, participant.dependent):
             raise RoomFullError(f"room {self.name} is full")
-        self.participants[participant.identity] = participant
-        if not participant.dependent:
-            self._last_left_monotonic = None
-        participant.tracks.audio_config = self.settings.audio
-        participant.tracks.dynacast_delay = self.settings.dynacast_pause_delay
+        self.seat(participant)
         join.room.CopyFrom(self.to_proto())
         join.participant.CopyFrom(participant.to_info())
         join.other_participants.extend(
             p.to_info() for p in self.participants.values() if p is not participant and not p.hidden
         )
+        join.other_participants.extend(self.forwards.infos())
         participant.send(rtc.SignalResponse(join=join))
         participant.set_state(ParticipantState.JOINED)
         # Fast start (protocol >= 8): existing tracks are in the first subscriber offer.
@@ -166,9 +168,10 @@ class Room:
                 for track in list(other.tracks.published.values()):
                     if other is not participant:
                         participant.subscribe_to(other, track, negotiate=False)
+            self.forwards.subscribe_newcomer(participant)
         participant.start_negotiation()
         self.broadcast_participant(participant)
-        self._broadcast_room_update()
+        self.broadcast_room_update()
         mode = "one peer connection" if participant.params.single_pc else "two peer connections"
         self.log.info(
             "participant joined: %s (%s, %s)", participant.identity, participant.sid, mode
@@ -184,22 +187,17 @@ class Room:
     ) -> None:
         """Take ``participant`` out of the room and tell the others it left; with
         ``send_leave`` it is told first (to rejoin at once with ``reconnect``)."""
-        if self.participants.get(participant.identity) is participant:
-            del self.participants[participant.identity]
-            # LiveKit counts the room's departure timeout from the last removal of anyone,
-            # agents included, once only dependent participants (or nobody) are left.
-            if self._only_dependents_left():
-                self._last_left_monotonic = time.monotonic()
-        self.rpcs.recipient_gone(participant.identity)
+        self.forget(participant)
         if participant.is_closed:
             return
         was_active = participant.state is ParticipantState.ACTIVE
         await participant.close(reason, send_leave=send_leave, reconnect=reconnect)
         if not participant.hidden:
-            self._departed.append((time.monotonic(), participant.to_info()))
+            self.record_departure(participant.to_info())
         # Everyone learns of the departure before any subscriber re-offer (LiveKit order).
         self.broadcast_participant(participant)
-        self._broadcast_room_update()
+        self.broadcast_room_update()
+        self.forwards.source_gone(participant)
         self._unpublish_all(participant)
         self._emit(
             EventKind.PARTICIPANT_LEFT if was_active else EventKind.PARTICIPANT_CONNECTION_ABORTED,
@@ -208,6 +206,28 @@ class Room:
         for other in list(self.participants.values()):
             for track in other.tracks.published.values():
                 track.remove_subscriber(participant.sid)
+
+    def seat(self, participant: Participant) -> None:
+        """Count ``participant`` as here (it joins, or moves in from another room)."""
+        self.participants[participant.identity] = participant
+        if not participant.dependent:
+            self._last_left_monotonic = None
+        participant.tracks.audio_config = self.settings.audio
+        participant.tracks.dynacast_delay = self.settings.dynacast_pause_delay
+
+    def forget(self, participant: Participant) -> None:
+        """No longer count ``participant`` as here (it leaves, or moves to another room)."""
+        if self.participants.get(participant.identity) is participant:
+            del self.participants[participant.identity]
+            # LiveKit counts the room's departure timeout from the last removal of anyone,
+            # agents included, once only dependent participants (or nobody) are left.
+            if self._only_dependents_left():
+                self._last_left_monotonic = time.monotonic()
+        self.rpcs.recipient_gone(participant.identity)
+
+    def record_departure(self, info: models.ParticipantInfo) -> None:
+        """A resumed client is told who left while it was away."""
+        self._departed.append((time.monotonic(), info))
 
     def resume(
         self, participant: Participant, reconnect: rtc.ReconnectResponse, lost_at: float
@@ -226,6 +246,7 @@ class Room:
         everyone = [
             p.to_info() for p in self.participants.values() if not p.hidden or p is participant
         ]
+        everyone += self.forwards.infos()
         participant.send(rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
         room_update = rtc.RoomUpdate(room=self.to_proto())
         participant.send(rtc.SignalResponse(room_update=room_update))
@@ -256,6 +277,7 @@ class Room:
         participant.tracks.pending.clear()
         for track in participant.tracks.unpublish_all():
             self._emit(EventKind.TRACK_UNPUBLISHED, participant, track)
+            self.forwards.source_track_unpublished(participant, track)
             for other in list(self.participants.values()):
                 other.unsubscribe_from(track)
 
@@ -266,6 +288,7 @@ class Room:
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
+        self.forwards.close()
         for participant in list(self.participants.values()):
             await self.remove(participant, reason, send_leave=True, reconnect=reconnect)
         self.log.info("room closed")
@@ -303,22 +326,33 @@ class Room:
     def _emit(
         self, kind: EventKind, participant: Participant, track: PublishedTrack | None = None
     ) -> None:
-        self.events.emit(
-            RoomEvent(
-                kind,
-                self.to_proto(),
-                participant.to_info(),
-                track.info if track is not None else None,
-            )
-        )
+        self.emit_info(kind, participant.to_info(), track.info if track is not None else None)
+
+    def emit_info(
+        self,
+        kind: EventKind,
+        participant: models.ParticipantInfo,
+        track: models.TrackInfo | None = None,
+    ) -> None:
+        self.events.emit(RoomEvent(kind, self.to_proto(), participant, track))
 
     def broadcast_participant(self, changed: Participant) -> None:
-        """Send ``changed``'s current info to everyone who may see it.
+        """Send ``changed``'s current info to everyone who may see it, and to the rooms it is
+        forwarded to.
 
         Hidden participants are visible only to themselves (LiveKit never sends them to others).
         """
         update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[changed.to_info()]))
         for participant in self._recipients(changed):
+            participant.send(update)
+        self.forwards.source_changed(changed)
+
+    def broadcast_info(self, info: models.ParticipantInfo, *, hidden: bool) -> None:
+        """Send the info of someone not a participant here (a departed or forwarded one)."""
+        if hidden:
+            return
+        update = rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[info]))
+        for participant in list(self.participants.values()):
             participant.send(update)
 
     def _recipients(self, about: Participant) -> Iterable[Participant]:
@@ -326,7 +360,7 @@ class Room:
             if participant is about or not about.hidden:
                 yield participant
 
-    def _broadcast_room_update(self) -> None:
+    def broadcast_room_update(self) -> None:
         self._version += 1
         update = rtc.SignalResponse(room_update=rtc.RoomUpdate(room=self.to_proto()))
         for participant in list(self.participants.values()):
@@ -400,6 +434,7 @@ class Room:
         for other in list(self.participants.values()):
             if other is not participant and other.params.auto_subscribe:
                 other.subscribe_to(participant, track, negotiate=True)
+        self.forwards.source_track_published(participant, track)
 
     def on_track_unpublished(self, participant: Participant, track: PublishedTrack) -> None:
         participant.version += 1
@@ -407,13 +442,14 @@ class Room:
         self._emit(EventKind.TRACK_UNPUBLISHED, participant, track)
         for other in list(self.participants.values()):
             other.unsubscribe_from(track)
+        self.forwards.source_track_unpublished(participant, track)
 
-    def find_track(self, track_sid: str) -> tuple[Participant, PublishedTrack] | None:
+    def find_track(self, track_sid: str) -> tuple[TrackOwner, PublishedTrack] | None:
         for participant in self.participants.values():
             track = participant.tracks.published.get(track_sid)
             if track is not None:
                 return participant, track
-        return None
+        return self.forwards.find_track(track_sid)
 
     def update_subscription(self, subscriber: Participant, request: rtc.UpdateSubscription) -> None:
         """Manual (un)subscription (LiveKit ``UpdateSubscription``); unknown tracks and missing
@@ -464,7 +500,7 @@ class Room:
     def update_metadata(self, metadata: str) -> None:
         """New room metadata, announced with a RoomUpdate (LiveKit ``Room.SetMetadata``)."""
         self.metadata = metadata
-        self._broadcast_room_update()
+        self.broadcast_room_update()
 
     def update_permission(
         self, participant: Participant, permission: models.ParticipantPermission

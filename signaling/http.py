@@ -34,8 +34,9 @@ from signaling.agents import AgentService
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
 from signaling.ice_servers import ice_servers
+from signaling.participant_moves import ParticipantMoves
 from signaling.relay import relay_to_host
-from signaling.roomservice import AgentDispatchService, RoomService
+from signaling.roomservice import AgentDispatchService, RoomService, twirp_handler
 from signaling.scenarios import ice_preference, take_resume_cut
 from signaling.session import SignalSession
 from signaling.sink import WebSocketSink
@@ -398,10 +399,28 @@ def _join_response_fields(ctx: SignalingContext, participant: Participant) -> rt
     )
 
 
-def _refresh(ctx: SignalingContext, claims: Claims) -> str:
-    # LiveKit re-issues with the first configured key pair (`roommanager.go refreshToken`).
+def _refresh(ctx: SignalingContext, claims: Claims, room_name: str) -> str:
+    # LiveKit re-issues with the first configured key pair (`roommanager.go refreshToken`);
+    # a participant moved to another room gets that room in its grant.
     api_key, secret = next(iter(ctx.config.keys.items()))
+    if room_name != claims.video.room:
+        claims = dataclasses.replace(
+            claims, video=dataclasses.replace(claims.video, room=room_name)
+        )
     return refresh_token(claims, api_key=api_key, secret=secret)
+
+
+async def _place_room(ctx: SignalingContext, name: str) -> str | None:
+    """The node of room ``name`` for a participant moved or forwarded there: None when it is
+    this one (the room is made here when it does not exist anywhere yet)."""
+    router = ctx.router
+    host = await router.room_host(name, create=True, preferred=router.node_id)
+    if host != router.node_id:
+        return host
+    ctx.rooms.get_or_create(name, may_create=True)
+    if ctx.publish_room is not None:
+        await ctx.publish_room(name)
+    return None
 
 
 def add_routes(app: web.Application, ctx: SignalingContext) -> None:
@@ -415,7 +434,12 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     twirp = TwirpServer(ctx.config, stats=ctx.twirp_stats)
     store = ctx.router.store
     service = RoomService(ctx.rooms, ctx.config, store.list_rooms, ctx.publish_room)
-    twirp.add(service.twirp())
+    moves = ParticipantMoves(ctx.rooms, partial(_place_room, ctx))
+    more = {
+        "MoveParticipant": twirp_handler(moves.move_participant),
+        "ForwardParticipant": twirp_handler(moves.forward_participant),
+    }
+    twirp.add(service.twirp(more))
     launch = ctx.agents.dispatch_now if ctx.agents is not None else None
     twirp.add(AgentDispatchService(ctx.rooms, launch).twirp())
     for absent in absent_services():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -33,7 +33,7 @@ _Request = TypeVar("_Request", bound=Message)
 NONCE_LENGTH = 16
 
 
-def _handler(function: Callable[[Claims, _Request], Awaitable[Message]]) -> Handler:
+def twirp_handler(function: Callable[[Claims, _Request], Awaitable[Message]]) -> Handler:
     # The Twirp layer decodes into the method's own input type, so the cast is safe.
     return function  # type: ignore[return-value]
 
@@ -86,22 +86,24 @@ class RoomService:
             except STORE_ERRORS as exc:  # the periodic sync catches up
                 logger.warning("room %s not yet in the store: %s", name, exc)
 
-    def twirp(self) -> TwirpService:
+    def twirp(self, more: Mapping[str, Handler] | None = None) -> TwirpService:
+        """The service; ``more`` adds handlers defined elsewhere (participant moves)."""
         return TwirpService(
             room.DESCRIPTOR.services_by_name["RoomService"],
             {
-                "CreateRoom": _handler(self.create_room),
-                "ListRooms": _handler(self.list_rooms),
-                "DeleteRoom": _handler(self.delete_room),
-                "ListParticipants": _handler(self.list_participants),
-                "GetParticipant": _handler(self.get_participant),
-                "RemoveParticipant": _handler(self.remove_participant),
-                "MutePublishedTrack": _handler(self.mute_published_track),
-                "UpdateParticipant": _handler(self.update_participant),
-                "UpdateSubscriptions": _handler(self.update_subscriptions),
-                "SendData": _handler(self.send_data),
-                "UpdateRoomMetadata": _handler(self.update_room_metadata),
-                "PerformRpc": _handler(self.perform_rpc),
+                **(more or {}),
+                "CreateRoom": twirp_handler(self.create_room),
+                "ListRooms": twirp_handler(self.list_rooms),
+                "DeleteRoom": twirp_handler(self.delete_room),
+                "ListParticipants": twirp_handler(self.list_participants),
+                "GetParticipant": twirp_handler(self.get_participant),
+                "RemoveParticipant": twirp_handler(self.remove_participant),
+                "MutePublishedTrack": twirp_handler(self.mute_published_track),
+                "UpdateParticipant": twirp_handler(self.update_participant),
+                "UpdateSubscriptions": twirp_handler(self.update_subscriptions),
+                "SendData": twirp_handler(self.send_data),
+                "UpdateRoomMetadata": twirp_handler(self.update_room_metadata),
+                "PerformRpc": twirp_handler(self.perform_rpc),
             },
         )
 
@@ -221,16 +223,23 @@ class RoomService:
     ) -> Message:
         found = self._room(claims, request.room)
         infos = [p.to_info() for p in found.participants.values() if not p.is_closed]
+        infos += [copy.to_info() for copy in found.forwards.incoming.values()]
         return room.ListParticipantsResponse(participants=infos)
 
     async def get_participant(
         self, claims: Claims, request: room.RoomParticipantIdentity
     ) -> Message:
+        copy = self._room(claims, request.room).forwards.incoming.get(request.identity)
+        if copy is not None:
+            return copy.to_info()
         return self._participant(claims, request.room, request.identity)[1].to_info()
 
     async def remove_participant(
         self, claims: Claims, request: room.RoomParticipantIdentity
     ) -> Message:
+        # RemoveParticipant on a forwarded copy ends the forwarding (livekit-server-sdk).
+        if self._room(claims, request.room).forwards.stop(request.identity):
+            return room.RemoveParticipantResponse()
         found, participant = self._participant(claims, request.room, request.identity)
         await found.remove(
             participant, models.DisconnectReason.PARTICIPANT_REMOVED, send_leave=True
@@ -330,9 +339,9 @@ class AgentDispatchService:
         return TwirpService(
             agent_dispatch.DESCRIPTOR.services_by_name["AgentDispatchService"],
             {
-                "CreateDispatch": _handler(self.create_dispatch),
-                "DeleteDispatch": _handler(self.delete_dispatch),
-                "ListDispatch": _handler(self.list_dispatch),
+                "CreateDispatch": twirp_handler(self.create_dispatch),
+                "DeleteDispatch": twirp_handler(self.delete_dispatch),
+                "ListDispatch": twirp_handler(self.list_dispatch),
             },
         )
 

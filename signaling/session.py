@@ -45,8 +45,8 @@ def parse_request(message_type: WSMsgType, data: bytes | str) -> rtc.SignalReque
 class SignalSession:
     """Dispatches the requests of one participant to it and its room.
 
-    :param refresh_token: makes a fresh token for the client (LiveKit sends one at start and
-        every 5 minutes).
+    :param refresh_token: makes a fresh token for the client, for the named room (LiveKit sends
+        one at start and every 5 minutes; a moved participant gets one for its new room).
     """
 
     def __init__(
@@ -55,17 +55,25 @@ class SignalSession:
         sink: WebSocketSink,
         room: Room,
         participant: Participant,
-        refresh_token: Callable[[], str],
+        refresh_token: Callable[[str], str],
     ) -> None:
         self._ws = ws
         self._sink = sink
         self._room = room
         self.participant = participant
         self._refresh_token = refresh_token
+        participant.on_moved = self._moved_to
         self.log = participant.log
         self._leave_reason: models.DisconnectReason = models.DisconnectReason.SIGNAL_CLOSE
         self._socket_lost = False
         """The connection ended without a leave: the client may resume (LiveKit C.5)."""
+
+    def _moved_to(self, room_name: str, room: Room | None) -> str:
+        """The server API moves the participant: the token the client gets is for the new
+        room, and requests go to that room when it is on this node."""
+        if room is not None:
+            self._room = room
+        return self._refresh_token(room_name)
 
     async def run(self) -> None:
         """Read until the client leaves or the connection ends; then remove the participant,
@@ -184,7 +192,9 @@ class SignalSession:
 
     async def _refresh_tokens(self) -> None:
         while True:
-            self.participant.send(rtc.SignalResponse(refresh_token=self._refresh_token()))
+            self.participant.send(
+                rtc.SignalResponse(refresh_token=self._refresh_token(self._room.name))
+            )
             await asyncio.sleep(TOKEN_REFRESH_INTERVAL_S)
 
 

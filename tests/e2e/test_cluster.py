@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,38 +14,13 @@ from livekit import api, rtc
 from livekit.protocol import rtc as proto
 from redis.asyncio import Redis
 
-from tests.e2e.conftest import assert_clean_exit
-from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, make_token, start_server
+from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess, make_token
 from tests.e2e.raw import join_request_param
-from tests.e2e.redis_server import RedisProcess, start_redis
+from tests.e2e.redis_server import RedisProcess
 from tests.e2e.sdk import EventLog, connect, joined, wait_until
 from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
 
 pytestmark = pytest.mark.sdk
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    process = start_redis(tmp_path)
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def nodes(redis: RedisProcess, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Starts nodes of one cluster; each is checked for a clean exit."""
-    started: list[ServerProcess] = []
-
-    def start_node(extra: str = "") -> ServerProcess:
-        config = f"redis:\n  address: {redis.address}\n{extra}"
-        node = start_server(tmp_path, config)
-        started.append(node)
-        return node
-
-    yield start_node
-    for node in started:
-        if node.proc.poll() is None:
-            assert_clean_exit(node)
 
 
 @asynccontextmanager

@@ -459,7 +459,7 @@ async def test_json_bodies_in_both_naming_styles(server: ServerProcess) -> None:
         ("livekit.RoomService/ListRooms", "text/plain", "{}", 404, "bad_route"),
         ("livekit.RoomService/ListRooms", "application/json", "{not json", 400, "malformed"),
         ("livekit.RoomService/ListRooms", "application/protobuf", "\xff\xff", 400, "malformed"),
-        ("livekit.RoomService/MoveParticipant", "application/json", "{}", 501, "unimplemented"),
+        ("livekit.RoomService/MoveParticipant", "application/json", "{}", 401, "unauthenticated"),
     ],
 )
 async def test_twirp_errors(

@@ -1,0 +1,204 @@
+"""``MoveParticipant`` and ``ForwardParticipant`` through ``livekit-api``, seen by SDK
+participants: on one node, and a move between two nodes sharing Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from livekit import api, rtc
+
+from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess
+from tests.e2e.sdk import EventLog, connect, wait_until
+from tests.e2e.test_cluster import node_id_of, server_api
+from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
+
+pytestmark = pytest.mark.sdk
+
+
+@asynccontextmanager
+async def admin_api(
+    server: ServerProcess, room: str, destination: str
+) -> AsyncIterator[api.LiveKitAPI]:
+    """A client whose token may move or forward from ``room`` to ``destination``."""
+    grants = api.VideoGrants(room_admin=True, room=room, destination_room=destination)
+    token = api.AccessToken(API_KEY, API_SECRET).with_identity("backend").with_grants(grants)
+    client = api.LiveKitAPI.with_token(token=str(token.to_jwt()), url=server.http_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def hears_tone(track: rtc.Track) -> bool:
+    tail = (await hear(track, 1.0))[SAMPLE_RATE // 2 :]
+    return abs(dominant_frequency(tail, SAMPLE_RATE) - TONE_HZ) < 15
+
+
+def subscribed_from(log: EventLog, identity: str) -> asyncio.Future[rtc.Track]:
+    async def wait() -> rtc.Track:
+        track, _, _ = await log.wait_for(lambda e: e[2].identity == identity)
+        return track  # type: ignore[no-any-return]
+
+    return asyncio.ensure_future(wait())
+
+
+async def identities(lk: api.LiveKitAPI, room: str) -> set[str]:
+    listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+    return {p.identity for p in listed.participants}
+
+
+async def test_move_participant_keeps_its_connection_and_media(server: ServerProcess) -> None:
+    mover = await connect(server, "mover", "move-from")
+    stayer = await connect(server, "stayer", "move-from")
+    host = await connect(server, "host", "move-to")
+    watcher = await connect(server, "watcher", "move-to")
+    moved = EventLog(mover, "moved")
+    reconnecting = EventLog(mover, "reconnecting")
+    mover_subscribed = EventLog(mover, "track_subscribed")
+    watcher_subscribed = EventLog(watcher, "track_subscribed")
+    stayer_saw_leave = EventLog(stayer, "participant_disconnected")
+    watcher_saw_join = EventLog(watcher, "participant_connected")
+    sid = mover.local_participant.sid
+    try:
+        async with publishing_tone(mover), publishing_tone(host):
+            await wait_until(lambda: "mover" in stayer.remote_participants)
+            async with admin_api(server, "move-from", "move-to") as lk:
+                await lk.room.move_participant(
+                    api.MoveParticipantRequest(
+                        room="move-from", identity="mover", destination_room="move-to"
+                    )
+                )
+                await moved.wait_for()
+                assert mover.name == "move-to"
+                await wait_until(lambda: set(mover.remote_participants) == {"host", "watcher"})
+                await stayer_saw_leave.wait_for(lambda p: p.identity == "mover")
+                await watcher_saw_join.wait_for(lambda p: p.identity == "mover")
+                # Media both ways in the new room, over the same connection.
+                assert await hears_tone(await subscribed_from(watcher_subscribed, "mover"))
+                assert await hears_tone(await subscribed_from(mover_subscribed, "host"))
+                assert mover.local_participant.sid == sid
+                assert not reconnecting.items, "the move needed no reconnection"
+            async with admin_api(server, "move-to", "") as lk:
+                assert await identities(lk, "move-to") == {"mover", "host", "watcher"}
+            async with admin_api(server, "move-from", "") as lk:
+                assert await identities(lk, "move-from") == {"stayer"}
+    finally:
+        for participant in (mover, stayer, host, watcher):
+            await participant.disconnect()
+
+
+async def test_move_participant_refusals(server: ServerProcess) -> None:
+    member = await connect(server, "member", "move-refusals")
+    try:
+        async with admin_api(server, "move-refusals", "elsewhere") as lk:
+            cases = [
+                ("move-refusals", "nobody", "elsewhere", "not_found"),
+                ("move-refusals", "member", "not-granted", "unauthenticated"),
+            ]
+            for room, identity, destination, code in cases:
+                with pytest.raises(api.TwirpError) as caught:
+                    await lk.room.move_participant(
+                        api.MoveParticipantRequest(
+                            room=room, identity=identity, destination_room=destination
+                        )
+                    )
+                assert caught.value.code == code
+        async with admin_api(server, "move-refusals", "move-refusals") as lk:
+            with pytest.raises(api.TwirpError) as caught:
+                await lk.room.move_participant(
+                    api.MoveParticipantRequest(
+                        room="move-refusals", identity="member", destination_room="move-refusals"
+                    )
+                )
+            assert caught.value.code == "invalid_argument"
+        assert member.isconnected()
+    finally:
+        await member.disconnect()
+
+
+async def test_forward_participant_until_removed_or_gone(server: ServerProcess) -> None:
+    source = await connect(server, "source", "fwd-from", can_update_own_metadata=True)
+    listener = await connect(server, "listener", "fwd-from")
+    watcher = await connect(server, "watcher", "fwd-to")
+    watcher_subscribed = EventLog(watcher, "track_subscribed")
+    listener_subscribed = EventLog(listener, "track_subscribed")
+    metadata = EventLog(watcher, "participant_metadata_changed")
+    gone = EventLog(watcher, "participant_disconnected")
+    try:
+        async with publishing_tone(source):
+            async with admin_api(server, "fwd-from", "fwd-to") as lk:
+                await lk.room.forward_participant(
+                    api.ForwardParticipantRequest(
+                        room="fwd-from", identity="source", destination_room="fwd-to"
+                    )
+                )
+                await wait_until(lambda: "source" in watcher.remote_participants)
+                copy = watcher.remote_participants["source"]
+                assert rtc.ParticipantKindDetail.PARTICIPANT_KIND_DETAIL_FORWARDED in (
+                    copy.kind_details
+                )
+                assert await hears_tone(await subscribed_from(watcher_subscribed, "source"))
+                assert await hears_tone(await subscribed_from(listener_subscribed, "source"))
+                # Changes to the source reach its copy.
+                await source.local_participant.set_metadata("changed at the source")
+                await metadata.wait_for(lambda e: e[2] == "changed at the source")
+            async with admin_api(server, "fwd-to", "") as lk:
+                assert await identities(lk, "fwd-to") == {"source", "watcher"}
+                await lk.room.remove_participant(
+                    api.RoomParticipantIdentity(room="fwd-to", identity="source")
+                )
+            await gone.wait_for(lambda p: p.identity == "source")
+            assert source.isconnected() and "source" in listener.remote_participants
+            # Forwarded again, then the source leaves: the copy goes too.
+            async with admin_api(server, "fwd-from", "fwd-to") as lk:
+                await lk.room.forward_participant(
+                    api.ForwardParticipantRequest(
+                        room="fwd-from", identity="source", destination_room="fwd-to"
+                    )
+                )
+            await wait_until(lambda: "source" in watcher.remote_participants)
+        await source.disconnect()
+        await wait_until(lambda: "source" not in watcher.remote_participants)
+    finally:
+        for participant in (source, listener, watcher):
+            await participant.disconnect()
+
+
+async def test_move_to_a_room_on_another_node_reconnects_there(
+    nodes: Callable[..., ServerProcess],
+) -> None:
+    first, second = nodes(), nodes()
+    async with server_api(first) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name="x-from", node_id=node_id_of(first)))
+        await lk.room.create_room(api.CreateRoomRequest(name="x-to", node_id=node_id_of(second)))
+    mover = await connect(first, "mover", "x-from")
+    watcher = await connect(second, "watcher", "x-to")
+    moved = EventLog(mover, "moved")
+    watcher_subscribed = EventLog(watcher, "track_subscribed")
+    try:
+        async with publishing_tone(mover):
+            async with admin_api(second, "x-from", "x-to") as lk:
+                with pytest.raises(api.TwirpError) as caught:
+                    await lk.room.forward_participant(
+                        api.ForwardParticipantRequest(
+                            room="x-from", identity="mover", destination_room="x-to"
+                        )
+                    )
+                assert caught.value.code == "failed_precondition"
+                await lk.room.move_participant(
+                    api.MoveParticipantRequest(
+                        room="x-from", identity="mover", destination_room="x-to"
+                    )
+                )
+            await moved.wait_for()
+            await wait_until(lambda: "mover" in watcher.remote_participants, within_s=30)
+            await wait_until(lambda: mover.isconnected() and mover.name == "x-to", within_s=30)
+            assert await hears_tone(await subscribed_from(watcher_subscribed, "mover"))
+            async with admin_api(first, "x-from", "") as lk:
+                assert await identities(lk, "x-from") == set()
+    finally:
+        await mover.disconnect()
+        await watcher.disconnect()
