@@ -252,18 +252,27 @@ class Router:
             for n in await self.store.list_nodes()
         )
 
+    async def live_peers(self) -> list[str]:
+        """The other nodes that are alive."""
+        now = time.time()
+        return [
+            n.id for n in await self.store.list_nodes() if n.id != self.node_id and n.alive(now)
+        ]
+
     async def _alive(self, node_id: str) -> bool:
         now = time.time()
         return any(n.id == node_id and n.alive(now) for n in await self.store.list_nodes())
 
     # --- RPC -------------------------------------------------------------------------------
 
-    async def call(self, node_id: str, request: RpcRequest) -> RpcResponse:
+    async def call(
+        self, node_id: str, request: RpcRequest, timeout_s: float = RPC_TIMEOUT_S
+    ) -> RpcResponse:
         """Run ``request`` on ``node_id`` and wait for its answer."""
         inbox = await self.bus.subscribe(request.reply_to)
         try:
             await self.bus.publish(rpc_channel(node_id), request.encode())
-            async with asyncio.timeout(RPC_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 data = await inbox.get()
             return RpcResponse.decode(data)
         except (TimeoutError, BusClosedError):

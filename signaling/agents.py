@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from livekit.protocol import agent, agent_dispatch, models
 
@@ -82,6 +82,18 @@ class WorkerRejected(Exception):
     """A worker declined or could not take a job; the next one may."""
 
 
+class _Ended(Exception):
+    """The worker answered an offer with ``terminate``: the job is not to run."""
+
+
+class ClusterJobs(Protocol):
+    """Jobs given to the workers of other nodes (``signaling/agent_cluster.py``)."""
+
+    async def offer(self, job: agent.Job) -> tuple[str, agent.Job] | None: ...
+
+    async def terminate(self, node_id: str, job_id: str) -> None: ...
+
+
 class AgentService:
     """Registered workers, and the jobs rooms give them.
 
@@ -97,6 +109,10 @@ class AgentService:
         """(room name, agent participant identity) -> its worker and job."""
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task[object]] = set()
+        self.cluster: ClusterJobs | None = None
+        """The other nodes' workers, when there is a cluster."""
+        self._remote_jobs: dict[tuple[str, str], tuple[str, str]] = {}
+        """(room name, agent identity) -> (node, job id) of a job another node's worker runs."""
 
     # --- workers -----------------------------------------------------------------------
 
@@ -201,7 +217,8 @@ class AgentService:
         job_type: agent.JobType,
         participant: models.ParticipantInfo | None = None,
     ) -> agent.Job | None:
-        """Offer a job for ``dispatch`` to its workers until one takes it; the job, or None."""
+        """Offer a job for ``dispatch`` to its workers, here and then on the other nodes,
+        until one takes it; the job, or None."""
         room = self.rooms.get(dispatch.room)
         if room is None:
             return None
@@ -216,21 +233,36 @@ class AgentService:
         job.attributes.update(dispatch.attributes)
         if participant is not None:
             job.participant.CopyFrom(participant)
+        taken = await self.offer_here(job)
+        if taken is None and self.cluster is not None:
+            placed = await self.cluster.offer(job)
+            if placed is not None:
+                node_id, taken = placed
+                identity = taken.state.participant_identity
+                self._remote_jobs[room.name, identity] = (node_id, taken.id)
+        if taken is None:
+            logger.info("room %s: no agent worker for %r took a job", room.name, job.agent_name)
+            return None
+        dispatch.state.jobs.append(taken)
+        return taken
+
+    async def offer_here(self, job: agent.Job) -> agent.Job | None:
+        """Offer ``job`` to this node's workers until one takes it (a room of another node
+        may ask, ``signaling/agent_cluster.py``); the job as taken, or None."""
         tried: set[str] = set()
         while True:
-            worker = self._pick(dispatch.agent_name, job_type, tried)
+            worker = self._pick(job.agent_name, job.type, tried)
             if worker is None:
-                if not tried:
-                    name = dispatch.agent_name
-                    logger.info("room %s: no agent worker for %r to take a job", room.name, name)
                 return None
             tried.add(worker.id)
             try:
-                return await self._offer(worker, job, dispatch)
+                return await self._offer(worker, job)
             except WorkerRejected as exc:
                 logger.info("job %s: worker %s passed (%s)", job.id, worker.id, exc)
             except TimeoutError:
                 logger.warning("job %s: worker %s did not answer in time", job.id, worker.id)
+                return None
+            except _Ended:
                 return None
 
     def _pick(
@@ -254,9 +286,7 @@ class AgentService:
                 return worker
         return weighted[-1] if weighted else None
 
-    async def _offer(
-        self, worker: Worker, job: agent.Job, dispatch: agent_dispatch.AgentDispatch
-    ) -> agent.Job | None:
+    async def _offer(self, worker: Worker, job: agent.Job) -> agent.Job:
         now = time.time_ns()
         job.state.CopyFrom(
             agent.JobState(
@@ -275,7 +305,7 @@ class AgentService:
             worker.offers.pop(job.id, None)
         if answer.terminate:
             logger.info("job %s ended by worker %s", job.id, worker.id)
-            return None
+            raise _Ended
         if not answer.available:
             raise WorkerRejected("not available")
         job.state.participant_identity = answer.participant_identity
@@ -283,7 +313,6 @@ class AgentService:
         await worker.send(agent.ServerMessage(assignment=agent.JobAssignment(job=job, token=token)))
         worker.jobs[job.id] = job
         self._jobs_by_identity[job.room.name, answer.participant_identity] = (worker, job)
-        dispatch.state.jobs.append(job)
         logger.info(
             "job %s (%s) in room %s assigned to worker %s as %r",
             job.id,
@@ -326,17 +355,39 @@ class AgentService:
     def _agent_left(self, room_name: str, identity: str) -> None:
         """LiveKit terminates the job of an agent that leaves its room (room close included)
         and records it failed: "agent worker left the room"."""
+        remote = self._remote_jobs.pop((room_name, identity), None)
+        if remote is not None and self.cluster is not None:
+            node_id, job_id = remote
+            logger.info(
+                "job %s: agent %r left room %s, node %s told", job_id, identity, room_name, node_id
+            )
+            self._spawn(self.cluster.terminate(node_id, job_id))
+            return
         found = self._jobs_by_identity.pop((room_name, identity), None)
         if found is None:
             return
-        worker, job = found
+        self.terminate(*found)
+
+    def terminate_job(self, job_id: str) -> bool:
+        """End a job of this node's workers that a room of another node asked to end."""
+        for worker in list(self.workers.values()):
+            job = worker.jobs.get(job_id)
+            if job is not None:
+                self._jobs_by_identity.pop((job.room.name, job.state.participant_identity), None)
+                self.terminate(worker, job)
+                return True
+        return False
+
+    def terminate(self, worker: Worker, job: agent.Job) -> None:
         if worker.jobs.pop(job.id, None) is None or worker.closed:
             return
         job.state.status = agent.JobStatus.JS_FAILED
         job.state.error = "agent worker left the room"
         job.state.ended_at = time.time_ns()
         termination = agent.ServerMessage(termination=agent.JobTermination(job_id=job.id))
-        logger.info("job %s: agent %r left room %s, worker told", job.id, identity, room_name)
+        logger.info(
+            "job %s: agent left room %s, worker told (%s)", job.id, job.room.name, worker.id
+        )
         self._spawn(_send_quietly(worker, termination))
 
 

@@ -13,7 +13,7 @@ import logging
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from routing.router import Router, RoutingError, RpcRequest, RpcResponse
+from routing.router import Router, RoutingError, RpcHandler, RpcRequest, RpcResponse
 from routing.store import STORE_ERRORS
 from sfu.rooms import RoomManager
 from signaling.twirp import TwirpError, TwirpServer, error_from_json
@@ -39,6 +39,8 @@ class ApiForwarder:
         self._router = router
         self._rooms = rooms
         self._twirp = twirp
+        self.internal: dict[str, RpcHandler] = {}
+        """Calls between nodes that are not the server API, by service name."""
 
     async def __call__(
         self, service: str, method: str, message: Message, authorization: str
@@ -78,6 +80,9 @@ class ApiForwarder:
         return output
 
     async def serve(self, request: RpcRequest) -> RpcResponse:
+        internal = self.internal.get(request.service)
+        if internal is not None:
+            return await internal(request)
         status, body = await self._twirp.run_forwarded(
             request.service, request.method, request.authorization, request.body
         )

@@ -30,6 +30,8 @@ from sfu.participant import JoinParams, Participant, is_dependent
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
 from signaling.absent_services import absent_services
+from signaling.agent_cluster import SERVICE as AGENTS_SERVICE
+from signaling.agent_cluster import AgentCluster
 from signaling.agents import AgentService
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
@@ -447,4 +449,8 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     forwarder = ApiForwarder(ctx.router, ctx.rooms, twirp)
     twirp.forward = forwarder
     app[FORWARDER] = forwarder
+    if ctx.agents is not None:
+        cluster = AgentCluster(ctx.router, ctx.agents)
+        ctx.agents.cluster = cluster
+        forwarder.internal[AGENTS_SERVICE] = cluster.serve
     add_twirp_routes(app, twirp)

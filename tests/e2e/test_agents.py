@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from livekit.protocol import agent
 
 from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess
 from tests.e2e.sdk import EventLog, wait_until
+from tests.e2e.test_cluster import node_id_of
 from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
 
 pytestmark = pytest.mark.sdk
@@ -175,6 +176,37 @@ async def test_api_dispatch_creates_the_room(server: ServerProcess, tmp_path: Pa
             dispatches = await lkapi.agent_dispatch.list_dispatch(room_name="agent-api")
             named = [d for d in dispatches if d.agent_name == "scheduler"]
             assert named and named[0].state.jobs, dispatches
+
+
+async def test_a_worker_on_another_node_gets_the_job_and_its_end(
+    nodes: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The room is hosted by one node, the worker connected to the other: the job crosses
+    the cluster, the agent joins through its own node, and deleting the room ends the job."""
+    host, other = nodes(), nodes()
+    async with agent_worker(other, tmp_path, agent_name="remote-helper") as worker:
+        async with api.LiveKitAPI(host.http_url, API_KEY, API_SECRET) as lkapi:
+            dispatch = api.RoomAgentDispatch(agent_name="remote-helper")
+            request = api.CreateRoomRequest(
+                name="agent-cluster", node_id=node_id_of(host), agents=[dispatch]
+            )
+            await lkapi.room.create_room(request)
+        caller = await _join(host, "guest", "agent-cluster")
+        try:
+            agent = await _agent_in(caller)
+            assert agent.attributes.get("lk.agent_name") == "remote-helper"
+            assert "taken by a worker of node" in host.logs()
+            await wait_until(lambda: "AGENT ready in agent-cluster" in worker.said())
+            reply = await caller.local_participant.perform_rpc(
+                destination_identity=agent.identity, method="ping", payload="across"
+            )
+            assert reply == "pong across"
+            async with api.LiveKitAPI(other.http_url, API_KEY, API_SECRET) as lkapi:
+                await lkapi.room.delete_room(api.DeleteRoomRequest(room="agent-cluster"))
+            await wait_until(lambda: "AGENT job ended in agent-cluster" in worker.said(), 20)
+            assert "worker told" in other.logs()
+        finally:
+            await caller.disconnect()
 
 
 async def test_egress_ingress_and_sip_answer_as_livekit_without_them(server: ServerProcess) -> None:

@@ -4,14 +4,18 @@ sent, failing over when one declines, and termination when the agent leaves."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+from typing import cast
 
 from livekit.protocol import agent, models
 
 from protocol.token import verify_token
+from routing.router import Router, RpcRequest, RpcResponse
 from sfu.events import EventKind, RoomEvent
 from sfu.room import Room, RoomSettings
 from sfu.rooms import RoomManager
+from signaling.agent_cluster import SERVICE, AgentCluster
 from signaling.agents import AgentService, Worker
 
 KEY, SECRET = "agentkey", "agent-secret-that-is-at-least-32-characters"
@@ -128,3 +132,55 @@ async def test_a_room_start_dispatches_automatically_only_without_named_agents()
     jobs = [m.assignment.job.room.name for m in worker.of("assignment")]
     assert jobs == ["plain"], "a room with named agents gets no automatic one"
     await service.close()
+
+
+class LoopbackCluster:
+    """Another node's AgentCluster, reached directly instead of through the router."""
+
+    def __init__(self, other: AgentCluster) -> None:
+        self.other = other
+
+    async def _call(self, method: str, body: bytes) -> RpcResponse:
+        request = RpcRequest(
+            reply_to="r", service=SERVICE, method=method, authorization="", body=body
+        )
+        return await self.other.serve(request)
+
+    async def offer(self, job: agent.Job) -> tuple[str, agent.Job] | None:
+        response = await self._call("OfferJob", job.SerializeToString())
+        if response.status != 200:
+            return None
+        taken = agent.Job()
+        taken.ParseFromString(response.body)
+        return "ND_other", taken
+
+    async def terminate(self, node_id: str, job_id: str) -> None:
+        await self._call("TerminateJob", agent.JobTermination(job_id=job_id).SerializeToString())
+
+
+async def test_a_job_goes_to_another_nodes_worker_and_is_ended_there() -> None:
+    service, rooms = _service()
+    remote_service, _ = _service()
+    remote = FakeWorker(remote_service, "remote", load=0.1)
+    remote_cluster = AgentCluster(cast(Router, None), remote_service)
+    service.cluster = LoopbackCluster(remote_cluster)
+    room = rooms.create("spread", rooms.settings)
+    dispatch = room.add_agent_dispatch("")
+    job = await service.dispatch(dispatch, agent.JobType.JT_ROOM)
+    assert job is not None and job.state.worker_id == remote.worker.id
+    assert [j.id for j in dispatch.state.jobs] == [job.id]
+    left = models.ParticipantInfo(
+        identity=f"agent-{job.id}", kind=models.ParticipantInfo.Kind.AGENT
+    )
+    service.on_room_event(RoomEvent(EventKind.PARTICIPANT_LEFT, room.to_proto(), left))
+    await asyncio.sleep(0.01)
+    (termination,) = remote.of("termination")
+    assert termination.termination.job_id == job.id
+    garbage = RpcRequest(
+        reply_to="r", service=SERVICE, method="OfferJob", authorization="", body=b"\xff"
+    )
+    assert (await remote_cluster.serve(garbage)).status == 400
+    unknown = dataclasses.replace(garbage, method="Nope", body=b"")
+    assert (await remote_cluster.serve(unknown)).status == 404
+    await service.close()
+    await remote_service.close()
