@@ -116,6 +116,22 @@ def remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes:
     return _HEADER.pack(0x80 | FMT_REMB, PSFB, len(body) // 4) + body
 
 
+def remb_estimates(data: bytes) -> Iterator[tuple[int, tuple[int, ...]]]:
+    """(bitrate in bps, the SSRCs it covers) of each REMB in a compound packet
+    (draft-alvestrand-rmcat-remb-03 section 2.2)."""
+    for packet_type, fmt, body in packets(data):
+        if packet_type != PSFB or fmt != FMT_REMB or len(body) < 16 or body[8:12] != b"REMB":
+            continue
+        count = body[12]
+        exponent = body[13] >> 2
+        mantissa = ((body[13] & 0x03) << 16) | (body[14] << 8) | body[15]
+        ssrcs = tuple(
+            int.from_bytes(body[index : index + 4], "big")
+            for index in range(16, min(len(body), 16 + 4 * count) - 3, 4)
+        )
+        yield mantissa << exponent, ssrcs
+
+
 def nacked_sequences(data: bytes) -> Iterator[tuple[int, int]]:
     """(media SSRC, lost sequence number) for each Generic NACK entry (RFC 4585 6.2.1)."""
     for packet_type, fmt, body in packets(data):

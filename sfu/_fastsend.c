@@ -166,6 +166,18 @@ static PyObject *set_srtp_protect(PyObject *self, PyObject *args) {
  * Slow: send(memoryview) -> bool, the Python path (protect and send). Fast, once the transport
  * has SRTP keys and a UDP path: libsrtp context, socket and address, protected and batched
  * here; spill(bytes, address) takes a datagram the kernel did not (EAGAIN). */
+/* Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01): each
+ * packet to the subscriber carries the transport's next number; what went out under it is
+ * remembered for reading the subscriber's feedback (sfu/twcc.py is the reference). */
+#define TWCC_RING 2048
+#define TWCC_BURST_S 0.005 /* libwebrtc's send-time grouping of packets (InterArrival) */
+typedef struct {
+    double time;
+    uint32_t size;
+    uint16_t sequence;
+    char used;
+} twcc_record_t;
+
 typedef struct {
     PyObject_HEAD
     PyObject *send;
@@ -176,6 +188,8 @@ typedef struct {
     int fd;
     address_t sockaddr;
     socklen_t sockaddr_length;
+    twcc_record_t *twcc; /* NULL until enable_twcc */
+    uint16_t twcc_next;
 } Sink;
 
 static int Sink_traverse(Sink *self, visitproc visit, void *arg) {
@@ -203,6 +217,8 @@ static int Sink_clear(Sink *self) {
 static void Sink_dealloc(Sink *self) {
     PyObject_GC_UnTrack(self);
     Sink_clear(self);
+    PyMem_Free(self->twcc);
+    self->twcc = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -259,7 +275,187 @@ static PyObject *Sink_get_fast(Sink *self, void *closure) {
     return PyBool_FromLong(self->context != NULL);
 }
 
+static PyObject *Sink_enable_twcc(Sink *self, PyObject *arg) {
+    long first = PyLong_AsLong(arg);
+    if (first == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->twcc == NULL) {
+        self->twcc = PyMem_Calloc(TWCC_RING, sizeof(twcc_record_t));
+        if (self->twcc == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    self->twcc_next = (uint16_t)first;
+    Py_RETURN_NONE;
+}
+
+/* Stamps the transport's next number into the two bytes at at, remembering when and how big. */
+static void stamp_twcc(Sink *sink, uint8_t *at, double now, Py_ssize_t size) {
+    uint16_t number = sink->twcc_next++;
+    at[0] = number >> 8;
+    at[1] = number & 0xFF;
+    twcc_record_t *record = &sink->twcc[number & (TWCC_RING - 1)];
+    record->time = now;
+    record->size = (uint32_t)size;
+    record->sequence = number;
+    record->used = 1;
+}
+
+/* The packet status symbols of a feedback's chunks (0 not received, 1 small delta, 2 large);
+ * the offset after the chunks, or -1 when they do not cover count packets. */
+static Py_ssize_t twcc_statuses(const uint8_t *data, Py_ssize_t length, int count,
+                                uint8_t *status) {
+    Py_ssize_t at = 8;
+    int decoded = 0;
+    while (decoded < count) {
+        if (at + 2 > length) {
+            return -1;
+        }
+        uint16_t chunk = (uint16_t)(data[at] << 8 | data[at + 1]);
+        at += 2;
+        if (!(chunk & 0x8000)) { /* run length: one symbol, up to 8191 times */
+            int run = chunk & 0x1FFF;
+            for (int i = 0; i < run && decoded < count; i++) {
+                status[decoded++] = (chunk >> 13) & 0x03;
+            }
+        } else if (!(chunk & 0x4000)) { /* 14 one-bit symbols */
+            for (int i = 0; i < 14 && decoded < count; i++) {
+                status[decoded++] = (chunk >> (13 - i)) & 0x01;
+            }
+        } else { /* 7 two-bit symbols */
+            for (int i = 0; i < 7 && decoded < count; i++) {
+                status[decoded++] = (chunk >> (12 - 2 * i)) & 0x03;
+            }
+        }
+    }
+    return at;
+}
+
+typedef struct {
+    PyObject *groups;
+    int open;
+    double first_send, last_send, last_arrival;
+    long long bytes;
+} grouping_t;
+
+static int close_group(grouping_t *g) {
+    if (!g->open) {
+        return 0;
+    }
+    g->open = 0;
+    PyObject *item = Py_BuildValue("(dddL)", g->first_send, g->last_send, g->last_arrival, g->bytes);
+    if (item == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(g->groups, item);
+    Py_DECREF(item);
+    return failed;
+}
+
+static int add_to_group(grouping_t *g, const twcc_record_t *record, double arrival) {
+    if (g->open && record->time - g->first_send <= TWCC_BURST_S) {
+        if (record->time > g->last_send) {
+            g->last_send = record->time;
+        }
+        if (arrival > g->last_arrival) {
+            g->last_arrival = arrival;
+        }
+        g->bytes += record->size;
+        return 0;
+    }
+    if (close_group(g) != 0) {
+        return -1;
+    }
+    g->open = 1;
+    g->first_send = g->last_send = record->time;
+    g->last_arrival = arrival;
+    g->bytes = record->size;
+    return 0;
+}
+
+/* Reads one feedback FCI against what was sent: (groups of packets sent within 5 ms of each
+ * other as (first send, last send, last arrival, bytes), packets received, packets reported
+ * lost, bytes received). Arrival times are the receiver's clock, in seconds. */
+static PyObject *Sink_twcc_feedback(Sink *self, PyObject *arg) {
+    Py_buffer buffer;
+    if (PyObject_GetBuffer(arg, &buffer, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const uint8_t *data = buffer.buf;
+    Py_ssize_t length = buffer.len;
+    grouping_t g = {PyList_New(0), 0, 0.0, 0.0, 0.0, 0};
+    long long received = 0, lost = 0, received_bytes = 0;
+    uint8_t *status = NULL;
+    int count = length >= 8 ? (data[2] << 8 | data[3]) : 0;
+    if (g.groups == NULL || self->twcc == NULL || length < 8 || count == 0) {
+        goto done;
+    }
+    status = PyMem_Malloc((size_t)count);
+    if (status == NULL) {
+        Py_CLEAR(g.groups);
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t at = twcc_statuses(data, length, count, status);
+    if (at < 0) {
+        goto done;
+    }
+    uint16_t base = (uint16_t)(data[0] << 8 | data[1]);
+    int32_t reference = data[4] << 16 | data[5] << 8 | data[6];
+    if (reference & 0x800000) {
+        reference -= 1 << 24;
+    }
+    double arrival = reference * 0.064;
+    for (int i = 0; i < count; i++) {
+        if (status[i] == 0) {
+            lost++;
+            continue;
+        }
+        int delta;
+        if (status[i] == 1 && at + 1 <= length) {
+            delta = data[at];
+            at += 1;
+        } else if (status[i] == 2 && at + 2 <= length) {
+            delta = (int16_t)(data[at] << 8 | data[at + 1]);
+            at += 2;
+        } else {
+            break; /* a reserved symbol, or deltas cut short: the rest is unreadable */
+        }
+        arrival += delta * 0.00025;
+        uint16_t number = (uint16_t)(base + i);
+        const twcc_record_t *record = &self->twcc[number & (TWCC_RING - 1)];
+        if (!record->used || record->sequence != number) {
+            continue; /* not ours, or too old to be remembered */
+        }
+        received++;
+        received_bytes += record->size;
+        if (add_to_group(&g, record, arrival) != 0) {
+            Py_CLEAR(g.groups);
+            goto done;
+        }
+    }
+    if (close_group(&g) != 0) {
+        Py_CLEAR(g.groups);
+    }
+done:
+    PyMem_Free(status);
+    PyBuffer_Release(&buffer);
+    if (g.groups == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(NLLL)", g.groups, received, lost, received_bytes);
+}
+
+static PyObject *Sink_get_twcc_next(Sink *self, void *closure) {
+    return PyLong_FromLong(self->twcc_next);
+}
+
 static PyMethodDef Sink_methods[] = {
+    {"enable_twcc", (PyCFunction)Sink_enable_twcc, METH_O,
+     "enable_twcc(first number): stamp transport-wide numbers where downtracks have room"},
+    {"twcc_feedback", (PyCFunction)Sink_twcc_feedback, METH_O,
+     "twcc_feedback(fci) -> (groups, received, lost, received bytes)"},
     {"set_fast", (PyCFunction)Sink_set_fast, METH_VARARGS,
      "set_fast(context, keepalive, fd, (host, port), spill) -> whether the fast path is on"},
     {"clear_fast", (PyCFunction)Sink_clear_fast, METH_NOARGS, "back to the Python send"},
@@ -268,6 +464,7 @@ static PyMethodDef Sink_methods[] = {
 
 static PyGetSetDef Sink_getset[] = {
     {"fast", (getter)Sink_get_fast, NULL, "whether packets are protected and sent here", NULL},
+    {"twcc_next", (getter)Sink_get_twcc_next, NULL, "the next transport-wide number", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -322,6 +519,14 @@ typedef struct {
     uint16_t picture_offset, last_picture;
     uint8_t tl0_offset, last_tl0, keyidx_offset, last_keyidx;
     sent_t sent[SENT_RING];
+    /* Where in the extension block the transport-wide number goes (-1: not negotiated). */
+    int twcc_at;
+    /* RTX (RFC 4588), when the subscriber negotiated it: retransmissions and probe padding go
+     * on their own SSRC and numbering. */
+    int rtx_payload_type;
+    uint32_t rtx_ssrc;
+    uint16_t rtx_sequence;
+    unsigned long long padding_packets, padding_octets;
 } DownTrackCore;
 
 static int DownTrackCore_traverse(DownTrackCore *self, visitproc visit, void *arg) {
@@ -404,6 +609,11 @@ static int DownTrackCore_init(DownTrackCore *self, PyObject *args, PyObject *kwa
     self->picture_offset = self->last_picture = 0;
     self->tl0_offset = self->last_tl0 = self->keyidx_offset = self->last_keyidx = 0;
     memset(self->sent, 0, sizeof(self->sent));
+    self->twcc_at = -1;
+    self->rtx_payload_type = -1;
+    self->rtx_ssrc = 0;
+    self->rtx_sequence = 0;
+    self->padding_packets = self->padding_octets = 0;
     return 0;
 }
 
@@ -577,6 +787,30 @@ static void munge_vp8(DownTrackCore *t, uint8_t *payload, Py_ssize_t length, int
     }
 }
 
+/* The fixed header and our extension block (with the transport-wide number stamped when
+ * negotiated); flags: 0x20 for padding. */
+static void write_header(DownTrackCore *t, uint8_t *out, uint8_t second_byte, uint16_t sequence,
+                         uint32_t timestamp, uint32_t ssrc, uint8_t flags, double now,
+                         Py_ssize_t size) {
+    Py_ssize_t extension_length = PyBytes_GET_SIZE(t->extension);
+    out[0] = 0x80 | flags | (extension_length ? 0x10 : 0);
+    out[1] = second_byte;
+    out[2] = sequence >> 8;
+    out[3] = sequence & 0xFF;
+    out[4] = timestamp >> 24;
+    out[5] = (timestamp >> 16) & 0xFF;
+    out[6] = (timestamp >> 8) & 0xFF;
+    out[7] = timestamp & 0xFF;
+    out[8] = ssrc >> 24;
+    out[9] = (ssrc >> 16) & 0xFF;
+    out[10] = (ssrc >> 8) & 0xFF;
+    out[11] = ssrc & 0xFF;
+    memcpy(out + 12, PyBytes_AS_STRING(t->extension), (size_t)extension_length);
+    if (t->twcc_at >= 0 && t->twcc_at + 2 <= extension_length && t->sink->twcc != NULL) {
+        stamp_twcc(t->sink, out + 12 + t->twcc_at, now, size);
+    }
+}
+
 /* The subscriber's plaintext packet in out; its length, or 0 to skip this downtrack. */
 static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *out,
                                Py_ssize_t *payload_length) {
@@ -604,29 +838,46 @@ static Py_ssize_t write_packet(DownTrackCore *t, const incoming_t *in, uint8_t *
     record->used = 1;
     record->marker = (in->data[1] & 0x80) || in->marker;
     Py_ssize_t extension_length = PyBytes_GET_SIZE(t->extension);
-    Py_ssize_t size = 12 + extension_length + (in->end - start);
+    /* A retransmission goes on the RTX stream when there is one: its own numbering, the
+     * original sequence number first in the payload (RFC 4588 4). */
+    int rtx = in->out_sequence >= 0 && t->rtx_payload_type >= 0;
+    Py_ssize_t header_length = 12 + extension_length + (rtx ? 2 : 0);
+    Py_ssize_t size = header_length + (in->end - start);
     if (size > max_plaintext) {
         return 0; /* the Python path's protector refuses these too */
     }
-    out[0] = 0x80 | (extension_length ? 0x10 : 0);
-    out[1] = (in->data[1] & 0x80) | (in->marker ? 0x80 : 0) | t->payload_types[type];
-    out[2] = sequence >> 8;
-    out[3] = sequence & 0xFF;
-    out[4] = timestamp >> 24;
-    out[5] = (timestamp >> 16) & 0xFF;
-    out[6] = (timestamp >> 8) & 0xFF;
-    out[7] = timestamp & 0xFF;
-    out[8] = t->ssrc_out >> 24;
-    out[9] = (t->ssrc_out >> 16) & 0xFF;
-    out[10] = (t->ssrc_out >> 8) & 0xFF;
-    out[11] = t->ssrc_out & 0xFF;
-    memcpy(out + 12, PyBytes_AS_STRING(t->extension), (size_t)extension_length);
-    memcpy(out + 12 + extension_length, in->data + start, (size_t)(in->end - start));
+    uint8_t marker_bit = (in->data[1] & 0x80) | (in->marker ? 0x80 : 0);
+    uint16_t sequence_sent = sequence;
+    if (rtx) {
+        sequence_sent = t->rtx_sequence++;
+    }
+    write_header(t, out, marker_bit | (rtx ? t->rtx_payload_type : t->payload_types[type]),
+                 sequence_sent, timestamp, rtx ? t->rtx_ssrc : t->ssrc_out, 0, in->now, size);
+    if (rtx) {
+        out[12 + extension_length] = sequence >> 8;
+        out[13 + extension_length] = sequence & 0xFF;
+    }
+    memcpy(out + header_length, in->data + start, (size_t)(in->end - start));
     if (t->vp8) {
-        int newest = (uint16_t)t->last_out_sequence == sequence;
-        munge_vp8(t, out + 12 + extension_length, in->end - start, newest);
+        int newest = !rtx && (uint16_t)t->last_out_sequence == sequence;
+        munge_vp8(t, out + header_length, in->end - start, newest);
     }
     *payload_length = in->end - start;
+    return size;
+}
+
+/* A padding-only packet on the RTX stream (probing for bandwidth, as libwebrtc pads): no
+ * payload, size bytes of padding whose last byte counts them (RFC 3550 5.1). */
+static Py_ssize_t write_padding(DownTrackCore *t, int padding, double now, uint8_t *out) {
+    if (!t->bound || t->rtx_payload_type < 0 || !t->has_source) {
+        return 0;
+    }
+    Py_ssize_t extension_length = PyBytes_GET_SIZE(t->extension);
+    Py_ssize_t size = 12 + extension_length + padding;
+    write_header(t, out, (uint8_t)t->rtx_payload_type, t->rtx_sequence++,
+                 (uint32_t)t->last_out_timestamp, t->rtx_ssrc, 0x20, now, size);
+    memset(out + 12 + extension_length, 0, (size_t)padding);
+    out[size - 1] = (uint8_t)padding;
     return size;
 }
 
@@ -685,8 +936,9 @@ static int flush_batch(void) {
     return status;
 }
 
-/* One downtrack: 1 sent (or queued), 0 skipped, -1 with an exception set. */
-static int forward_one(DownTrackCore *t, const incoming_t *in) {
+/* One packet to one downtrack, a forwarded one (in) or padding (padding bytes): 1 sent (or
+ * queued), 0 skipped, -1 with an exception set. */
+static int emit(DownTrackCore *t, const incoming_t *in, int padding, double now) {
     Sink *sink = t->sink;
     Py_ssize_t payload_length = 0;
     if (sink == NULL || t->extension == NULL || (sink->context == NULL && sink->send == NULL)) {
@@ -697,7 +949,8 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
             return -1;
         }
         uint8_t *out = slots[batch_count];
-        int length = (int)write_packet(t, in, out, &payload_length);
+        int length = (int)(in != NULL ? write_packet(t, in, out, &payload_length)
+                                      : write_padding(t, padding, now, out));
         if (length == 0) {
             return 0;
         }
@@ -717,7 +970,8 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
         batch_sinks[batch_count++] = sink;
     } else {
         static uint8_t plain[SLOT_SIZE];
-        Py_ssize_t length = write_packet(t, in, plain, &payload_length);
+        Py_ssize_t length = in != NULL ? write_packet(t, in, plain, &payload_length)
+                                       : write_padding(t, padding, now, plain);
         if (length == 0) {
             return 0;
         }
@@ -736,9 +990,18 @@ static int forward_one(DownTrackCore *t, const incoming_t *in) {
             return sent;
         }
     }
-    t->packets++;
-    t->octets += (unsigned long long)payload_length;
+    if (in != NULL) {
+        t->packets++;
+        t->octets += (unsigned long long)payload_length;
+    } else {
+        t->padding_packets++;
+        t->padding_octets += (unsigned long long)padding;
+    }
     return 1;
+}
+
+static int forward_one(DownTrackCore *t, const incoming_t *in) {
+    return emit(t, in, 0, in->now);
 }
 
 /* The packet arguments of fanout and forward: (packet, start, end, sequence, timestamp, ssrc,
@@ -911,7 +1174,64 @@ static PyObject *DownTrackCore_translate_timestamp(DownTrackCore *self, PyObject
     return PyLong_FromUnsignedLong((unsigned long)((uint32_t)(timestamp + self->timestamp_offset)));
 }
 
+static PyObject *DownTrackCore_set_rtx(DownTrackCore *self, PyObject *args) {
+    unsigned long ssrc;
+    int payload_type;
+    unsigned int first_sequence;
+    if (!PyArg_ParseTuple(args, "kiI", &ssrc, &payload_type, &first_sequence)) {
+        return NULL;
+    }
+    if (payload_type < -1 || payload_type > 127) {
+        PyErr_SetString(PyExc_ValueError, "payload types are 0-127 (-1: no RTX)");
+        return NULL;
+    }
+    self->rtx_ssrc = (uint32_t)ssrc;
+    self->rtx_payload_type = payload_type;
+    self->rtx_sequence = (uint16_t)first_sequence;
+    Py_RETURN_NONE;
+}
+
+/* pad(count, bytes, now) -> packets sent: padding-only packets on the RTX stream. */
+static PyObject *DownTrackCore_pad(DownTrackCore *self, PyObject *args) {
+    int count, padding;
+    double now;
+    if (!PyArg_ParseTuple(args, "iid", &count, &padding, &now)) {
+        return NULL;
+    }
+    if (count < 0 || count > MAX_BATCH || padding < 1 || padding > 255) {
+        PyErr_SetString(PyExc_ValueError, "0-256 packets of 1-255 padding bytes");
+        return NULL;
+    }
+    if (fanout_busy) {
+        PyErr_SetString(PyExc_RuntimeError, "forwarding is not re-entrant");
+        return NULL;
+    }
+    fanout_busy = 1;
+    int sent = 0, status = 0;
+    Py_INCREF(self);
+    while (sent < count) {
+        status = emit(self, NULL, padding, now);
+        if (status <= 0) {
+            break;
+        }
+        sent++;
+    }
+    if (flush_batch() != 0) {
+        status = -1;
+    }
+    Py_DECREF(self);
+    fanout_busy = 0;
+    if (status < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(sent);
+}
+
 static PyMethodDef DownTrackCore_methods[] = {
+    {"set_rtx", (PyCFunction)DownTrackCore_set_rtx, METH_VARARGS,
+     "set_rtx(ssrc, payload type or -1, first sequence number): the RTX stream"},
+    {"pad", (PyCFunction)DownTrackCore_pad, METH_VARARGS,
+     "pad(count, padding bytes, now) -> padding-only packets sent on the RTX stream"},
     {"forward", (PyCFunction)DownTrackCore_forward, METH_VARARGS,
      "forward(packet, start, end, sequence, timestamp, ssrc, now[, marker, out_sequence])"
      " -> keyframe due"},
@@ -933,6 +1253,12 @@ static PyMemberDef DownTrackCore_members[] = {
      "ask for a keyframe when the first packet goes out"},
     {"packets", T_ULONGLONG, offsetof(DownTrackCore, packets), READONLY, "packets sent"},
     {"octets", T_ULONGLONG, offsetof(DownTrackCore, octets), READONLY, "payload bytes sent"},
+    {"padding_packets", T_ULONGLONG, offsetof(DownTrackCore, padding_packets), READONLY,
+     "padding-only packets sent"},
+    {"padding_octets", T_ULONGLONG, offsetof(DownTrackCore, padding_octets), READONLY,
+     "padding bytes sent"},
+    {"twcc_at", T_INT, offsetof(DownTrackCore, twcc_at), 0,
+     "offset of the transport-wide number in the extension block, -1 for none"},
     {NULL, 0, 0, 0, NULL},
 };
 

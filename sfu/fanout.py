@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from protocol import rtp
 from sfu.munger import REORDER_WINDOW, RtpMunger, Vp8Munger
+from sfu.twcc import Group, SentPackets, read_feedback
 
 try:  # the optional C accelerator; without it, the reference below
     from sfu import _fastsend
@@ -32,6 +34,7 @@ except ImportError:  # pragma: no cover - depends on the build
 MAX_PLAINTEXT = 1500 - 144
 #: Packets remembered per downtrack for NACKs (``_fastsend.c`` SENT_RING).
 SENT_RING = 512
+_FIXED = struct.Struct("!BBHII")
 
 
 class PySink:
@@ -39,10 +42,28 @@ class PySink:
     says whether it went. The C ``Sink`` can also be switched to protect and send by itself
     (``set_fast``); here that is a no-op and every packet takes ``send``."""
 
-    __slots__ = ("send",)
+    __slots__ = ("_twcc", "send")
 
     def __init__(self, send: Callable[[memoryview], bool]) -> None:
         self.send = send
+        self._twcc: SentPackets | None = None
+
+    def enable_twcc(self, first: int) -> None:
+        """Stamp transport-wide numbers where downtracks have room for them."""
+        if self._twcc is None:
+            self._twcc = SentPackets(first)
+        self._twcc.next = first & 0xFFFF
+
+    @property
+    def twcc_next(self) -> int:
+        return self._twcc.next if self._twcc is not None else 0
+
+    def stamp_twcc(self, out: bytearray, at: int, now: float, size: int) -> None:
+        if self._twcc is not None:
+            struct.pack_into("!H", out, at, self._twcc.stamp(now, size))
+
+    def twcc_feedback(self, fci: bytes) -> tuple[list[Group], int, int, int]:
+        return read_feedback(fci, self._twcc)
 
     @property
     def fast(self) -> bool:
@@ -82,8 +103,12 @@ class PyDownTrackCore:
         "needs_keyframe",
         "octets",
         "packets",
+        "padding_octets",
+        "padding_packets",
         "red_accepted",
+        "twcc_at",
         "vp8",
+        "_rtx",
     )
 
     def __init__(
@@ -117,6 +142,58 @@ class PyDownTrackCore:
         self.needs_keyframe = False
         self.packets = 0
         self.octets = 0
+        self.padding_packets = 0
+        self.padding_octets = 0
+        self.twcc_at = -1
+        """Offset of the transport-wide number in the extension block; -1: not negotiated."""
+        self._rtx: list[int] | None = None
+        """[SSRC, payload type, next sequence number] of the RTX stream, when negotiated."""
+
+    def set_rtx(self, ssrc: int, payload_type: int, first_sequence: int) -> None:
+        """Retransmissions and padding go on this RTX stream (RFC 4588); -1: none."""
+        if not -1 <= payload_type <= 127:
+            raise ValueError("payload types are 0-127 (-1: no RTX)")
+        self._rtx = [ssrc, payload_type, first_sequence & 0xFFFF] if payload_type >= 0 else None
+
+    def _next_rtx_sequence(self) -> int:
+        assert self._rtx is not None
+        sequence = self._rtx[2]
+        self._rtx[2] = (sequence + 1) & 0xFFFF
+        return sequence
+
+    def _finish_header(self, size: int, now: float) -> None:
+        if 0 <= self.twcc_at and self.twcc_at + 2 <= len(self._extension):
+            self._sink.stamp_twcc(self._buffer, rtp.RTP_HEADER_SIZE + self.twcc_at, now, size)
+
+    def pad(self, count: int, padding: int, now: float) -> int:
+        """Send ``count`` padding-only packets on the RTX stream (probing); how many went."""
+        if not (0 <= count <= 256 and 1 <= padding <= 255):
+            raise ValueError("0-256 packets of 1-255 padding bytes")
+        sent = 0
+        while sent < count:
+            if not self.bound or self._rtx is None or self._munger.source is None:
+                break
+            ssrc, payload_type, _ = self._rtx
+            size = rtp.RTP_HEADER_SIZE + len(self._extension) + padding
+            _FIXED.pack_into(
+                self._buffer,
+                0,
+                0xA0 | (0x10 if self._extension else 0),
+                payload_type,
+                self._next_rtx_sequence(),
+                self._munger.last_timestamp & 0xFFFFFFFF,
+                ssrc,
+            )
+            self._buffer[12 : 12 + len(self._extension)] = self._extension
+            self._finish_header(size, now)
+            start = size - padding
+            self._buffer[start:size] = bytes(padding - 1) + bytes([padding])
+            if not self._sink.send(self._view[:size]):
+                break
+            sent += 1
+            self.padding_packets += 1
+            self.padding_octets += padding
+        return sent
 
     def forward(
         self,
@@ -152,27 +229,34 @@ class PyDownTrackCore:
             translated = (out_sequence & 0xFFFF, translated[1])
         sent_marker = bool(packet[1] & 0x80) or marker
         self._sent[translated[0] % SENT_RING] = (translated[0], sequence, ssrc, sent_marker)
-        if rtp.RTP_HEADER_SIZE + len(self._extension) + payload_end - payload_start > len(
-            self._buffer
-        ):
+        # A retransmission goes on the RTX stream when there is one: its own numbering, the
+        # original sequence number first in the payload (RFC 4588 4).
+        rtx = self._rtx if out_sequence >= 0 else None
+        header_size = rtp.RTP_HEADER_SIZE + len(self._extension) + (2 if rtx else 0)
+        size = header_size + payload_end - payload_start
+        if size > len(self._buffer):
             return False
-        payload_type_out = self._payload_types.get(payload_type, payload_type)
+        payload_type_out = rtx[1] if rtx else self._payload_types.get(payload_type, payload_type)
         if marker:
             payload_type_out |= 0x80  # OR-ed with the original's marker bit
-        size = rtp.write_header(
+        rtp.write_header(
             self._buffer,
             packet,
             payload_type_out=payload_type_out,
-            sequence=translated[0],
+            sequence=self._next_rtx_sequence() if rtx else translated[0],
             timestamp_out=translated[1],
-            ssrc_out=self._ssrc_out,
+            ssrc_out=rtx[0] if rtx else self._ssrc_out,
             extension_block=self._extension,
             payload_start=payload_start,
-            payload_end=payload_end,
+            payload_end=payload_start,
         )
+        if rtx:
+            struct.pack_into("!H", self._buffer, header_size - 2, translated[0])
+        self._buffer[header_size:size] = packet[payload_start:payload_end]
+        self._finish_header(size, now)
         if self.vp8:
-            newest = self._munger.last_sequence == translated[0]
-            self._vp8.munge(self._buffer, size - (payload_end - payload_start), size, newest)
+            newest = not rtx and self._munger.last_sequence == translated[0]
+            self._vp8.munge(self._buffer, header_size, size, newest)
         if not self._sink.send(self._view[:size]):
             return False
         self.packets += 1

@@ -124,6 +124,11 @@ class RtpMunger:
         return self._source
 
     @property
+    def last_timestamp(self) -> int:
+        """The timestamp of the newest packet sent (unwrapped)."""
+        return self._last_out_ts
+
+    @property
     def last_sequence(self) -> int:
         """The newest sequence number sent, wrapped to 16 bits."""
         return self._last_out_seq & 0xFFFF

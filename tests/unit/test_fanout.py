@@ -15,7 +15,7 @@ import pytest
 from pylibsrtp import Policy, Session
 
 from protocol import rtp
-from sfu import fanout
+from sfu import fanout, twcc
 from sfu.rtc_adapter import SrtpProtector
 
 _fastsend = pytest.importorskip("sfu._fastsend")
@@ -485,3 +485,92 @@ def test_vp8_picture_ids_continue_across_a_change_of_source(
     assert [p[at + 2] for p in capture.packets] == [254, 255, 0, 1]
     assert [p[at + 3] & 0x1F for p in capture.packets] == [30, 31, 0, 1]
     assert all(p[at + 3] & 0x40 for p in capture.packets), "the other bits are kept"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_transport_numbers_rtx_and_padding_alike_on_both_paths(seed: int) -> None:
+    """With transport-wide numbers and RTX negotiated: forwarded packets, retransmissions (on
+    the RTX stream) and padding probes come out byte for byte alike, and reading the same
+    feedback against what each sent gives the same groups and counts."""
+    rng = random.Random(1000 + seed)
+    packets = _random_stream(rng)
+    extension = rtp.build_extension_block([(1, b"3"), (5, b"\x00\x00")])
+    twcc_at = extension.index(b"\x51") + 1  # after the (id 5, length 2) element header
+    actions = [rng.choice(("forward",) * 6 + ("resend", "pad", "skip")) for _ in packets]
+    first_number = rng.randrange(65536)
+    results = []
+    for cls, sink_cls, fan in (
+        (fanout.PyDownTrackCore, fanout.PySink, fanout.py_fanout),
+        (_fastsend.DownTrackCore, _fastsend.Sink, _fastsend.fanout),
+    ):
+        capture = Capture()
+        sink = sink_cls(capture)
+        sink.enable_twcc(first_number)
+        core = _core(cls, sink, extension=extension)
+        core.twcc_at = twcc_at
+        core.set_rtx(0xCAFE, 97, 4000)
+        skip = fanout.py_skip if fan is fanout.py_fanout else _fastsend.skip
+        sent_numbers: list[int] = []
+        for (packet, now), action in zip(packets, actions, strict=True):
+            _, start, end = rtp.header_end(packet)
+            fields = (rtp.sequence_number(packet), rtp.timestamp(packet), rtp.ssrc(packet))
+            if action == "skip":
+                skip(fields[0], fields[2], {"s": core})
+            elif action == "pad":
+                core.pad(rng.randrange(0, 4), rng.randrange(1, 256), now)
+            elif action == "resend" and capture.packets:
+                out = rtp.sequence_number(capture.packets[-1])
+                core.forward(packet, start, end, *fields, now, False, out)
+            else:
+                fan(packet, start, end, *fields, now, {"s": core})
+        sent_numbers = [struct.unpack_from("!H", p, 12 + twcc_at)[0] for p in capture.packets]
+        arrivals: list[float | None] = [
+            None if rng.random() < 0.1 else 10 + i * rng.random() * 0.01
+            for i in range(len(sent_numbers))
+        ]
+        fci, _ = twcc.write_feedback(first_number, arrivals, 0)
+        feedback = sink.twcc_feedback(fci)
+        results.append((capture.packets, core.packets, core.padding_packets, feedback))
+        rng = random.Random(1000 + seed)  # both paths draw the same numbers
+        _random_stream(rng)
+        [rng.choice(("forward",) * 6 + ("resend", "pad", "skip")) for _ in packets]
+        rng.randrange(65536)
+    assert results[0][0], "the reference sent nothing"
+    assert results[1] == results[0]
+    numbers = [struct.unpack_from("!H", p, 12 + twcc_at)[0] for p in results[0][0]]
+    assert numbers == [(first_number + i) & 0xFFFF for i in range(len(numbers))]
+    rtx = [p for p in results[0][0] if p[1] & 0x7F == 97]
+    assert all(rtp.ssrc(p) == 0xCAFE for p in rtx)
+    assert results[0][3][1] > 0, "the feedback matched packets sent"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_garbled_feedback_reads_alike_and_safely(seed: int) -> None:
+    """Feedback is network input: truncated, bit-flipped or random FCIs are read the same way
+    by both paths, never past their end."""
+    rng = random.Random(seed)
+    sinks = [fanout.PySink(Capture()), _fastsend.Sink(Capture())]
+    extension = rtp.build_extension_block([(5, b"\x00\x00")])
+    cores = (fanout.PyDownTrackCore, _fastsend.DownTrackCore)
+    for sink, cls in zip(sinks, cores, strict=True):
+        sink.enable_twcc(100)
+        core = _core(cls, sink, extension=extension)
+        core.twcc_at = 5
+        for index, (packet, now) in enumerate(_stream()[:40]):
+            _, start, end = rtp.header_end(packet)
+            core.forward(packet, start, end, 100 + index, 960 * index, 1111, now)
+    arrivals: list[float | None] = [1.0 + i * 0.004 for i in range(40)]
+    good, _ = twcc.write_feedback(100, arrivals, 0)
+    for _ in range(300):
+        fci = bytearray(good)
+        roll = rng.random()
+        if roll < 0.3:
+            fci = fci[: rng.randrange(len(fci))]
+        elif roll < 0.7:
+            for _ in range(rng.randrange(1, 4)):
+                fci[rng.randrange(len(fci))] ^= 1 << rng.randrange(8)
+        else:
+            fci = bytearray(rng.randbytes(rng.randrange(0, 80)))
+        results = [sink.twcc_feedback(bytes(fci)) for sink in sinks]
+        assert results[0] == results[1]
+    assert sinks[0].twcc_feedback(good)[1] == 40
