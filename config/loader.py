@@ -41,7 +41,8 @@ IMPLEMENTED_KEYS = frozenset(
     {
         "port", "bind_addresses", "development", "region", "keys", "key_file",
         "rtc.node_ip", "rtc.stun_servers", "rtc.turn_servers", "rtc.enable_loopback_candidate",
-        "rtc.udp_port",
+        "rtc.udp_port", "rtc.congestion_control.enabled", "rtc.congestion_control.allow_pause",
+        "rtc.congestion_control.stream_allocator",
         "rtc.tcp_port", "rtc.port_range_start", "rtc.port_range_end",
         "room.auto_create", "room.empty_timeout", "room.departure_timeout",
         "room.max_participants", "room.enabled_codecs", "room.enable_remote_unmute",
@@ -70,7 +71,11 @@ LIVEKIT_ONLY_SECTIONS = frozenset(
         "trace", "debug_handler", "api", "metric", "environment", "enable_data_tracks",
         "enable_participant_data_blob",
         # rtc.
-        "rtc.congestion_control", "rtc.batch_io", "rtc.interfaces", "rtc.ips",
+        "rtc.congestion_control.remote_bwe", "rtc.congestion_control.use_send_side_bwe",
+        "rtc.congestion_control.use_send_side_bwe_interceptor",
+        "rtc.congestion_control.send_side_bwe_pacer", "rtc.congestion_control.send_side_bwe",
+        "rtc.congestion_control.stream_allocator.min_channel_capacity", "rtc.batch_io",
+        "rtc.interfaces", "rtc.ips",
         "rtc.skip_external_ip_validation", "rtc.advertise_internal_ip", "rtc.external_ip_only",
         "rtc.force_tcp", "rtc.tcp_fallback_rtt_threshold", "rtc.allow_udp_unstable_fallback",
         "rtc.reconnect_on_publication_error", "rtc.reconnect_on_subscription_error",
@@ -549,6 +554,25 @@ def _validate_choices(config: Config) -> None:
         )
     _validate_webhook(config)
     _validate_video(config)
+    _validate_congestion(config)
+
+
+def _validate_congestion(config: Config) -> None:
+    allocator = config.rtc.congestion_control.stream_allocator
+    name = "rtc.congestion_control.stream_allocator"
+    if allocator.probe_mode.lower() not in ("padding", "none"):
+        raise ConfigError(
+            f"{name}.probe_mode: {shown(allocator.probe_mode)} is not padding or none"
+            " (media probing is not implemented)"
+        )
+    if allocator.probe_overage_pct < 100 or allocator.probe_min_bps < 0:
+        raise ConfigError(f"{name}: probe_overage_pct must be at least 100, probe_min_bps >= 0")
+    try:
+        wait = duration_seconds(allocator.paused_min_wait)
+    except ValueError as exc:
+        raise ConfigError(f"{name}.paused_min_wait: {exc}") from None
+    if wait < 0:
+        raise ConfigError(f"{name}.paused_min_wait is negative")
 
 
 def _validate_video(config: Config) -> None:

@@ -34,6 +34,31 @@ class TurnServerConfig:
 
 
 @dataclass(frozen=True)
+class StreamAllocatorConfig:
+    """``rtc.congestion_control.stream_allocator``: how the allocator probes and pauses."""
+
+    probe_mode: str = "padding"
+    """padding (probe with padding-only packets on the RTX stream) or none."""
+    probe_overage_pct: int = 120
+    """A probe sends this share (%) of the rate the next layer up needs."""
+    probe_min_bps: int = 200_000
+    """The least a probe sends."""
+    paused_min_wait: str = "5s"
+    """How long (a Go duration) a track paused for bandwidth stays paused at least."""
+
+
+@dataclass(frozen=True)
+class CongestionControlConfig:
+    """``rtc.congestion_control``: per-subscriber bandwidth estimation and allocation."""
+
+    enabled: bool = True
+    """Estimate each subscriber's bandwidth (transport-cc, or REMB) and fit its video to it."""
+    allow_pause: bool = False
+    """Pause the video a subscriber's bandwidth cannot carry even at its lowest layer."""
+    stream_allocator: StreamAllocatorConfig = field(default_factory=StreamAllocatorConfig)
+
+
+@dataclass(frozen=True)
 class RTCConfig:
     """WebRTC transport (``rtc``)."""
 
@@ -68,6 +93,8 @@ class RTCConfig:
     """Packets cached per video track for NACK retransmission."""
     packet_buffer_size_audio: int = 200
     """Packets cached per audio track for NACK retransmission."""
+    congestion_control: CongestionControlConfig = field(default_factory=CongestionControlConfig)
+    """Per-subscriber congestion control (LiveKit's keys and defaults)."""
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,39 @@ def header_end(data: bytes) -> tuple[int, int, int]:
     return extension, offset, end
 
 
+def extension_u16(data: bytes, ident: int) -> int:
+    """The 16-bit value of extension element ``ident`` (the transport-wide sequence number),
+    or -1 when the packet has none. Read per received packet: no list is built."""
+    if len(data) < RTP_HEADER_SIZE or not data[0] & 0x10:
+        return -1
+    start = RTP_HEADER_SIZE + 4 * (data[0] & 0x0F)
+    if len(data) < start + 4:
+        return -1
+    one_byte = data[start] == 0xBE and data[start + 1] == 0xDE
+    if not one_byte and (data[start] != 0x10 or data[start + 1] & 0xF0):
+        return -1
+    end = min(len(data), start + 4 + 4 * int.from_bytes(data[start + 2 : start + 4], "big"))
+    index = start + 4
+    while index < end:
+        first = data[index]
+        if first == 0:  # padding
+            index += 1
+            continue
+        if one_byte:
+            found, length, index = first >> 4, (first & 0x0F) + 1, index + 1
+            if found == 15:
+                return -1
+        elif index + 1 < end:
+            found, length, index = first, data[index + 1], index + 2
+        else:
+            return -1
+        if found == ident:
+            fits = length == 2 and index + 2 <= len(data)
+            return int.from_bytes(data[index : index + 2], "big") if fits else -1
+        index += length
+    return -1
+
+
 def extensions(data: bytes, extension: int, header: int) -> list[tuple[int, bytes]]:
     """The (id, value) elements of an RFC 8285 extension block (one- or two-byte form)."""
     profile = int.from_bytes(data[extension : extension + 2], "big")

@@ -49,10 +49,13 @@ class Codec:
         return None
 
 
-#: Header extensions we negotiate, per kind (LiveKit's set, ``pkg/rtc/mediaengine.go``, minus
-#: transport-wide-cc: once it is negotiated libwebrtc's congestion controller waits for
-#: transport-cc feedback and ignores REMB, and we do not produce that feedback yet).
+#: Header extensions we negotiate, per kind (LiveKit's set, ``pkg/rtc/mediaengine.go``).
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+#: Transport-wide congestion control, on video both ways: publishers get our feedback
+#: (``sfu/twcc.py``) for libwebrtc's own estimator; subscribers' feedback drives our estimate of
+#: their link (``sfu/congestion.py``).
+TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+TWCC_FEEDBACK = "transport-cc"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -67,9 +70,11 @@ VIDEO_EXTENSIONS = (
     REPAIRED_RID_URI,
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
+    TWCC_URI,
 )
-#: RTCP feedback we do not answer, so never negotiate (see above).
-UNSUPPORTED_FEEDBACK = frozenset({"transport-cc"})
+#: RTCP feedback offered that we add only where the section carries transport-wide numbers
+#: (on audio, where we do not, libwebrtc would wait for feedback that never comes).
+UNSUPPORTED_FEEDBACK = frozenset({TWCC_FEEDBACK})
 
 
 def offered_codecs(section: MediaSection) -> list[Codec]:
@@ -139,16 +144,19 @@ def select_extensions(section: MediaSection) -> list[tuple[int, str]]:
     return chosen
 
 
-def codec_attributes(codecs: Sequence[Codec]) -> list[tuple[str, str]]:
+def codec_attributes(
+    codecs: Sequence[Codec], *, transport_cc: bool = False
+) -> list[tuple[str, str]]:
+    """rtpmap, rtcp-fb and fmtp lines; ``transport_cc``: the primary codec takes transport-cc
+    feedback (the section carries transport-wide numbers)."""
     attributes: list[tuple[str, str]] = []
-    for codec in codecs:
+    for index, codec in enumerate(codecs):
         rate = f"{codec.clock_rate}/{codec.channels}" if codec.channels else str(codec.clock_rate)
         attributes.append(("rtpmap", f"{codec.payload_type} {codec.name}/{rate}"))
-        attributes += [
-            ("rtcp-fb", f"{codec.payload_type} {fb}")
-            for fb in codec.rtcp_fb
-            if fb not in UNSUPPORTED_FEEDBACK
-        ]
+        feedback = [fb for fb in codec.rtcp_fb if fb not in UNSUPPORTED_FEEDBACK]
+        if transport_cc and index == 0:
+            feedback.append(TWCC_FEEDBACK)
+        attributes += [("rtcp-fb", f"{codec.payload_type} {fb}") for fb in feedback]
         if codec.fmtp:
             attributes.append(("fmtp", f"{codec.payload_type} {codec.fmtp}"))
     return attributes
@@ -194,7 +202,10 @@ def answer_media_section(
     # The client sends; an SFU receives. Offers of "recvonly" get "inactive" back.
     direction = "recvonly" if offered.has("sendonly") or offered.has("sendrecv") else "inactive"
     section.attributes += [(direction, ""), ("rtcp-mux", ""), ("rtcp-rsize", "")]
-    section.attributes += codec_attributes(codecs)
+    transport_cc = offered.kind == "video" and any(
+        uri == TWCC_URI for _, uri in select_extensions(offered)
+    )
+    section.attributes += codec_attributes(codecs, transport_cc=transport_cc)
     section.attributes += _simulcast_answer(offered)
     return section
 
@@ -297,7 +308,8 @@ def offer_media_section(track: OutgoingTrack, params: TransportParams) -> MediaS
     section.attributes += [("extmap", f"{i} {uri}") for i, uri in track.extensions]
     section.attributes += [("sendonly", ""), ("msid", f"{track.stream_id} {track.track_id}")]
     section.attributes += [("rtcp-mux", ""), ("rtcp-rsize", "")]
-    section.attributes += codec_attributes(track.codecs)
+    transport_cc = any(uri == TWCC_URI for _, uri in track.extensions)
+    section.attributes += codec_attributes(track.codecs, transport_cc=transport_cc)
     ssrcs = [track.ssrc, track.rtx_ssrc] if track.rtx_ssrc else [track.ssrc]
     if track.rtx_ssrc:
         section.attributes.append(("ssrc-group", f"FID {track.ssrc} {track.rtx_ssrc}"))

@@ -34,6 +34,7 @@ from server.membership import CLUSTER, Membership, install_cluster
 from server.memory import MemoryTrimmer, find_malloc_trim
 from server.metrics import MetricsSources
 from server.metrics_http import install_metrics
+from sfu.congestion import congestion_settings
 from sfu.endpoint import Endpoints, media_bind_address
 from sfu.events import EventBus
 from sfu.guard import SourceLimiter
@@ -72,6 +73,7 @@ def build_app(
             limits=Limits.from_config(config),
             audio=config.audio,
             dynacast_pause_delay=duration_seconds(config.video.dynacast_pause_delay),
+            congestion=congestion_settings(config.rtc.congestion_control),
         ),
         auto_create=config.room.auto_create,
         events=events,

@@ -280,11 +280,12 @@ static PyObject *Sink_enable_twcc(Sink *self, PyObject *arg) {
     if (first == -1 && PyErr_Occurred()) {
         return NULL;
     }
+    if (self->twcc != NULL) {
+        Py_RETURN_NONE; /* already on: the numbering goes on */
+    }
+    self->twcc = PyMem_Calloc(TWCC_RING, sizeof(twcc_record_t));
     if (self->twcc == NULL) {
-        self->twcc = PyMem_Calloc(TWCC_RING, sizeof(twcc_record_t));
-        if (self->twcc == NULL) {
-            return PyErr_NoMemory();
-        }
+        return PyErr_NoMemory();
     }
     self->twcc_next = (uint16_t)first;
     Py_RETURN_NONE;
@@ -453,7 +454,7 @@ static PyObject *Sink_get_twcc_next(Sink *self, void *closure) {
 
 static PyMethodDef Sink_methods[] = {
     {"enable_twcc", (PyCFunction)Sink_enable_twcc, METH_O,
-     "enable_twcc(first number): stamp transport-wide numbers where downtracks have room"},
+     "enable_twcc(first number): stamp transport-wide numbers (once; later calls do nothing)"},
     {"twcc_feedback", (PyCFunction)Sink_twcc_feedback, METH_O,
      "twcc_feedback(fci) -> (groups, received, lost, received bytes)"},
     {"set_fast", (PyCFunction)Sink_set_fast, METH_VARARGS,
@@ -1275,7 +1276,66 @@ static PyTypeObject DownTrackCoreType = {
     .tp_members = DownTrackCore_members,
 };
 
+/* extension_u16(packet, id) -> the 16-bit value of that RFC 8285 element, or -1 (the
+ * transport-wide number of each received packet; protocol/rtp.py extension_u16 is the
+ * reference). */
+static PyObject *extension_u16(PyObject *self, PyObject *args) {
+    Py_buffer buffer;
+    int ident;
+    if (!PyArg_ParseTuple(args, "y*i", &buffer, &ident)) {
+        return NULL;
+    }
+    const uint8_t *data = buffer.buf;
+    Py_ssize_t length = buffer.len;
+    long found_value = -1;
+    if (length >= 12 && (data[0] & 0x10)) {
+        Py_ssize_t start = 12 + 4 * (data[0] & 0x0F);
+        if (length >= start + 4) {
+            int one_byte = data[start] == 0xBE && data[start + 1] == 0xDE;
+            int two_byte = data[start] == 0x10 && !(data[start + 1] & 0xF0);
+            Py_ssize_t end = start + 4 + 4 * ((data[start + 2] << 8) | data[start + 3]);
+            if (end > length) {
+                end = length;
+            }
+            Py_ssize_t index = start + 4;
+            while ((one_byte || two_byte) && index < end) {
+                uint8_t first = data[index];
+                if (first == 0) {
+                    index++;
+                    continue;
+                }
+                int found, size;
+                if (one_byte) {
+                    found = first >> 4;
+                    size = (first & 0x0F) + 1;
+                    index += 1;
+                    if (found == 15) {
+                        break;
+                    }
+                } else if (index + 1 < end) {
+                    found = first;
+                    size = data[index + 1];
+                    index += 2;
+                } else {
+                    break;
+                }
+                if (found == ident) {
+                    if (size == 2 && index + 2 <= length) {
+                        found_value = (data[index] << 8) | data[index + 1];
+                    }
+                    break;
+                }
+                index += size;
+            }
+        }
+    }
+    PyBuffer_Release(&buffer);
+    return PyLong_FromLong(found_value);
+}
+
 static PyMethodDef methods[] = {
+    {"extension_u16", extension_u16, METH_VARARGS,
+     "extension_u16(packet, id) -> that header extension's 16-bit value, or -1"},
     {"set_limits", set_limits, METH_VARARGS,
      "set_limits(reorder window, longest plaintext packet): the Python path's constants"},
     {"protect_failures", protect_failures, METH_NOARGS,

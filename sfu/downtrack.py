@@ -11,16 +11,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from protocol import rtcp, rtp
-from protocol.sdp_media import OutgoingTrack
+from protocol.sdp_media import TWCC_URI, OutgoingTrack
 from sfu.fanout import DownTrackCore, Sink
 from sfu.quality import QualityScorer, Window
 
 if TYPE_CHECKING:
-    from sfu.receiver import TrackReceiver
+    from sfu.receiver import PublishedTrack, TrackReceiver
 
 #: The header-extension id we offer subscribers for ``sdes:mid`` (libwebrtc demuxes by mid).
 MID_EXTENSION_ID = 1
 MID_EXTENSION_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+#: The id we offer subscribers for transport-wide-cc (the client's own in single-PC mode).
+TWCC_EXTENSION_ID = 3
 
 
 class DownTrack(DownTrackCore):
@@ -39,9 +41,12 @@ class DownTrack(DownTrackCore):
         "_quality_packets",
         "_send_rtcp",
         "_sr_sent",
+        "disabled",
         "fraction_lost",
         "jitter",
         "outgoing",
+        "paused",
+        "published",
         "quality",
         "receiver",
         "rtt",
@@ -61,19 +66,34 @@ class DownTrack(DownTrackCore):
             for c in (receiver.codec, receiver.red)
             if c is not None and c.name.lower() in by_name
         }
+        extension, twcc_at = _extension_block(outgoing)
+        sink = sink if isinstance(sink, Sink) else Sink(sink)
         super().__init__(
-            sink if isinstance(sink, Sink) else Sink(sink),
+            sink,
             outgoing.ssrc,
             outgoing.codecs[0].clock_rate,
             secrets.randbelow(1 << 15),
             secrets.randbelow(1 << 31),
-            # Only the mid travels with each packet: it must name the subscriber's m= section,
-            # with the id the subscriber's description gave it.
-            _mid_extension(outgoing),
+            # The mid (naming the subscriber's m= section, with the id the subscriber's
+            # description gave it) and, when negotiated, the transport-wide number.
+            extension,
             payload_types,
             receiver.red_payload_type,
         )
+        if twcc_at >= 0:
+            sink.enable_twcc(secrets.randbelow(1 << 16))
+            self.twcc_at = twcc_at
+        primary = outgoing.codecs[0].payload_type
+        rtx = [c for c in outgoing.codecs if c.name.lower() == "rtx" and c.apt == primary]
+        if rtx and outgoing.rtx_ssrc:
+            self.set_rtx(outgoing.rtx_ssrc, rtx[0].payload_type, secrets.randbelow(1 << 15))
         self.outgoing = outgoing
+        self.disabled = False
+        """The subscriber turned it off (``UpdateTrackSettings.disabled``)."""
+        self.paused = False
+        """Its subscriber's bandwidth has no room for it (``sfu/allocator.py``)."""
+        self.published: PublishedTrack | None = None
+        """The track it carries (its source and priority for the allocator)."""
         self._send_rtcp = send_rtcp
         # red_accepted (from the core): whether the subscriber's answer kept RED; if not, only
         # primary blocks are sent.
@@ -95,6 +115,21 @@ class DownTrack(DownTrackCore):
         # A simulcast switch moves to a layer with its own picture ids: they are munged to
         # continue, as LiveKit does, so the decoder sees one stream.
         self.vp8 = receiver.codec.mime.lower() == "video/vp8"
+
+    def set_disabled(self, disabled: bool) -> None:
+        self.disabled = disabled
+        self._apply_enabled()
+
+    def set_paused(self, paused: bool) -> None:
+        """Paused or resumed for bandwidth; resumed video needs a keyframe to decode from."""
+        if paused != self.paused:
+            self.paused = paused
+            self._apply_enabled()
+            if not paused and self.outgoing.kind == "video":
+                self.needs_keyframe = True
+
+    def _apply_enabled(self) -> None:
+        self.enabled = not (self.disabled or self.paused)
 
     def bind(self) -> None:
         """The subscriber's answer has this track: forwarding starts, and the publisher hears
@@ -156,10 +191,26 @@ class DownTrack(DownTrackCore):
             self.rtt = max(0.0, now - sent - delay / 65536)
 
 
-def _mid_extension(outgoing: OutgoingTrack) -> bytes:
-    """The header-extension block naming ``outgoing``'s section, or none when the section did
-    not negotiate ``sdes:mid`` (libwebrtc then demultiplexes by the announced SSRC)."""
+def _extension_block(outgoing: OutgoingTrack) -> tuple[bytes, int]:
+    """The header-extension block every packet of ``outgoing`` carries: its section's mid
+    (none when the section did not negotiate ``sdes:mid``: libwebrtc then demultiplexes by
+    the announced SSRC) and a slot for the transport-wide number when negotiated; and that
+    slot's offset in the block (-1: none)."""
+    elements: list[tuple[int, bytes]] = []
+    twcc_id = 0
     for ident, uri in outgoing.extensions:
         if uri == MID_EXTENSION_URI:
-            return rtp.build_extension_block([(ident, outgoing.mid.encode())])
-    return b""
+            elements.append((ident, outgoing.mid.encode()))
+        elif uri == TWCC_URI:
+            twcc_id = ident
+    if twcc_id:
+        elements.append((twcc_id, b"\x00\x00"))
+    if not elements:
+        return b"", -1
+    block = rtp.build_extension_block(elements)
+    if not twcc_id:
+        return block, -1
+    # After the block header (4 bytes) and each element's own header (1 or 2 bytes).
+    element_header = 1 if block[:2] == b"\xbe\xde" else 2
+    offset = 4 + sum(element_header + len(value) for _, value in elements[:-1])
+    return block, offset + element_header

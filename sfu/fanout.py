@@ -50,9 +50,8 @@ class PySink:
 
     def enable_twcc(self, first: int) -> None:
         """Stamp transport-wide numbers where downtracks have room for them."""
-        if self._twcc is None:
+        if self._twcc is None:  # once: later calls leave the numbering going on
             self._twcc = SentPackets(first)
-        self._twcc.next = first & 0xFFFF
 
     @property
     def twcc_next(self) -> int:
@@ -93,6 +92,7 @@ class PyDownTrackCore:
         "_munger",
         "_payload_types",
         "_red_payload_type",
+        "_rtx",
         "_sent",
         "_sink",
         "_ssrc_out",
@@ -108,7 +108,6 @@ class PyDownTrackCore:
         "red_accepted",
         "twcc_at",
         "vp8",
-        "_rtx",
     )
 
     def __init__(
@@ -319,11 +318,13 @@ if TYPE_CHECKING or not ACCELERATED:
     DownTrackCore = PyDownTrackCore
     fanout = py_fanout
     skip = py_skip
+    extension_u16 = rtp.extension_u16
 else:
     Sink = _fastsend.Sink
     DownTrackCore = _fastsend.DownTrackCore
     fanout = _fastsend.fanout
     skip = _fastsend.skip
+    extension_u16 = _fastsend.extension_u16
 
 
 def log_implementation(log: logging.Logger) -> None:

@@ -98,6 +98,8 @@ class TrackReceiver:
         self.nacks = 0
         self.plis = 0
         self.firs = 0
+        self.bitrate = 0
+        """bps received, smoothed over a few ticks (what a subscriber of this stream costs)."""
 
     def subscriber_bound(self) -> None:
         if not self._ever_subscribed:
@@ -252,6 +254,8 @@ class TrackReceiver:
             delay_since_last_sr=delay,
         )
         bitrate = int(self.stats.take_bytes() * 8 / max(elapsed, 0.001))
+        # Smoothed for the allocator: a keyframe makes one second's rate jump several-fold.
+        self.bitrate = bitrate if not self.bitrate else int(0.7 * self.bitrate + 0.3 * bitrate)
         if remb:
             estimate = self.estimator.update(fraction, bitrate)
             report += rtcp.remb(RTCP_SENDER_SSRC, estimate, [self.media_ssrc])

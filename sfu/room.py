@@ -15,6 +15,7 @@ from livekit.protocol import agent_dispatch, models, rtc
 
 from config.schema import AudioConfig
 from protocol.ids import AGENT_DISPATCH_PREFIX, new_id
+from sfu.congestion import CongestionSettings
 from sfu.dynacast import PAUSE_DELAY_S
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.forwarding import RoomForwards
@@ -50,6 +51,8 @@ class RoomSettings:
     """Active speaker detection (``audio.*``)."""
     dynacast_pause_delay: float = PAUSE_DELAY_S
     """Seconds before a publisher is told to drop layers (``video.dynacast_pause_delay``)."""
+    congestion: CongestionSettings = field(default_factory=CongestionSettings)
+    """Per-subscriber congestion control (``rtc.congestion_control``)."""
 
 
 class Room:
@@ -214,6 +217,7 @@ class Room:
             self._last_left_monotonic = None
         participant.tracks.audio_config = self.settings.audio
         participant.tracks.dynacast_delay = self.settings.dynacast_pause_delay
+        participant.tracks.congestion = self.settings.congestion
 
     def forget(self, participant: Participant) -> None:
         """No longer count ``participant`` as here (it leaves, or moves to another room)."""

@@ -137,15 +137,21 @@ class LayerActivity:
         return {layer for layer in self.flowing(now) if now - self._since[layer] >= SETTLE_S}
 
 
+#: No bandwidth limit on the layer.
+UNLIMITED = 1 << 30
+
+
 class LayerSelector:
     """One subscriber's layer of one simulcast track: the highest it asked for (``max_layer``,
     -1 for none), the one it gets (``current``, -1 before the first) and the one it is moving
     to on that layer's next keyframe (``target``)."""
 
-    __slots__ = ("current", "max_layer", "target")
+    __slots__ = ("allocated", "current", "max_layer", "target")
 
     def __init__(self, max_layer: int) -> None:
         self.max_layer = max_layer
+        self.allocated = UNLIMITED
+        """The highest layer the subscriber's bandwidth allows (``sfu/allocator.py``)."""
         self.current = -1
         self.target = -1
 
@@ -161,7 +167,7 @@ class LayerSelector:
             }
         else:
             candidates = flowing_set
-        chosen = choose_layer(self.max_layer, candidates)
+        chosen = choose_layer(min(self.max_layer, self.allocated), candidates)
         if chosen is None or chosen == self.current:
             self.target = -1
         else:

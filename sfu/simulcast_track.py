@@ -103,8 +103,26 @@ class SimulcastTrack:
             self.next_check = 0.0
         self._update_dynacast(now)
 
+    def set_allocated(self, subscriber_sid: str, layer: int) -> None:
+        """The highest layer the subscriber's bandwidth allows now."""
+        entry = self._subscribers.get(subscriber_sid)
+        if entry is not None and entry[1].allocated != layer:
+            entry[1].allocated = layer
+            self.next_check = 0.0
+
+    def wanted_layer(self, subscriber_sid: str) -> int:
+        entry = self._subscribers.get(subscriber_sid)
+        return entry[1].max_layer if entry is not None else -1
+
+    def layer_bitrates(self) -> list[float]:
+        """bps each spatial layer arrives at (0: not flowing), lowest first."""
+        return [
+            float(self.receivers[layer].bitrate) if layer in self.receivers else 0.0
+            for layer in range(self.layer_count)
+        ]
+
     def _update_dynacast(self, now: float) -> None:
-        wishes = (s.max_layer for d, s in self._subscribers.values() if d.enabled)
+        wishes = (s.max_layer for d, s in self._subscribers.values() if not d.disabled)
         self.dynacast.update(wishes, now)
 
     def max_layer_for(self, quality: int, width: int, height: int) -> int:
@@ -154,10 +172,11 @@ class SimulcastTrack:
 
     # --- RTCP to the publisher -------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, remb: bool = True) -> None:
         """Once a second: each layer's Receiver Report and NACKs, and one REMB for the whole
         track (libwebrtc applies a REMB to the publisher's whole send rate, so a REMB sized
-        for one layer would starve the others); dynacast downgrades come due."""
+        for one layer would starve the others; none when ``remb`` is off: a publisher with
+        transport-cc estimates for itself); dynacast downgrades come due."""
         self._update_dynacast(now)
         bitrate, worst_loss, ssrcs = 0, 0, []
         for receiver in self.receivers.values():
@@ -166,7 +185,7 @@ class SimulcastTrack:
             worst_loss = max(worst_loss, fraction)
             if receiver.media_ssrc:
                 ssrcs.append(receiver.media_ssrc)
-        if not ssrcs:
+        if not ssrcs or not remb:
             return
         primary = self.receivers[min(self.receivers)]
         estimate = primary.estimator.update(worst_loss, bitrate)

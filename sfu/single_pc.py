@@ -85,7 +85,9 @@ def matching_codecs(
     wanted = _decoder_parameters(codec.fmtp)
     primary = max(same, key=lambda c: len(wanted & _decoder_parameters(c.fmtp)))
     if red is None:
-        return (primary,)
+        # The client's RTX for it: retransmissions and probe padding go there (RFC 4588).
+        rtx = [c for c in offered if c.name.lower() == "rtx" and c.apt == primary.payload_type]
+        return (primary, *rtx[:1])
     # RED's blocks carry the publisher's payload type inside (RFC 2198): it passes through
     # unchanged only when the client numbers the primary codec the same way.
     client_red = next(

@@ -148,5 +148,5 @@ class SvcTrack:
         self._update_dynacast(now)
 
     def _update_dynacast(self, now: float) -> None:
-        wishes = (s.max_layer for d, s in self._subscribers.values() if d.enabled)
+        wishes = (s.max_layer for d, s in self._subscribers.values() if not d.disabled)
         self.dynacast.update(wishes, now)

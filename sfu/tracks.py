@@ -11,20 +11,23 @@ from livekit.protocol import models, rtc
 
 from config.schema import AudioConfig
 from protocol import rtcp, rtp, sdp, sdp_media
+from sfu.congestion import CongestionSettings, SubscriberBandwidth
 from sfu.counters import NODE_COUNTERS, MediaCounters
-from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, DownTrack
+from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, TWCC_EXTENSION_ID, DownTrack
 from sfu.dynacast import PAUSE_DELAY_S
+from sfu.fanout import extension_u16
 from sfu.limits import (
     MAX_TRACKS_PER_PARTICIPANT,
 )
 from sfu.quality import MAX_SCORE, mean_opinion, quality_of
-from sfu.receiver import PublishedTrack, TrackReceiver
+from sfu.receiver import RTCP_SENDER_SSRC, PublishedTrack, TrackReceiver
 from sfu.simulcast_track import SimulcastTrack
 from sfu.single_pc import Placement, SectionPlan, track_kind
 from sfu.speakers import AudioLevel
 from sfu.svc import SvcTrack
 from sfu.track_info import PublishError, track_info
 from sfu.transport import RtcConnection, SubscriberTransport
+from sfu.twcc import FEEDBACK_INTERVAL_S, FeedbackWriter
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,10 @@ class ParticipantTracks:
         self._mid_extension_id = 0
         self._rid_extension_id = 0
         self._repaired_rid_extension_id = 0
+        self._twcc_id = 0
+        """The publisher's transport-wide-cc extension id (0: not negotiated: REMB instead)."""
+        self._arrivals = FeedbackWriter()
+        self._next_feedback = 0.0
         self.downtracks: dict[str, DownTrack] = {}
         """track sid -> this participant's downtrack of another participant's track."""
         self._downtrack_by_ssrc: dict[int, DownTrack] = {}
@@ -77,6 +84,16 @@ class ParticipantTracks:
         self.audio_config = AudioConfig()
         """Active speaker detection for the audio tracks published (the room's)."""
         self.dynacast_delay = PAUSE_DELAY_S
+        self.congestion = CongestionSettings()
+        """``rtc.congestion_control`` (the room's settings; set before subscribing)."""
+        self.bandwidth: SubscriberBandwidth | None = None
+        """This subscriber's estimate and allocation, once it has video to share it among."""
+        self.on_stream_state: Callable[[DownTrack, bool], None] | None = None
+        """Told a downtrack the allocator paused (True) or resumed (False)."""
+        self.on_probing: Callable[[], None] | None = None
+        """Told when a probe runs: padding is then due every few ms (``pad``)."""
+        self.owner_sid = ""
+        """The sid of the participant these tracks are (the subscriber, for the allocator)."""
         """The client joined with adaptive stream: simulcast starts at the lowest layer until
         it gives the size of its video element (LiveKit)."""
         self._subscriber = subscriber
@@ -185,6 +202,10 @@ class ParticipantTracks:
                 self._rid_extension_id = ident
             elif uri == sdp_media.REPAIRED_RID_URI:
                 self._repaired_rid_extension_id = ident
+            elif uri == sdp_media.TWCC_URI:
+                # The publisher's libwebrtc now estimates from our transport-cc feedback (and
+                # takes no REMB): LiveKit's TWCC responder on the publisher side.
+                self._twcc_id = ident
 
     def unpublish(self, track: PublishedTrack) -> None:
         self._unforwarded.clear()
@@ -245,6 +266,10 @@ class ParticipantTracks:
                 self._counters.retire_receiver(receiver)
 
     def _on_rtp(self, packet: bytes) -> None:
+        if self._twcc_id:
+            number = extension_u16(packet, self._twcc_id)
+            if number >= 0:
+                self._note_arrival(number)
         ssrc = int.from_bytes(packet[8:12], "big")
         receiver = self._by_ssrc.get(ssrc)
         if receiver is None:
@@ -255,6 +280,17 @@ class ParticipantTracks:
             receiver = self._adopt_ssrc(packet)
         if receiver is not None:
             receiver.on_packet(packet, self._clock())
+
+    def _note_arrival(self, number: int) -> None:
+        """A publisher's transport-wide number arrived: its feedback goes out every
+        :data:`FEEDBACK_INTERVAL_S`, from the packet path (no timer: no packets, no feedback)."""
+        now = self._clock()
+        self._arrivals.on_packet(number, now)
+        if now >= self._next_feedback:
+            self._next_feedback = now + FEEDBACK_INTERVAL_S
+            media_ssrc = next(iter(self._by_ssrc), 0)
+            for feedback in self._arrivals.feedback(RTCP_SENDER_SSRC, media_ssrc):
+                self._publisher.send_rtcp(feedback)
 
     def _adopt_ssrc(self, packet: bytes) -> TrackReceiver | None:
         """An SSRC the SDP did not announce (rid-based simulcast): find its track by the mid
@@ -361,6 +397,10 @@ class ParticipantTracks:
             reported = self._downtrack_by_ssrc.get(ssrc)
             if reported is not None:
                 reported.on_receiver_report(fraction, jitter, last_sr, delay, now)
+        if self.congestion.enabled:
+            self._bandwidth().on_rtcp(packet, now, self.downtracks)
+            if self.bandwidth is not None and self.bandwidth.probing and self.on_probing:
+                self.on_probing()
         for media_ssrc, sequence in rtcp.nacked_sequences(packet):
             downtrack = self._downtrack_by_ssrc.get(media_ssrc)
             if downtrack is not None:
@@ -369,6 +409,25 @@ class ParticipantTracks:
                 downtrack.retransmit(sequence, now)
                 totals.retransmit_packets_out += downtrack.packets - packets
                 totals.retransmit_bytes_out += downtrack.octets - octets
+
+    def _bandwidth(self) -> SubscriberBandwidth:
+        if self.bandwidth is None:
+            self.bandwidth = SubscriberBandwidth(
+                self._subscriber_pc.rtp_sink, self.congestion, self._stream_state, self.owner_sid
+            )
+        return self.bandwidth
+
+    def _stream_state(self, downtrack: DownTrack, paused: bool) -> None:
+        if self.on_stream_state is not None:
+            self.on_stream_state(downtrack, paused)
+
+    def pad(self, now: float) -> bool:
+        """Send the probe padding due; False once the probe is over."""
+        bandwidth = self.bandwidth
+        if bandwidth is None or not bandwidth.probing:
+            return False
+        bandwidth.pad(now, self.downtracks.values())
+        return True
 
     def _on_subscriber_answer(self, answer: str) -> None:
         """Bind the downtracks the answer accepted (forwarding starts, and with it the keyframe
@@ -399,11 +458,16 @@ class ParticipantTracks:
                 receiver.on_sender_report(ntp, rtp_timestamp, now)
 
     def tick(self, now: float) -> None:
+        if self.bandwidth is not None:
+            self.bandwidth.tick(now, self.downtracks)
+            if self.bandwidth.probing and self.on_probing is not None:
+                self.on_probing()
         for track in self.published.values():
+            remb = not self._twcc_id  # REMB only for publishers without transport-cc
             if track.simulcast is not None:
-                track.simulcast.tick(now)
+                track.simulcast.tick(now, remb)
             elif track.receiver is not None:
-                track.receiver.tick(now)
+                track.receiver.tick(now, remb)
             if track.svc is not None:
                 track.svc.tick(now)
 
@@ -422,15 +486,27 @@ class ParticipantTracks:
         assert self._subscriber is not None
         codec = track.receiver.codec
         red = track.receiver.red
+        kind = track_kind(track)
+        extensions: tuple[tuple[int, str], ...] = ((MID_EXTENSION_ID, MID_EXTENSION_URI),)
+        codecs: tuple[sdp_media.Codec, ...] = (red, codec) if red is not None else (codec,)
+        rtx_ssrc = 0
+        if kind == "video":
+            # RTX for retransmissions and probe padding; transport-wide numbers for the
+            # subscriber's feedback (sfu/congestion.py).
+            codecs = (codec, _rtx_for(codec))
+            rtx_ssrc = _new_ssrc()
+            if self.congestion.enabled:
+                extensions += ((TWCC_EXTENSION_ID, sdp_media.TWCC_URI),)
         outgoing = sdp_media.OutgoingTrack(
-            kind=track_kind(track),
+            kind=kind,
             mid=self._subscriber.next_mid(),
             # RED first when the publisher sends it, as in the publisher's answer.
-            codecs=(red, codec) if red is not None else (codec,),
-            extensions=((MID_EXTENSION_ID, MID_EXTENSION_URI),),
+            codecs=codecs,
+            extensions=extensions,
             stream_id=f"{publisher_sid}|{track.sid}",
             track_id=track.sid,
-            ssrc=secrets.randbelow(0xFFFFFFFE) + 1,
+            ssrc=_new_ssrc(),
+            rtx_ssrc=rtx_ssrc,
         )
         self._add_downtrack(track, subscriber_sid, outgoing)
         self._subscriber.add_track(outgoing)
@@ -443,6 +519,7 @@ class ParticipantTracks:
         assert receiver is not None
         pc = self._subscriber_pc
         downtrack = DownTrack(outgoing, pc.rtp_sink, pc.send_rtcp, receiver)
+        downtrack.published = track
         # Nothing is forwarded until the subscriber's answer has the track (LiveKit binds a
         # downtrack on the answer): a keyframe sent before the client knows the m= section is
         # dropped by it, and libwebrtc then waits for the next one.
@@ -460,7 +537,7 @@ class ParticipantTracks:
         self._downtrack_by_ssrc[outgoing.ssrc] = downtrack
         settings = self._settings.get(track.sid)
         if settings is not None:
-            downtrack.enabled = not settings.disabled
+            downtrack.set_disabled(settings.disabled)
         return downtrack
 
     def _max_layer(self, track: PublishedTrack) -> int:
@@ -485,7 +562,7 @@ class ParticipantTracks:
             downtrack = self.downtracks.get(track_sid)
             if downtrack is None:
                 continue
-            downtrack.enabled = not settings.disabled
+            downtrack.set_disabled(settings.disabled)
             layered = downtrack.receiver.simulcast or downtrack.receiver.svc
             if layered is not None:
                 layer = layered.max_layer_for(settings.quality, settings.width, settings.height)
@@ -521,14 +598,18 @@ class ParticipantTracks:
             self._remove_downtrack(placement.track.sid, subscriber_sid, placement.track)
         for item in placed:
             track = item.placement.track
+            extensions = item.section.extensions
+            if not self.congestion.enabled:
+                extensions = tuple(e for e in extensions if e[1] != sdp_media.TWCC_URI)
             outgoing = sdp_media.OutgoingTrack(
                 kind=item.section.kind,
                 mid=item.section.mid,
                 codecs=item.codecs,
-                extensions=item.section.extensions,
+                extensions=extensions,
                 stream_id=f"{item.placement.publisher_sid}|{track.sid}",
                 track_id=track.sid,
-                ssrc=secrets.randbelow(0xFFFFFFFE) + 1,
+                ssrc=_new_ssrc(),
+                rtx_ssrc=_new_ssrc() if any(_is_rtx(c) for c in item.codecs) else 0,
             )
             downtrack = self._add_downtrack(track, subscriber_sid, outgoing)
             # RED goes through only where the client's section kept it (sfu/single_pc.py).
@@ -567,6 +648,22 @@ class ParticipantTracks:
 
     def sections_needed(self) -> tuple[int, int]:
         return self.plan.sections_needed() if self.plan is not None else (0, 0)
+
+
+def _new_ssrc() -> int:
+    return secrets.randbelow(0xFFFFFFFE) + 1
+
+
+def _is_rtx(codec: sdp_media.Codec) -> bool:
+    return codec.name.lower() == "rtx"
+
+
+def _rtx_for(codec: sdp_media.Codec) -> sdp_media.Codec:
+    """An RTX payload type for ``codec`` in a section of its own (any other number will do)."""
+    payload_type = codec.payload_type + 1 if codec.payload_type < 127 else 96
+    return sdp_media.Codec(
+        payload_type, "video/rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}"
+    )
 
 
 def _set_layer_ssrc(info: models.TrackInfo, rid: str, ssrc: int) -> None:

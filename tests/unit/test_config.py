@@ -409,13 +409,25 @@ def test_unimplemented_key_at_its_default_is_quiet() -> None:
 
 def test_livekit_only_sections_are_accepted_with_a_warning() -> None:
     body = KEYS + "audio:\n  active_red_encoding: true\nrtc:\n  congestion_control:\n"
-    loaded = _load(body + "    enabled: true\nenable_data_tracks: true\n")
+    loaded = _load(body + "    use_send_side_bwe: true\nenable_data_tracks: true\n")
     assert loaded.warnings == (
         'config key "audio.active_red_encoding" is accepted but not implemented yet',
         'config key "enable_data_tracks" is accepted but not implemented yet',
-        'config key "rtc.congestion_control.enabled" is accepted but not implemented yet',
+        'config key "rtc.congestion_control.use_send_side_bwe" is accepted but not implemented yet',
     )
     assert 'unknown config key "audiox"' in _error(KEYS + "audiox:\n  active_level: 30\n")
+
+
+def test_congestion_control_keys() -> None:
+    body = "rtc:\n  congestion_control:\n    allow_pause: true\n    stream_allocator:\n"
+    loaded = _load(KEYS + body + "      probe_min_bps: 100000\n      paused_min_wait: 2s\n")
+    assert loaded.warnings == ()
+    control = loaded.config.rtc.congestion_control
+    assert control.enabled and control.allow_pause
+    assert control.stream_allocator.probe_min_bps == 100000
+    wrong = KEYS + body + "      probe_mode: media\n"
+    assert "stream_allocator.probe_mode" in _error(wrong)
+    assert "paused_min_wait" in _error(KEYS + body + "      paused_min_wait: later\n")
 
 
 def test_audio_and_video_keys() -> None:

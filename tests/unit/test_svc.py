@@ -139,4 +139,14 @@ def test_a_nack_after_skips_gets_the_packet_that_went_out() -> None:
     second = pc.sent[1]
     downtrack = viewer.downtracks["TR_svc"]
     assert downtrack.retransmit(rtp.sequence_number(second), svc.now)
-    assert pc.sent[-1] == second
+    # On the RTX stream (RFC 4588): its own SSRC and payload type, the original sequence
+    # number, then the payload that went out.
+    resent = pc.sent[-1]
+    rtx_codec = next(c for c in downtrack.outgoing.codecs if c.name.lower() == "rtx")
+    assert resent[1] & 0x7F == rtx_codec.payload_type
+    assert rtp.ssrc(resent) == downtrack.outgoing.rtx_ssrc
+    _, start, end = rtp.header_end(second)
+    _, resent_start, resent_end = rtp.header_end(resent)
+    assert resent[resent_start : resent_start + 2] == second[2:4]
+    assert resent[resent_start + 2 : resent_end] == second[start:end]
+    assert resent[4:8] == second[4:8], "the timestamp it went out with"
