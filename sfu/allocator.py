@@ -26,8 +26,10 @@ from dataclasses import dataclass
 #: LiveKit's default track priorities.
 SCREEN_SHARE_PRIORITY = 255
 CAMERA_PRIORITY = 1
-#: The share of the estimate allocated (the rest absorbs audio, RTCP and retransmissions).
-USABLE_SHARE = 0.95
+#: The share of the estimate layers above the lowest may take (the rest absorbs audio, RTCP,
+#: retransmissions and the keyframe a switch brings). The lowest layers may take it all: a
+#: track paused for the sake of headroom helps nobody.
+USABLE_SHARE = 0.8
 PAUSED = -1
 
 
@@ -46,7 +48,7 @@ class Demand:
 def allocate(estimate: float, demands: Iterable[Demand], *, allow_pause: bool) -> dict[str, int]:
     """The layer each track gets (:data:`PAUSED` when none fits and pausing is allowed)."""
     ordered = sorted(demands, key=lambda d: (-d.priority, -d.wanted_layer, d.track_sid))
-    budget = estimate * USABLE_SHARE
+    budget = estimate
     layers: dict[str, int] = {}
     for demand in ordered:
         if demand.wanted_layer < 0:
@@ -62,6 +64,7 @@ def allocate(estimate: float, demands: Iterable[Demand], *, allow_pause: bool) -
             budget -= cost
         else:
             layers[demand.track_sid] = PAUSED
+    budget -= estimate * (1 - USABLE_SHARE)
     top = max((len(d.layer_bitrates) for d in ordered), default=0)
     for layer in range(1, top):
         for demand in ordered:
@@ -117,8 +120,8 @@ def next_step(demands: Iterable[Demand], layers: Mapping[str, int]) -> float:
 PROBE_OVERAGE = 1.2
 PROBE_MIN_BPS = 200_000
 PROBE_DURATION_S = 1.5
-FIRST_PROBE_WAIT_S = 3.0
-MAX_PROBE_WAIT_S = 30.0
+FIRST_PROBE_WAIT_S = 2.0
+MAX_PROBE_WAIT_S = 5.0
 
 
 class ProbeSchedule:
@@ -133,29 +136,48 @@ class ProbeSchedule:
         self._goal = 0.0
         self.rate = 0.0
         """Padding bps while a probe runs; 0 otherwise."""
+        self.ended_at = 0.0
+        """When the last probe ended (its padding may still be queued on the path)."""
+        self._succeeded = False
 
     def update(
-        self, now: float, estimate: float, goal: float, sending: float, congested: bool
+        self,
+        now: float,
+        estimate: float,
+        committed: float,
+        goal: float,
+        sending: float,
+        congested: bool,
     ) -> float:
-        """The padding rate to send now (0: none). ``goal``: the estimate the next step up
-        needs (0: nothing to step up to); ``sending``: the media rate going out now;
-        ``congested``: the estimator just cut."""
+        """The padding rate to send now (0: none). ``goal``: the capacity the next step up
+        needs (0: nothing to step up to); ``committed``: the capacity allocated now;
+        ``sending``: the media rate going out; ``congested``: the estimator just cut, or the
+        running probe met a queue. A probe succeeds when the estimate reaches its goal."""
         if self.rate:
             if congested or estimate >= self._goal or now >= self._until:
                 self._finish(success=not congested and estimate >= self._goal, now=now)
             return self.rate
-        if goal <= estimate or congested:
+        if goal <= committed or congested:
             if congested:
                 self._next_at = max(self._next_at, now + self._wait)
             return 0.0
         if now < self._next_at:
             return 0.0
-        self.rate = max(self._min_bps, goal * self._overage - sending)
+        # LiveKit's floor of 200 kbps, but never more than the capacity again: on a link that
+        # slow a probe that big would only bury the media under padding.
+        self.rate = max(min(self._min_bps, committed), goal * self._overage - sending)
         self._goal = goal
         self._until = now + PROBE_DURATION_S
         return self.rate
 
+    def take_success(self) -> bool:
+        """Whether a probe succeeded since the last call."""
+        succeeded, self._succeeded = self._succeeded, False
+        return succeeded
+
     def _finish(self, *, success: bool, now: float) -> None:
         self.rate = 0.0
+        self.ended_at = now
+        self._succeeded = success
         self._wait = FIRST_PROBE_WAIT_S if success else min(self._wait * 2, MAX_PROBE_WAIT_S)
         self._next_at = now + (0.5 if success else self._wait)

@@ -51,8 +51,8 @@ MAX_BPS = 100_000_000
 INITIAL_BPS = 5_000_000
 #: Loss thresholds of the loss-based part.
 HIGH_LOSS, LOW_LOSS = 0.10, 0.02
-#: How long received bytes are averaged over for the received rate.
-RECEIVED_WINDOW_S = 1.0
+#: How long received bytes (and losses) are averaged over.
+RECEIVED_WINDOW_S = 0.5
 
 
 class Usage(enum.Enum):
@@ -180,6 +180,10 @@ class SendSideEstimator:
         self._loss: deque[tuple[float, int, int]] = deque()
         self._loss_growth_at = 0.0
         self.remb: float | None = None
+        self.probing = False
+        """A probe runs: what arrives now may be taken as the estimate."""
+        self.probe_failed = False
+        """The running probe met a queue or loss (set here, cleared by whoever probes)."""
 
     @property
     def last_decrease(self) -> float | None:
@@ -217,6 +221,11 @@ class SendSideEstimator:
         last, self._last_change = self._last_change, now
         elapsed = min(now - last, 1.0) if last is not None else 0.0
         if usage is Usage.OVERUSING:
+            if self.probing:
+                # The probe's own padding built the queue: the probe failed, and the estimate
+                # stays where it was before it (what the probe added is not ours to cut).
+                self.probe_failed = True
+                return
             # One cut per round of feedback showing it, not one per group (libwebrtc waits a
             # response time between decreases).
             if self._last_decrease is None or now - self._last_decrease > 0.3:
@@ -239,6 +248,10 @@ class SendSideEstimator:
             # carried, probes included, proves capacity. The cap never lowers the estimate.
             cap = max(before, MAX_OVER_RECEIVED * received_rate + 10_000)
             increased = min(increased, cap)
+            if self.probing:
+                # What a probe got through without a queue building is capacity: the estimate
+                # goes there at once (libwebrtc's ``ProbeBitrateEstimator``).
+                increased = max(increased, received_rate)
         self.delay_based = min(increased, MAX_BPS)
 
     def _loss_control(self, received: int, lost: int, received_rate: float, now: float) -> None:
@@ -250,7 +263,10 @@ class SendSideEstimator:
         if got + missed < 20:
             return  # too few packets to judge
         loss = missed / (got + missed)
-        if loss > HIGH_LOSS:
+        if loss > HIGH_LOSS and self.probing:
+            self.probe_failed = True
+            self._loss.clear()
+        elif loss > HIGH_LOSS:
             if self._last_decrease is None or now - self._last_decrease > 0.3:
                 # Cut from what actually arrives: while a lower layer is being switched to, the
                 # loss goes on a little, and cuts compounded on the estimate would overshoot.
@@ -266,5 +282,7 @@ class SendSideEstimator:
             elapsed = min(now - self._loss_growth_at, 1.0) if self._loss_growth_at else 0.0
             grown = self.loss_based * math.pow(INCREASE_PER_S, elapsed)
             cap = max(self.loss_based, MAX_OVER_RECEIVED * received_rate + 10_000)
+            if self.probing:
+                grown = max(grown, received_rate)
             self.loss_based = min(grown, cap, self.delay_based)
         self._loss_growth_at = now

@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 ALLOCATE_INTERVAL_S = 0.25
 #: A paused track stays paused at least this long (LiveKit ``paused_min_wait``).
 PAUSED_MIN_WAIT_S = 5.0
+#: The estimate commits on its own once this far above the committed capacity.
+PASSIVE_COMMIT = 1.5
+#: How long after a probe its padding may still be what the feedback reports.
+PROBE_AFTERMATH_S = 1.0
 #: After a cut of the estimate, no probe starts for this long.
 CONGESTED_FOR_S = 1.0
 #: Padding packets carry at most this much (LiveKit pads with up to 255 bytes).
@@ -98,6 +102,8 @@ class SubscriberBandwidth:
         self._last_padding = 0.0
         self._cut_seen = 0.0
         self.allocation: dict[str, int] = {}
+        self.committed = self.estimator.estimate
+        """The capacity layers are allocated from (:meth:`_commit`)."""
         self.feedback_packets = 0
         self.pauses = 0
 
@@ -113,6 +119,10 @@ class SubscriberBandwidth:
         for packet_type, fmt, body in rtcp.packets(packet):
             if packet_type == rtcp.RTPFB and fmt == FMT_TWCC and len(body) >= 16:
                 groups, received, lost, received_bytes = self._sink.twcc_feedback(body[8:])
+                # A probe's padding is still queued on the path a moment after it ends: the
+                # queue and losses it leaves are the probe's, not the media's.
+                after_probe = now - self._probe.ended_at < PROBE_AFTERMATH_S
+                self.estimator.probing = self.probing or after_probe
                 self.estimator.on_feedback(groups, received, lost, received_bytes, now)
                 self.feedback_packets += 1
                 seen = True
@@ -132,14 +142,15 @@ class SubscriberBandwidth:
             self.update(now, downtracks)
 
     def update(self, now: float, downtracks: Mapping[str, DownTrack]) -> None:
-        """Share the estimate among the video downtracks and decide on probing."""
+        """Share the committed capacity among the video downtracks and decide on probing."""
         self._next_allocation = now + ALLOCATE_INTERVAL_S
         video = {sid: d for sid, d in downtracks.items() if d.outgoing.kind == "video"}
         demands = [self._demand(sid, d) for sid, d in video.items()]
-        estimate = self.estimator.estimate
-        layers = allocate(estimate, demands, allow_pause=self.settings.allow_pause)
         cut = self.estimator.last_decrease
-        congested = cut is not None and now - cut < CONGESTED_FOR_S
+        congested = self.estimator.probe_failed or (cut is not None and now - cut < CONGESTED_FOR_S)
+        self.estimator.probe_failed = False
+        capacity = self._commit()
+        layers = allocate(capacity, demands, allow_pause=self.settings.allow_pause)
         if cut is None or cut <= self._last_update:
             # No cut since the last allocation: what each track has, it keeps (up to what its
             # subscriber still wants). Layer rates swing with keyframes; only a falling
@@ -151,25 +162,58 @@ class SubscriberBandwidth:
         for sid, layer in layers.items():
             self._apply(sid, video[sid], layer, now)
         if layers != self.allocation:
-            logger.debug(
-                "subscriber %s: estimate %d bps (delay %d, loss %d, received %d, %s): "
-                "layers %s of %s",
-                self._subscriber_sid,
-                estimate,
-                self.estimator.delay_based,
-                self.estimator.loss_based,
-                self.estimator.received_bps(now),
-                self.estimator.trendline.usage.value,
-                layers,
-                [[int(r) for r in d.layer_bitrates] for d in demands],
-            )
+            self._log_allocation(now, capacity, layers, demands)
         self.allocation = layers
-        if not self.settings.probe:
-            return
+        if self.settings.probe:
+            self._plan_probe(now, demands, layers, capacity, congested)
+
+    def _commit(self) -> float:
+        """The capacity allocated (LiveKit's committed channel capacity): it follows the
+        estimate down at once, but up only when a probe has shown the room, or when the
+        estimate has grown far past it on its own. GCC's estimate creeps above what the link
+        carries until a queue shows; layers raised on that creep would be taken back at the
+        next overuse, each time with a keyframe."""
+        estimate = self.estimator.estimate
+        grown = estimate >= PASSIVE_COMMIT * self.committed
+        if estimate < self.committed or grown or self._probe.take_success():
+            self.committed = estimate
+        return self.committed
+
+    def _plan_probe(
+        self,
+        now: float,
+        demands: list[Demand],
+        layers: dict[str, int],
+        capacity: float,
+        congested: bool,
+    ) -> None:
         used = cost(demands, layers)
         step = next_step(demands, layers)
-        goal = (used + step) / USABLE_SHARE if step else 0.0
-        self._probe.update(now, estimate, goal, used, congested)
+        goal = 0.0
+        if step:
+            # Probe for the next step up, or as far towards everything wanted as twice the
+            # capacity (libwebrtc probes upwards in such multiples): a subscriber coming back
+            # from a bad patch climbs in a few probes, not one per layer.
+            wanted = cost(demands, {d.track_sid: d.wanted_layer for d in demands})
+            goal = max(used + step, min(wanted, 2 * capacity)) / USABLE_SHARE
+        self._probe.update(now, self.estimator.estimate, capacity, goal, used, congested)
+
+    def _log_allocation(
+        self, now: float, capacity: float, layers: dict[str, int], demands: list[Demand]
+    ) -> None:
+        logger.debug(
+            "subscriber %s: capacity %d bps (estimate %d, delay %d, loss %d, received %d, %s):"
+            " layers %s of %s",
+            self._subscriber_sid,
+            capacity,
+            self.estimator.estimate,
+            self.estimator.delay_based,
+            self.estimator.loss_based,
+            self.estimator.received_bps(now),
+            self.estimator.trendline.usage.value,
+            layers,
+            [[int(r) for r in d.layer_bitrates] for d in demands],
+        )
 
     def _demand(self, track_sid: str, downtrack: DownTrack) -> Demand:
         published = downtrack.published

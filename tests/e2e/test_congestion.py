@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 import time
@@ -15,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import av
 import pytest
 from livekit import rtc
 
@@ -31,9 +31,11 @@ pytestmark = [
     ),
 ]
 
-#: 4:3, so the SDK's simulcast layers are 240x180 (100 kbps), 480x360 (225 kbps) and the full
-#: 640x480; noise makes the encoder use what each layer may.
-WIDTH, HEIGHT = 640, 480
+#: The camera is 4:3, so the SDK's simulcast layers are 240x180 (up to 100 kbps), 480x360 (225
+#: kbps) and the full 960x720 (1.5 Mbps).
+WIDTH, HEIGHT = 960, 720
+SCREEN_SIZE = (480, 360)
+SCREEN_BPS = 60_000
 FPS = 10
 TOP = WIDTH
 
@@ -47,23 +49,57 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     assert "Traceback" not in process.logs(), process.logs()
 
 
+def _frames(width: int, height: int, count: int) -> list[bytearray]:
+    """A clip with what camera video has: detail everywhere that keeps changing without
+    being noise (FFmpeg's Mandelbrot zoom), played forwards then backwards so it loops
+    without a cut. Pure noise would make libwebrtc scale the top layer down."""
+    graph = av.filter.Graph()
+    source = graph.add("mandelbrot", f"size={width}x{height}:rate={FPS}")
+    rgba = graph.add("format", "pix_fmts=rgba")
+    sink = graph.add("buffersink")
+    source.link_to(rgba)
+    rgba.link_to(sink)
+    graph.configure()
+    pulled = [sink.pull() for _ in range(count)]
+    frames = [bytearray(frame.to_ndarray().tobytes()) for frame in pulled]  # type: ignore[attr-defined]
+    return frames + frames[-2:0:-1]
+
+
 @asynccontextmanager
-async def publishing_noise(room: rtc.Room, name: str) -> AsyncIterator[None]:
-    source = rtc.VideoSource(WIDTH, HEIGHT)
+async def publishing_clip(
+    room: rtc.Room, name: str, options: rtc.TrackPublishOptions, width: int, height: int
+) -> AsyncIterator[None]:
+    source = rtc.VideoSource(width, height)
     track = rtc.LocalVideoTrack.create_video_track(name, source)
-    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True)
     await room.local_participant.publish_track(track, options)
-    frames = [bytearray(os.urandom(WIDTH * HEIGHT * 4)) for _ in range(4)]
+    frames = _frames(width, height, 3 * FPS)
 
     async def feed() -> None:
         index = 0
         while True:
-            frame = rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, frames[index % 4])
-            source.capture_frame(frame)
+            frame = frames[index % len(frames)]
+            source.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, frame))
             index += 1
             await asyncio.sleep(1 / FPS)
 
     async with running(feed()):
+        yield
+
+
+@asynccontextmanager
+async def publishing(room: rtc.Room) -> AsyncIterator[None]:
+    """A screen share ("a": one small layer, 60 kbps, first by priority) and a simulcast camera
+    ("b")."""
+    screen = rtc.TrackPublishOptions(
+        source=rtc.TrackSource.SOURCE_SCREENSHARE,
+        simulcast=False,
+        video_encoding=rtc.VideoEncoding(max_bitrate=SCREEN_BPS, max_framerate=FPS),
+    )
+    camera = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=True)
+    async with (
+        publishing_clip(room, "a", screen, *SCREEN_SIZE),
+        publishing_clip(room, "b", camera, WIDTH, HEIGHT),
+    ):
         yield
 
 
@@ -76,6 +112,17 @@ class Viewer:
 
     def widths(self) -> list[int]:
         return [self.decoded[name].width for name in sorted(self.decoded)]
+
+    def steady(self, widths: list[int], seconds: float) -> bool:
+        """Whether every frame of the last ``seconds`` had ``widths`` (track by track)."""
+        since = time.monotonic() - seconds
+        for name, width in zip(sorted(self.decoded), widths, strict=True):
+            frames = self.decoded[name].frames
+            if not frames or frames[0][0] > since:
+                return False
+            if any(w != width for t, w in frames if t >= since):
+                return False
+        return True
 
     def frames_since(self, name: str, since: float) -> int:
         return sum(1 for t, _ in self.decoded[name].frames if t >= since)
@@ -130,24 +177,27 @@ async def watch(server: ServerProcess, identity: str) -> Viewer:
 
 
 @contextlib.contextmanager
-def limited(port: int) -> Iterator[Callable[[str], None]]:
+def limited(port: int) -> Iterator[Callable[[str, int], None]]:
     """Traffic to ``port`` shaped to 600 kbit/s on the loopback device (an HTB token bucket
-    with a 20-packet queue: this kernel has HTB but not tbf or netem); yields a function that
-    changes the rate."""
+    with a queue of about a second: this kernel has HTB but not tbf or netem); yields a
+    function that changes the rate and queue."""
     commands = [
         "tc qdisc add dev lo root handle 1: htb default 10",
         "tc class add dev lo parent 1: classid 1:10 htb rate 10gbit",
         "tc class add dev lo parent 1: classid 1:20 htb rate 600kbit ceil 600kbit",
-        "tc qdisc add dev lo parent 1:20 handle 20: pfifo limit 20",
+        "tc qdisc add dev lo parent 1:20 handle 20: bfifo limit 75000",
         "tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff "
         f"match ip dport {port} 0xffff flowid 1:20",
     ]
     for command in commands:
         subprocess.run(command.split(), check=True)
 
-    def rate(value: str) -> None:
+    def rate(value: str, queue: int) -> None:
         change = f"tc class change dev lo parent 1: classid 1:20 htb rate {value} ceil {value}"
         subprocess.run(change.split(), check=True)
+        # A queue of about a second at that rate, as a home router's would be.
+        resize = f"tc qdisc change dev lo parent 1:20 handle 20: bfifo limit {queue}"
+        subprocess.run(resize.split(), check=True)
 
     try:
         yield rate
@@ -155,42 +205,54 @@ def limited(port: int) -> Iterator[Callable[[str], None]]:
         subprocess.run("tc qdisc del dev lo root".split(), check=True)
 
 
+async def only_the_screen_plays(viewer: Viewer, within_s: float) -> bool:
+    """Whether, in some 3-second window within ``within_s``, the screen share got frames and
+    the camera none."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        await asyncio.sleep(3)
+        if viewer.frames_since("a", start) > 0 and viewer.frames_since("b", start) == 0:
+            return True
+    return False
+
+
 async def test_a_limited_subscriber_steps_down_pauses_and_recovers(server: ServerProcess) -> None:
     publisher = rtc.Room()
-    await publisher.connect(server.ws_url, make_token("camera", "cc"))
+    await publisher.connect(server.ws_url, make_token("sharer", "cc"))
     viewers: list[Viewer] = []
     try:
-        async with publishing_noise(publisher, "a"), publishing_noise(publisher, "b"):
+        async with publishing(publisher):
             free, slow = await watch(server, "free"), await watch(server, "slow")
             viewers += [free, slow]
-            await wait_until(lambda: free.widths() == slow.widths() == [TOP, TOP], 30)
+            tops = [SCREEN_SIZE[0], TOP]
+            # The publisher's own estimate ramps up first: its top layer comes and goes until
+            # its encoder has the bitrate for it.
+            await wait_until(lambda: free.steady(tops, 5) and slow.steady(tops, 5), 60)
             top_since = time.monotonic()
             with limited(await slow.port()) as rate:
-                start = time.monotonic()
-                await wait_until(lambda: max(slow.widths()) < TOP, 5)
-                print(f"stepped down in {time.monotonic() - start:.1f} s to {slow.widths()}")
+                limited_at = time.monotonic()
+                await wait_until(lambda: slow.decoded["b"].width < TOP, 5)
+                print(f"stepped down in {time.monotonic() - limited_at:.1f} s")
                 await asyncio.sleep(4)
                 before = await slow.loss()
                 await asyncio.sleep(5)
                 after = await slow.loss()
                 received, lost = after[0] - before[0], after[1] - before[1]
                 assert received > 0 and lost / (received + lost) < 0.02, (received, lost)
-                rate("150kbit")
+                print(f"loss after adapting: {lost} of {received + lost}")
+                rate("150kbit", 19000)
                 await wait_until(lambda: "paused for bandwidth" in server.logs(), 15)
-                await asyncio.sleep(3)
-                now = time.monotonic()
-                await asyncio.sleep(3)
-                flowing = [n for n in ("a", "b") if slow.frames_since(n, now) > 0]
-                assert len(flowing) == 1, slow.widths()
-                assert free.widths() == [TOP, TOP]
+                # The camera is paused; the screen share, first by priority, still plays.
+                assert await only_the_screen_plays(slow, within_s=20), slow.widths()
                 lifted = time.monotonic()
             # The limit is lifted (the qdisc is gone).
-            await wait_until(lambda: slow.widths() == [TOP, TOP], 15)
+            await wait_until(lambda: slow.widths() == tops, 15)
             print(f"recovered in {time.monotonic() - lifted:.1f} s")
             assert "resumed for bandwidth" in server.logs()
             for decoded in free.decoded.values():
                 widths = {w for t, w in decoded.frames if t >= top_since}
-                assert widths == {TOP}, "the unlimited subscriber kept the top layer throughout"
+                assert len(widths) == 1, "the unlimited subscriber kept the top layer throughout"
     finally:
         for viewer in viewers:
             await viewer.close()
