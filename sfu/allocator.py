@@ -119,7 +119,8 @@ def next_step(demands: Iterable[Demand], layers: Mapping[str, int]) -> float:
 #: Probing (LiveKit ``stream_allocator`` defaults).
 PROBE_OVERAGE = 1.2
 PROBE_MIN_BPS = 200_000
-PROBE_DURATION_S = 1.5
+PROBE_DURATION_S = 1.0
+PROBE_MAX_MULTIPLE = 2.0
 FIRST_PROBE_WAIT_S = 2.0
 MAX_PROBE_WAIT_S = 5.0
 
@@ -139,6 +140,8 @@ class ProbeSchedule:
         self.ended_at = 0.0
         """When the last probe ended (its padding may still be queued on the path)."""
         self._succeeded = False
+        self.ramping = False
+        """The last probe succeeded: the next may aim higher."""
 
     def update(
         self,
@@ -163,10 +166,13 @@ class ProbeSchedule:
             return 0.0
         if now < self._next_at:
             return 0.0
-        # LiveKit's floor of 200 kbps, but never more than the capacity again: on a link that
-        # slow a probe that big would only bury the media under padding.
-        self.rate = max(min(self._min_bps, committed), goal * self._overage - sending)
-        self._goal = goal
+        # At most twice the capacity (libwebrtc probes mid-call at twice its estimate): a
+        # step beyond that is climbed in more than one probe, rather than burying the media
+        # under padding on a link that may be full.
+        target = min(goal, PROBE_MAX_MULTIPLE * committed)
+        # LiveKit's floor of 200 kbps, but never more than the capacity again.
+        self.rate = max(min(self._min_bps, committed), target * self._overage - sending)
+        self._goal = target
         self._until = now + PROBE_DURATION_S
         return self.rate
 
@@ -179,5 +185,6 @@ class ProbeSchedule:
         self.rate = 0.0
         self.ended_at = now
         self._succeeded = success
+        self.ramping = success
         self._wait = FIRST_PROBE_WAIT_S if success else min(self._wait * 2, MAX_PROBE_WAIT_S)
         self._next_at = now + (0.5 if success else self._wait)

@@ -105,6 +105,8 @@ class SubscriberBandwidth:
         self.committed = self.estimator.estimate
         """The capacity layers are allocated from (:meth:`_commit`)."""
         self.feedback_packets = 0
+        self._reported = 0
+        self._reported_received = 0
         self.pauses = 0
 
     @property
@@ -119,6 +121,8 @@ class SubscriberBandwidth:
         for packet_type, fmt, body in rtcp.packets(packet):
             if packet_type == rtcp.RTPFB and fmt == FMT_TWCC and len(body) >= 16:
                 groups, received, lost, received_bytes = self._sink.twcc_feedback(body[8:])
+                self._reported += received + lost
+                self._reported_received += received
                 # A probe's padding is still queued on the path a moment after it ends: the
                 # queue and losses it leaves are the probe's, not the media's.
                 after_probe = now - self._probe.ended_at < PROBE_AFTERMATH_S
@@ -140,6 +144,19 @@ class SubscriberBandwidth:
         the link silent), so a probe can still start."""
         if now >= self._next_allocation + 1.0:
             self.update(now, downtracks)
+        logger.debug(
+            "subscriber %s: %d feedback (%d reported, %d received, next %d), estimate %d (%s),"
+            " received %d, probing %d",
+            self._subscriber_sid,
+            self.feedback_packets,
+            self._reported,
+            self._reported_received,
+            self._sink.twcc_next,
+            self.estimator.estimate,
+            self.estimator.trendline.usage.value,
+            self.estimator.received_bps(now),
+            self._probe.rate,
+        )
 
     def update(self, now: float, downtracks: Mapping[str, DownTrack]) -> None:
         """Share the committed capacity among the video downtracks and decide on probing."""
@@ -191,11 +208,15 @@ class SubscriberBandwidth:
         step = next_step(demands, layers)
         goal = 0.0
         if step:
-            # Probe for the next step up, or as far towards everything wanted as twice the
-            # capacity (libwebrtc probes upwards in such multiples): a subscriber coming back
-            # from a bad patch climbs in a few probes, not one per layer.
-            wanted = cost(demands, {d.track_sid: d.wanted_layer for d in demands})
-            goal = max(used + step, min(wanted, 2 * capacity)) / USABLE_SHARE
+            # Probe for the next step up (LiveKit); while probes keep succeeding, as far
+            # towards everything wanted as twice the capacity (libwebrtc's exponential
+            # probing): a subscriber coming back from a bad patch climbs in a few probes, and
+            # one on a full link is not buried under big probes.
+            goal = used + step
+            if self._probe.ramping:
+                wanted = cost(demands, {d.track_sid: d.wanted_layer for d in demands})
+                goal = max(goal, min(wanted, 2 * capacity))
+            goal /= USABLE_SHARE
         self._probe.update(now, self.estimator.estimate, capacity, goal, used, congested)
 
     def _log_allocation(

@@ -36,13 +36,15 @@ pytestmark = [
 WIDTH, HEIGHT = 960, 720
 SCREEN_SIZE = (480, 360)
 SCREEN_BPS = 60_000
+#: The first limit (the second is 150 kbit/s).
+LIMIT_BPS = 600_000
 FPS = 10
 TOP = WIDTH
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    config = "rtc:\n  congestion_control:\n    allow_pause: true\n"
+    config = "rtc:\n  congestion_control:\n    allow_pause: true\nlogging:\n  level: debug\n"
     process = start_server(tmp_path, config)
     yield process
     process.stop()
@@ -147,6 +149,20 @@ class Viewer:
                     return int(s.local_candidate.candidate.port)
         raise AssertionError("no selected candidate pair")
 
+    async def received_bytes(self) -> int:
+        stats = await self.room.get_rtc_stats()
+        return sum(
+            s.inbound_rtp.inbound.bytes_received
+            for s in [*stats.publisher_stats, *stats.subscriber_stats]
+            if s.WhichOneof("stats") == "inbound_rtp" and s.inbound_rtp.stream.kind == "video"
+        )
+
+    async def bitrate(self) -> float:
+        """bps of video it receives, over one second."""
+        before = await self.received_bytes()
+        await asyncio.sleep(1)
+        return (await self.received_bytes() - before) * 8.0
+
     async def loss(self) -> tuple[int, int]:
         """(packets received, packets lost) of its video so far."""
         stats = await self.room.get_rtc_stats()
@@ -229,6 +245,11 @@ async def test_a_limited_subscriber_steps_down_pauses_and_recovers(server: Serve
             # The publisher's own estimate ramps up first: its top layer comes and goes until
             # its encoder has the bitrate for it.
             await wait_until(lambda: free.steady(tops, 5) and slow.steady(tops, 5), 60)
+            # ... and its encoder takes a while more to use the top layer's bitrate: the limit
+            # must be well below what flows.
+            deadline = time.monotonic() + 40
+            while await slow.bitrate() < 2 * LIMIT_BPS:
+                assert time.monotonic() < deadline, "the publisher never sent enough to limit"
             top_since = time.monotonic()
             with limited(await slow.port()) as rate:
                 limited_at = time.monotonic()
