@@ -121,6 +121,7 @@ PROBE_OVERAGE = 1.2
 PROBE_MIN_BPS = 200_000
 PROBE_DURATION_S = 1.0
 PROBE_MAX_MULTIPLE = 2.0
+PROBE_CAUTIOUS_MULTIPLE = 1.5
 FIRST_PROBE_WAIT_S = 2.0
 MAX_PROBE_WAIT_S = 5.0
 
@@ -166,10 +167,11 @@ class ProbeSchedule:
             return 0.0
         if now < self._next_at:
             return 0.0
-        # At most twice the capacity (libwebrtc probes mid-call at twice its estimate): a
-        # step beyond that is climbed in more than one probe, rather than burying the media
-        # under padding on a link that may be full.
-        target = min(goal, PROBE_MAX_MULTIPLE * committed)
+        # At most 1.5 times the capacity, twice once probes succeed (libwebrtc probes mid-call
+        # at twice its estimate): a step beyond that is climbed in more than one probe, rather
+        # than burying the media under padding on a link that may be full.
+        multiple = PROBE_MAX_MULTIPLE if self.ramping else PROBE_CAUTIOUS_MULTIPLE
+        target = min(goal, multiple * committed)
         # LiveKit's floor of 200 kbps, but never more than the capacity again.
         self.rate = max(min(self._min_bps, committed), target * self._overage - sending)
         self._goal = target
