@@ -49,6 +49,8 @@ from sfu.rooms import RoomManager
 NODE_TYPE = "SERVER"
 TRACK_KINDS = ("AUDIO", "VIDEO")
 #: LiveKit's ``livekit_room_duration_seconds`` buckets (``rooms.go``).
+#: Subscriber bandwidth estimates, bps: 100 kbps to 25 Mbps.
+ESTIMATE_BUCKETS = (100e3, 150e3, 300e3, 600e3, 1.2e6, 2.5e6, 5e6, 10e6, 25e6)
 ROOM_DURATION_BUCKETS = (5, 10, 60, 300, 600, 1800, 3600, 7200, 18000, 36000)
 #: Close reasons LiveKit counts as a cancelled join rather than a failed one
 #: (``participant.go IsConnectionCanceled``), and how soon a closed signal connection still
@@ -191,6 +193,7 @@ class NodeCollector:
         yield from self._rooms()
         yield from self._media(self._sources.media.snapshot())
         yield from self._quality(self._sources.media.quality)
+        yield from self._congestion(self._sources.media.snapshot())
         yield from self._events()
         yield from self._api()
         yield self._gauge(
@@ -326,6 +329,42 @@ class NodeCollector:
             family = HistogramMetricFamily(name, doc, labels=self._labels())
             family.add_metric(self._const, histogram.buckets(), histogram.total)
             yield family
+
+    def _congestion(self, totals: MediaTotals) -> Iterator[Metric]:
+        """Per-subscriber congestion control: the capacity each subscriber's video is fitted
+        to now, the tracks paused for bandwidth, and the padding sent to probe."""
+        participants = [
+            p for room in self._sources.rooms.rooms.values() for p in room.participants.values()
+        ]
+        estimates = Histogram(ESTIMATE_BUCKETS)
+        paused = 0
+        for participant in participants:
+            bandwidth = participant.tracks.bandwidth
+            if bandwidth is not None:
+                estimates.observe(bandwidth.committed)
+            paused += sum(1 for d in participant.tracks.downtracks.values() if d.paused)
+        family = HistogramMetricFamily(
+            "livekit_congestion_estimate_bps",
+            "Subscribers' estimated bandwidth their video is fitted to, now.",
+            labels=self._labels(),
+        )
+        family.add_metric(self._const, estimates.buckets(), estimates.total)
+        yield family
+        yield self._gauge(
+            "livekit_congestion_paused_tracks",
+            "Subscriptions paused now because the subscriber's bandwidth has no room for them.",
+            [((), paused)],
+        )
+        yield self._counter(
+            "livekit_congestion_pauses_total",
+            "Subscriptions paused for bandwidth since start.",
+            [((), totals.congestion_pauses)],
+        )
+        yield self._counter(
+            "livekit_padding_bytes_total",
+            "Padding bytes sent to probe subscribers' bandwidth.",
+            [((), totals.padding_bytes_out)],
+        )
 
     def _events(self) -> Iterator[Metric]:
         lifecycle = self._lifecycle

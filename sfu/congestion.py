@@ -30,6 +30,7 @@ from sfu.allocator import (
     next_step,
 )
 from sfu.bwe import SendSideEstimator
+from sfu.counters import MediaTotals
 from sfu.downtrack import DownTrack
 from sfu.fanout import Sink
 from sfu.twcc import FMT_TWCC
@@ -88,10 +89,12 @@ class SubscriberBandwidth:
         settings: CongestionSettings,
         on_stream_state: StreamStateSender,
         subscriber_sid: str,
+        totals: MediaTotals | None = None,
     ) -> None:
         self._sink = sink
         self.settings = settings
         self._on_stream_state = on_stream_state
+        self._totals = totals
         self._subscriber_sid = subscriber_sid
         self.estimator = SendSideEstimator()
         self._probe = ProbeSchedule(settings.probe_overage, settings.probe_min_bps)
@@ -263,6 +266,8 @@ class SubscriberBandwidth:
         if paused and not downtrack.paused:
             self._paused_at[track_sid] = now
             self.pauses += 1
+            if self._totals is not None:
+                self._totals.congestion_pauses += 1
             downtrack.set_paused(True)
             self._on_stream_state(downtrack, True)
         elif not paused and downtrack.paused:

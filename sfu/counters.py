@@ -45,6 +45,11 @@ class MediaTotals:
     """Sequence numbers subscribers NACKed."""
     plis_out: int = 0
     """Keyframe requests from subscribers (PLI, or FIR from the few that send it)."""
+    padding_packets_out: int = 0
+    """Padding-only packets sent to probe subscribers' bandwidth."""
+    padding_bytes_out: int = 0
+    congestion_pauses: int = 0
+    """Video tracks paused for a subscriber's bandwidth (``sfu/congestion.py``)."""
 
     def add_receiver(self, receiver: TrackReceiver) -> None:
         self.packets_in += receiver.stats.received
@@ -56,6 +61,8 @@ class MediaTotals:
     def add_downtrack(self, downtrack: DownTrack) -> None:
         self.packets_out += downtrack.packets
         self.bytes_out += downtrack.octets
+        self.padding_packets_out += downtrack.padding_packets
+        self.padding_bytes_out += downtrack.padding_octets
 
 
 class MediaCounters:

@@ -413,7 +413,11 @@ class ParticipantTracks:
     def _bandwidth(self) -> SubscriberBandwidth:
         if self.bandwidth is None:
             self.bandwidth = SubscriberBandwidth(
-                self._subscriber_pc.rtp_sink, self.congestion, self._stream_state, self.owner_sid
+                self._subscriber_pc.rtp_sink,
+                self.congestion,
+                self._stream_state,
+                self.owner_sid,
+                self._counters.totals,
             )
         return self.bandwidth
 

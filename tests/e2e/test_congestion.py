@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,8 +18,9 @@ from pathlib import Path
 import av
 import pytest
 from livekit import rtc
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import IN_NETNS, ServerProcess, make_token, start_server
+from tests.e2e.harness import IN_NETNS, ServerProcess, free_port, make_token, start_server
 from tests.e2e.sdk import EventLog, wait_until
 from tests.e2e.test_media import running
 from tests.e2e.test_simulcast import Decoded
@@ -42,10 +44,13 @@ FPS = 10
 TOP = WIDTH
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     config = "rtc:\n  congestion_control:\n    allow_pause: true\nlogging:\n  level: debug\n"
-    process = start_server(tmp_path, config)
+    process = start_server(tmp_path, config + f"prometheus_port: {METRICS_PORT}\n")
     yield process
     process.stop()
     assert "Traceback" not in process.logs(), process.logs()
@@ -221,6 +226,16 @@ def limited(port: int) -> Iterator[Callable[[str, int], None]]:
         subprocess.run("tc qdisc del dev lo root".split(), check=True)
 
 
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 async def only_the_screen_plays(viewer: Viewer, within_s: float) -> bool:
     """Whether, in some 3-second window within ``within_s``, the screen share got frames and
     the camera none."""
@@ -271,6 +286,9 @@ async def test_a_limited_subscriber_steps_down_pauses_and_recovers(server: Serve
             await wait_until(lambda: slow.widths() == tops, 15)
             print(f"recovered in {time.monotonic() - lifted:.1f} s")
             assert "resumed for bandwidth" in server.logs()
+            metrics = scrape(METRICS_PORT)
+            assert metrics["livekit_congestion_pauses_total"] >= 1
+            assert metrics["livekit_padding_bytes_total"] > 0, "it probed"
             for decoded in free.decoded.values():
                 widths = {w for t, w in decoded.frames if t >= top_since}
                 assert len(widths) == 1, "the unlimited subscriber kept the top layer throughout"
