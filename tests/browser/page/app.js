@@ -47,6 +47,9 @@ function watch(room) {
     .on(E.TrackUnpublished, (pub, p) =>
       record("trackUnpublished", { identity: p.identity, source: pub.source }),
     )
+    .on(E.TrackStreamStateChanged, (pub, streamState, p) =>
+      record("streamState", { identity: p.identity, source: pub.source, state: streamState }),
+    )
     .on(E.Reconnecting, () => record("reconnecting", {}))
     .on(E.Reconnected, () => record("reconnected", {}))
     .on(E.Disconnected, (reason) => record("disconnected", { reason }))
@@ -93,6 +96,7 @@ async function inboundStats(track) {
       frameHeight: entry.frameHeight ?? 0,
       totalAudioEnergy: entry.totalAudioEnergy ?? 0,
       codecId: entry.codecId ?? "",
+      packetsLost: entry.packetsLost ?? 0,
     });
   });
   return found;
@@ -192,6 +196,23 @@ window.lk = {
       }
     }
     return stats;
+  },
+
+  // The local UDP port of the transport media arrives on (the subscriber's, or the only one
+  // on /rtc/v1): where a test shapes this page's downlink.
+  async mediaPort() {
+    const manager = state.room.engine.pcManager;
+    for (const transport of [manager.subscriber, manager.publisher]) {
+      const report = await transport?.getStats();
+      if (!report) continue;
+      const entries = [...report.values()];
+      const pair = entries.find(
+        (e) => e.type === "candidate-pair" && e.nominated && e.state === "succeeded",
+      );
+      const local = pair && entries.find((e) => e.id === pair.localCandidateId);
+      if (local && entries.some((e) => e.type === "inbound-rtp")) return local.port;
+    }
+    return 0;
   },
 
   async outbound() {
