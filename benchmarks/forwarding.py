@@ -11,7 +11,12 @@ machine-independent ratios: CPU microseconds per forwarded packet and packets ou
 CPU-second.
 
     .venv/bin/python -m benchmarks.forwarding [--packets N] [--loop uvloop|asyncio] [--no-batch]
-        [--svc]
+        [--svc] [--twcc]
+
+``--twcc`` gives every downtrack a transport-wide sequence number to stamp (each subscriber
+transport numbering its packets and remembering their send times, as for video subscribers that
+negotiate transport-cc); the difference to a run without is what congestion control costs on
+the packet path.
 
 ``--svc`` sends scalable VP9 instead (three spatial layers, one packet each per picture, every
 picture a keyframe so subscribers settle at once), the subscribers spread evenly over the three
@@ -34,8 +39,8 @@ from aioice import stun
 from livekit.protocol import models
 from pylibsrtp import Policy, Session
 
-from protocol.sdp_media import Codec, OutgoingTrack
-from sfu.downtrack import DownTrack
+from protocol.sdp_media import TWCC_URI, Codec, OutgoingTrack
+from sfu.downtrack import TWCC_EXTENSION_ID, DownTrack
 from sfu.fanout import Sink
 from sfu.ice import IceRegistry, IceSession, UdpMux
 from sfu.receiver import TrackReceiver
@@ -107,7 +112,12 @@ def _vp9_descriptor(sequence: int) -> bytes:
 
 
 async def fan_out(
-    subscribers: int, size: int, packets: int, batch: bool = True, svc: bool = False
+    subscribers: int,
+    size: int,
+    packets: int,
+    batch: bool = True,
+    svc: bool = False,
+    twcc: bool = False,
 ) -> FanOut:
     loop = asyncio.get_running_loop()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -144,7 +154,8 @@ async def fan_out(
         if destination is not None:
             rtp_sink.set_fast(protector.context_address, protector.session, *destination)
         kind = "video" if svc else "audio"
-        outgoing = OutgoingTrack(kind, "1", (codec,), (), "PA|TR", "TR", ssrc=100 + index)
+        extensions = ((TWCC_EXTENSION_ID, TWCC_URI),) if twcc else ()
+        outgoing = OutgoingTrack(kind, "1", (codec,), extensions, "PA|TR", "TR", ssrc=100 + index)
         downtrack = DownTrack(outgoing, rtp_sink, _ignore, receiver)
         receiver.downtracks[str(index)] = downtrack
         if receiver.svc is not None:
@@ -170,9 +181,9 @@ async def fan_out(
 
 
 async def run(
-    subscribers: int, size: int, packets: int, batch: bool, svc: bool = False
+    subscribers: int, size: int, packets: int, batch: bool, svc: bool = False, twcc: bool = False
 ) -> tuple[float, int]:
-    fan = await fan_out(subscribers, size, packets, batch, svc)
+    fan = await fan_out(subscribers, size, packets, batch, svc, twcc)
     start = time.process_time()
     fan.feed(0, packets)
     cpu = time.process_time() - start
@@ -188,6 +199,9 @@ def main() -> None:
         "--no-batch", action="store_true", help="one sendto per datagram instead of sendmmsg"
     )
     parser.add_argument("--svc", action="store_true", help="scalable VP9, three layers")
+    parser.add_argument(
+        "--twcc", action="store_true", help="transport-wide sequence numbers on every packet"
+    )
     args = parser.parse_args()
     runner = asyncio.run
     if args.loop == "uvloop":
@@ -199,7 +213,8 @@ def main() -> None:
     for size in (100, 1200):
         for subscribers in (1, 10, 100):
             packets = max(200, args.packets // subscribers)
-            cpu, out = runner(run(subscribers, size, packets, not args.no_batch, args.svc))
+            work = run(subscribers, size, packets, not args.no_batch, args.svc, args.twcc)
+            cpu, out = runner(work)
             row = (size, f"1->{subscribers}", out, f"{cpu:.3f}", f"{cpu / out * 1e6:.2f}")
             print(" ".join(f"{value:>10}" for value in row), f"{out / cpu:>10.0f}")
 

@@ -64,6 +64,16 @@ class CongestionSettings:
     paused_min_wait: float = PAUSED_MIN_WAIT_S
 
 
+def carries_estimate(packet: bytes) -> bool:
+    """Whether a subscriber's RTCP holds transport-cc feedback or a REMB (an audio-only
+    subscriber's receiver reports alone need no estimator)."""
+    return any(
+        (packet_type == rtcp.RTPFB and fmt == FMT_TWCC)
+        or (packet_type == rtcp.PSFB and fmt == rtcp.FMT_REMB)
+        for packet_type, fmt, _ in rtcp.packets(packet)
+    )
+
+
 def congestion_settings(config: CongestionControlConfig) -> CongestionSettings:
     allocator = config.stream_allocator
     return CongestionSettings(
@@ -145,7 +155,9 @@ class SubscriberBandwidth:
     def tick(self, now: float, downtracks: Mapping[str, DownTrack]) -> None:
         """Once a second: revisit the allocation when no feedback has (all video paused, or
         the link silent), so a probe can still start."""
-        if now >= self._next_allocation + 1.0:
+        if now >= self._next_allocation + 1.0 and any(
+            d.outgoing.kind == "video" for d in downtracks.values()
+        ):
             self.update(now, downtracks)
         logger.debug(
             "subscriber %s: %d feedback (%d reported, %d received, next %d), estimate %d (%s),"

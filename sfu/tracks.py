@@ -11,7 +11,7 @@ from livekit.protocol import models, rtc
 
 from config.schema import AudioConfig
 from protocol import rtcp, rtp, sdp, sdp_media
-from sfu.congestion import CongestionSettings, SubscriberBandwidth
+from sfu.congestion import CongestionSettings, SubscriberBandwidth, carries_estimate
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, TWCC_EXTENSION_ID, DownTrack
 from sfu.dynacast import PAUSE_DELAY_S
@@ -397,7 +397,7 @@ class ParticipantTracks:
             reported = self._downtrack_by_ssrc.get(ssrc)
             if reported is not None:
                 reported.on_receiver_report(fraction, jitter, last_sr, delay, now)
-        if self.congestion.enabled:
+        if self.congestion.enabled and (self.bandwidth is not None or carries_estimate(packet)):
             self._bandwidth().on_rtcp(packet, now, self.downtracks)
             if self.bandwidth is not None and self.bandwidth.probing and self.on_probing:
                 self.on_probing()
@@ -439,8 +439,11 @@ class ParticipantTracks:
         media = sdp.parse(answer).media
         formats = {s.mid: set(s.formats) for s in media if not s.rejected}
         rejected = {s.mid for s in media if s.rejected}
+        twcc = {s.mid for s in media if any(sdp_media.TWCC_URI in v for v in s.values("extmap"))}
         for sid, downtrack in self.downtracks.items():
             outgoing = downtrack.outgoing
+            if outgoing.mid not in twcc:
+                downtrack.twcc_at = -1  # offered, not accepted: no numbers, no feedback
             if outgoing.mid in formats:
                 downtrack.bind()
             elif outgoing.mid in rejected and sid not in self._refused:
