@@ -444,6 +444,9 @@ class ParticipantTracks:
             outgoing = downtrack.outgoing
             if outgoing.mid not in twcc:
                 downtrack.twcc_at = -1  # offered, not accepted: no numbers, no feedback
+            accepted = formats.get(outgoing.mid, set())
+            if any(_is_rtx(c) and str(c.payload_type) not in accepted for c in outgoing.codecs):
+                downtrack.set_rtx(0, -1, 0)  # RTX refused: retransmit on the media SSRC
             if outgoing.mid in formats:
                 downtrack.bind()
             elif outgoing.mid in rejected and sid not in self._refused:
