@@ -110,10 +110,10 @@ class SubscriberBandwidth:
         self._probe = ProbeSchedule(settings.probe_overage, settings.probe_min_bps)
         self._next_allocation = 0.0
         self._last_update = 0.0
+        self._allocated_at_estimate = 0.0
         self._paused_at: dict[str, float] = {}
         self._padding_credit = 0.0
         self._last_padding = 0.0
-        self._cut_seen = 0.0
         self.allocation: dict[str, int] = {}
         self.committed = self.estimator.estimate
         """The capacity layers are allocated from (:meth:`_commit`)."""
@@ -147,8 +147,15 @@ class SubscriberBandwidth:
             logger.debug("subscriber %s: REMB %d", self._subscriber_sid, bitrate)
             self.estimator.on_remb(bitrate)
             seen = True
-        if seen and now >= self._next_allocation:
+        if seen and now >= self._next_allocation and self._worth_revisiting(now):
             self.update(now, downtracks)
+
+    def _worth_revisiting(self, now: float) -> bool:
+        """A steady estimate needs no allocation four times a second: only when it moved by
+        5 % since the last, or a second has passed (layer rates move too)."""
+        estimate = self.estimator.estimate
+        moved = abs(estimate - self._allocated_at_estimate) > 0.05 * self._allocated_at_estimate
+        return moved or self.probing or now >= self._last_update + 1.0
 
     # --- allocation ------------------------------------------------------------------------
 
@@ -182,6 +189,7 @@ class SubscriberBandwidth:
         congested = self.estimator.probe_failed or (cut is not None and now - cut < CONGESTED_FOR_S)
         self.estimator.probe_failed = False
         capacity = self._commit()
+        self._allocated_at_estimate = self.estimator.estimate
         layers = allocate(capacity, demands, allow_pause=self.settings.allow_pause)
         if cut is None or cut <= self._last_update:
             # No cut since the last allocation: what each track has, it keeps (up to what its
@@ -196,7 +204,7 @@ class SubscriberBandwidth:
         if layers != self.allocation:
             self._log_allocation(now, capacity, layers, demands)
         self.allocation = layers
-        if self.settings.probe:
+        if self.settings.probe and any(_can_pad(d) for d in video.values()):
             self._plan_probe(now, demands, layers, capacity, congested)
 
     def _commit(self) -> float:

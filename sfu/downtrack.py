@@ -43,6 +43,7 @@ class DownTrack(DownTrackCore):
         "_sr_sent",
         "disabled",
         "fraction_lost",
+        "has_rtx",
         "jitter",
         "outgoing",
         "paused",
@@ -85,7 +86,9 @@ class DownTrack(DownTrackCore):
             self.twcc_at = twcc_at
         primary = outgoing.codecs[0].payload_type
         rtx = [c for c in outgoing.codecs if c.name.lower() == "rtx" and c.apt == primary]
-        if rtx and outgoing.rtx_ssrc:
+        self.has_rtx = bool(rtx and outgoing.rtx_ssrc)
+        """Retransmissions and probe padding go on an RTX stream the subscriber accepted."""
+        if self.has_rtx:
             self.set_rtx(outgoing.rtx_ssrc, rtx[0].payload_type, secrets.randbelow(1 << 15))
         self.outgoing = outgoing
         self.disabled = False
@@ -115,6 +118,11 @@ class DownTrack(DownTrackCore):
         # A simulcast switch moves to a layer with its own picture ids: they are munged to
         # continue, as LiveKit does, so the decoder sees one stream.
         self.vp8 = receiver.codec.mime.lower() == "video/vp8"
+
+    def drop_rtx(self) -> None:
+        """The subscriber refused RTX: retransmit on the media SSRC, never pad."""
+        self.set_rtx(0, -1, 0)
+        self.has_rtx = False
 
     def set_disabled(self, disabled: bool) -> None:
         self.disabled = disabled

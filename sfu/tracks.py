@@ -446,7 +446,7 @@ class ParticipantTracks:
                 downtrack.twcc_at = -1  # offered, not accepted: no numbers, no feedback
             accepted = formats.get(outgoing.mid, set())
             if any(_is_rtx(c) and str(c.payload_type) not in accepted for c in outgoing.codecs):
-                downtrack.set_rtx(0, -1, 0)  # RTX refused: retransmit on the media SSRC
+                downtrack.drop_rtx()
             if outgoing.mid in formats:
                 downtrack.bind()
             elif outgoing.mid in rejected and sid not in self._refused:
