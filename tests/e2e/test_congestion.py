@@ -162,11 +162,11 @@ class Viewer:
             if s.WhichOneof("stats") == "inbound_rtp" and s.inbound_rtp.stream.kind == "video"
         )
 
-    async def bitrate(self) -> float:
-        """bps of video it receives, over one second."""
+    async def bitrate(self, seconds: float = 3.0) -> float:
+        """bps of video it receives, over a few seconds (one second may be a keyframe)."""
         before = await self.received_bytes()
-        await asyncio.sleep(1)
-        return (await self.received_bytes() - before) * 8.0
+        await asyncio.sleep(seconds)
+        return (await self.received_bytes() - before) * 8.0 / seconds
 
     async def loss(self) -> tuple[int, int]:
         """(packets received, packets lost) of its video so far."""
