@@ -116,20 +116,27 @@ def remb(sender_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes:
     return _HEADER.pack(0x80 | FMT_REMB, PSFB, len(body) // 4) + body
 
 
+def remb_estimate(packet_type: int, fmt: int, body: bytes) -> tuple[int, tuple[int, ...]] | None:
+    """(bitrate in bps, the SSRCs it covers) when one packet of a compound (as
+    :func:`packets` yields it) is a REMB (draft-alvestrand-rmcat-remb-03 section 2.2)."""
+    if packet_type != PSFB or fmt != FMT_REMB or len(body) < 16 or body[8:12] != b"REMB":
+        return None
+    count = body[12]
+    exponent = body[13] >> 2
+    mantissa = ((body[13] & 0x03) << 16) | (body[14] << 8) | body[15]
+    ssrcs = tuple(
+        int.from_bytes(body[index : index + 4], "big")
+        for index in range(16, min(len(body), 16 + 4 * count) - 3, 4)
+    )
+    return mantissa << exponent, ssrcs
+
+
 def remb_estimates(data: bytes) -> Iterator[tuple[int, tuple[int, ...]]]:
-    """(bitrate in bps, the SSRCs it covers) of each REMB in a compound packet
-    (draft-alvestrand-rmcat-remb-03 section 2.2)."""
+    """Each REMB of a compound packet: (bitrate in bps, the SSRCs it covers)."""
     for packet_type, fmt, body in packets(data):
-        if packet_type != PSFB or fmt != FMT_REMB or len(body) < 16 or body[8:12] != b"REMB":
-            continue
-        count = body[12]
-        exponent = body[13] >> 2
-        mantissa = ((body[13] & 0x03) << 16) | (body[14] << 8) | body[15]
-        ssrcs = tuple(
-            int.from_bytes(body[index : index + 4], "big")
-            for index in range(16, min(len(body), 16 + 4 * count) - 3, 4)
-        )
-        yield mantissa << exponent, ssrcs
+        found = remb_estimate(packet_type, fmt, body)
+        if found is not None:
+            yield found
 
 
 def nacked_sequences(data: bytes) -> Iterator[tuple[int, int]]:

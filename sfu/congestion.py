@@ -108,7 +108,6 @@ class SubscriberBandwidth:
         self._subscriber_sid = subscriber_sid
         self.estimator = SendSideEstimator()
         self._probe = ProbeSchedule(settings.probe_overage, settings.probe_min_bps)
-        self._next_allocation = 0.0
         self._last_update = 0.0
         self._allocated_at_estimate = 0.0
         self._paused_at: dict[str, float] = {}
@@ -132,7 +131,11 @@ class SubscriberBandwidth:
         """Read transport-cc feedback or REMB from the subscriber's RTCP."""
         seen = False
         for packet_type, fmt, body in rtcp.packets(packet):
-            if packet_type == rtcp.RTPFB and fmt == FMT_TWCC and len(body) >= 16:
+            remb = rtcp.remb_estimate(packet_type, fmt, body)
+            if remb is not None:
+                self.estimator.on_remb(remb[0])
+                seen = True
+            elif packet_type == rtcp.RTPFB and fmt == FMT_TWCC and len(body) >= 16:
                 groups, received, lost, received_bytes = self._sink.twcc_feedback(body[8:])
                 self._reported += received + lost
                 self._reported_received += received
@@ -143,11 +146,7 @@ class SubscriberBandwidth:
                 self.estimator.on_feedback(groups, received, lost, received_bytes, now)
                 self.feedback_packets += 1
                 seen = True
-        for bitrate, _ in rtcp.remb_estimates(packet):
-            logger.debug("subscriber %s: REMB %d", self._subscriber_sid, bitrate)
-            self.estimator.on_remb(bitrate)
-            seen = True
-        if seen and now >= self._next_allocation and self._worth_revisiting(now):
+        if seen and now >= self._last_update + ALLOCATE_INTERVAL_S and self._worth_revisiting(now):
             self.update(now, downtracks)
 
     def _worth_revisiting(self, now: float) -> bool:
@@ -162,10 +161,12 @@ class SubscriberBandwidth:
     def tick(self, now: float, downtracks: Mapping[str, DownTrack]) -> None:
         """Once a second: revisit the allocation when no feedback has (all video paused, or
         the link silent), so a probe can still start."""
-        if now >= self._next_allocation + 1.0 and any(
+        if now >= self._last_update + ALLOCATE_INTERVAL_S + 1.0 and any(
             d.outgoing.kind == "video" for d in downtracks.values()
         ):
             self.update(now, downtracks)
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
         logger.debug(
             "subscriber %s: %d feedback (%d reported, %d received, next %d), estimate %d (%s),"
             " received %d, probing %d",
@@ -182,7 +183,6 @@ class SubscriberBandwidth:
 
     def update(self, now: float, downtracks: Mapping[str, DownTrack]) -> None:
         """Share the committed capacity among the video downtracks and decide on probing."""
-        self._next_allocation = now + ALLOCATE_INTERVAL_S
         video = {sid: d for sid, d in downtracks.items() if d.outgoing.kind == "video"}
         demands = [self._demand(sid, d) for sid, d in video.items()]
         cut = self.estimator.last_decrease

@@ -150,13 +150,11 @@ class RoomForwards:
     def infos(self) -> list[models.ParticipantInfo]:
         return [copy.to_info() for copy in self.incoming.values() if not copy.source.hidden]
 
-    def subscribe_newcomer(self, participant: Participant) -> None:
-        """A participant joined here: it gets the forwarded tracks as any others."""
-        if not participant.params.auto_subscribe:
-            return
+    def subscribe(self, participant: Participant, *, negotiate: bool) -> None:
+        """Subscribe a participant here to the forwarded tracks, as to any others."""
         for copy in self.incoming.values():
             for track in list(copy.published.values()):
-                participant.subscribe_to(copy, track, negotiate=False)
+                participant.subscribe_to(copy, track, negotiate=negotiate)
 
     def find_track(self, track_sid: str) -> tuple[ForwardedParticipant, PublishedTrack] | None:
         for copy in self.incoming.values():

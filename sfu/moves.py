@@ -85,37 +85,29 @@ def leave_source(source: Room, participant: Participant) -> None:
 async def enter_destination(destination: Room, participant: Participant, token: str) -> None:
     """The destination room's side: ``room_moved`` to the participant (and the new token as a
     refresh, which the Rust SDK keeps for reconnecting), then the room learns of it."""
-    previous = destination.participants.get(participant.identity)
-    if previous is not None:  # the same identity replaces, as on a join (DUPLICATE_IDENTITY)
-        await destination.remove(
-            previous, models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True
-        )
-    if destination.is_full(participant.identity, participant.dependent):
-        raise RoomFullError(f"room {destination.name} is full")
-    destination.seat(participant)
-    others = [
-        p.to_info()
-        for p in destination.participants.values()
-        if p is not participant and not p.hidden
-    ]
-    moved = rtc.RoomMovedResponse(
-        room=destination.to_proto(),
-        token=token,
-        participant=participant.to_info(),
-        other_participants=[*others, *destination.forwards.infos()],
-    )
-    participant.send(rtc.SignalResponse(room_moved=moved))
-    if token:
-        participant.send(rtc.SignalResponse(refresh_token=token))
+    await destination.take_seat(participant)
+    tell_moved(participant, destination.to_proto(), token, destination.others_of(participant))
     if participant.params.auto_subscribe:
-        for other in list(destination.participants.values()):
-            if other is not participant:
-                for track in list(other.tracks.published.values()):
-                    participant.subscribe_to(other, track, negotiate=False)
-        destination.forwards.subscribe_newcomer(participant)
+        destination.subscribe_to_all(participant, negotiate=False)
         participant.subscriber.negotiate()
     destination.broadcast_participant(participant)
     destination.broadcast_room_update()
     destination.emit_info(EventKind.PARTICIPANT_JOINED, participant.to_info())
     for track in list(participant.tracks.published.values()):
         destination.on_track_published(participant, track)
+
+
+def tell_moved(
+    participant: Participant,
+    room: models.Room,
+    token: str,
+    others: list[models.ParticipantInfo] | None = None,
+) -> None:
+    """``room_moved`` to the participant, and its new token again as a refresh: the Rust SDK
+    keeps only a refreshed token for reconnecting."""
+    moved = rtc.RoomMovedResponse(
+        room=room, token=token, participant=participant.to_info(), other_participants=others
+    )
+    participant.send(rtc.SignalResponse(room_moved=moved))
+    if token:
+        participant.send(rtc.SignalResponse(refresh_token=token))

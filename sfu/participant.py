@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 #: in --dev; ``logging.level: trace`` turns them on.
 TRACE = 5
 _RELIABLE_LABEL = "_reliable"
+_LOSSY_LABEL = "_lossy"
 #: How often probe padding goes out while the allocator probes.
 PROBE_PADDING_INTERVAL_S = 0.02
-_LOSSY_LABEL = "_lossy"
 
 
 class ParticipantState(enum.Enum):

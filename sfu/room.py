@@ -151,27 +151,15 @@ class Room:
         A participant with the identity of one already here replaces it; the old session gets
         a leave with DUPLICATE_IDENTITY (LiveKit ``roommanager.go StartSession``).
         """
-        previous = self.participants.get(participant.identity)
-        if previous is not None:
-            await self.remove(previous, models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True)
-        if self.is_full(participant.identity, participant.dependent):
-            raise RoomFullError(f"room {self.name} is full")
-        self.seat(participant)
+        await self.take_seat(participant)
         join.room.CopyFrom(self.to_proto())
         join.participant.CopyFrom(participant.to_info())
-        join.other_participants.extend(
-            p.to_info() for p in self.participants.values() if p is not participant and not p.hidden
-        )
-        join.other_participants.extend(self.forwards.infos())
+        join.other_participants.extend(self.others_of(participant))
         participant.send(rtc.SignalResponse(join=join))
         participant.set_state(ParticipantState.JOINED)
         # Fast start (protocol >= 8): existing tracks are in the first subscriber offer.
         if participant.params.auto_subscribe:
-            for other in list(self.participants.values()):
-                for track in list(other.tracks.published.values()):
-                    if other is not participant:
-                        participant.subscribe_to(other, track, negotiate=False)
-            self.forwards.subscribe_newcomer(participant)
+            self.subscribe_to_all(participant, negotiate=False)
         participant.start_negotiation()
         self.broadcast_participant(participant)
         self.broadcast_room_update()
@@ -209,6 +197,23 @@ class Room:
         for other in list(self.participants.values()):
             for track in other.tracks.published.values():
                 track.remove_subscriber(participant.sid)
+
+    async def take_seat(self, participant: Participant) -> None:
+        """Count ``participant`` as here. One with its identity already here is replaced (it
+        gets a leave with DUPLICATE_IDENTITY); raises RoomFullError when there is no room."""
+        previous = self.participants.get(participant.identity)
+        if previous is not None:
+            await self.remove(previous, models.DisconnectReason.DUPLICATE_IDENTITY, send_leave=True)
+        if self.is_full(participant.identity, participant.dependent):
+            raise RoomFullError(f"room {self.name} is full")
+        self.seat(participant)
+
+    def others_of(self, participant: Participant) -> list[models.ParticipantInfo]:
+        """Everyone ``participant`` may see here: the visible others and forwarded copies."""
+        others = [
+            p.to_info() for p in self.participants.values() if p is not participant and not p.hidden
+        ]
+        return others + self.forwards.infos()
 
     def seat(self, participant: Participant) -> None:
         """Count ``participant`` as here (it joins, or moves in from another room)."""
@@ -541,14 +546,16 @@ class Room:
                     participant.unsubscribe_from(found[1])
         elif permission.can_subscribe and not before.can_subscribe:
             if participant.params.auto_subscribe:
-                self._subscribe_to_all(participant)
+                self.subscribe_to_all(participant, negotiate=True)
         self.broadcast_participant(participant)
 
-    def _subscribe_to_all(self, participant: Participant) -> None:
+    def subscribe_to_all(self, participant: Participant, *, negotiate: bool) -> None:
+        """Subscribe ``participant`` to every track here, forwarded ones included."""
         for other in list(self.participants.values()):
             if other is not participant:
                 for track in list(other.tracks.published.values()):
-                    participant.subscribe_to(other, track, negotiate=True)
+                    participant.subscribe_to(other, track, negotiate=negotiate)
+        self.forwards.subscribe(participant, negotiate=negotiate)
 
     async def perform_rpc(
         self, participant: Participant, method: str, payload: str, response_timeout_ms: int

@@ -266,10 +266,11 @@ class ParticipantTracks:
                 self._counters.retire_receiver(receiver)
 
     def _on_rtp(self, packet: bytes) -> None:
+        now = self._clock()
         if self._twcc_id:
             number = extension_u16(packet, self._twcc_id)
             if number >= 0:
-                self._note_arrival(number)
+                self._note_arrival(number, now)
         ssrc = int.from_bytes(packet[8:12], "big")
         receiver = self._by_ssrc.get(ssrc)
         if receiver is None:
@@ -279,12 +280,11 @@ class ParticipantTracks:
                 return
             receiver = self._adopt_ssrc(packet)
         if receiver is not None:
-            receiver.on_packet(packet, self._clock())
+            receiver.on_packet(packet, now)
 
-    def _note_arrival(self, number: int) -> None:
+    def _note_arrival(self, number: int, now: float) -> None:
         """A publisher's transport-wide number arrived: its feedback goes out every
         :data:`FEEDBACK_INTERVAL_S`, from the packet path (no timer: no packets, no feedback)."""
-        now = self._clock()
         self._arrivals.on_packet(number, now)
         if now >= self._next_feedback:
             self._next_feedback = now + FEEDBACK_INTERVAL_S
@@ -399,8 +399,7 @@ class ParticipantTracks:
                 reported.on_receiver_report(fraction, jitter, last_sr, delay, now)
         if self.congestion.enabled and (self.bandwidth is not None or carries_estimate(packet)):
             self._bandwidth().on_rtcp(packet, now, self.downtracks)
-            if self.bandwidth is not None and self.bandwidth.probing and self.on_probing:
-                self.on_probing()
+            self._start_probe_if_due()
         for media_ssrc, sequence in rtcp.nacked_sequences(packet):
             downtrack = self._downtrack_by_ssrc.get(media_ssrc)
             if downtrack is not None:
@@ -420,6 +419,10 @@ class ParticipantTracks:
                 self._counters.totals,
             )
         return self.bandwidth
+
+    def _start_probe_if_due(self) -> None:
+        if self.bandwidth is not None and self.bandwidth.probing and self.on_probing:
+            self.on_probing()
 
     def _stream_state(self, downtrack: DownTrack, paused: bool) -> None:
         if self.on_stream_state is not None:
@@ -470,10 +473,9 @@ class ParticipantTracks:
     def tick(self, now: float) -> None:
         if self.bandwidth is not None:
             self.bandwidth.tick(now, self.downtracks)
-            if self.bandwidth.probing and self.on_probing is not None:
-                self.on_probing()
+            self._start_probe_if_due()
+        remb = not self._twcc_id  # REMB only for publishers without transport-cc
         for track in self.published.values():
-            remb = not self._twcc_id  # REMB only for publishers without transport-cc
             if track.simulcast is not None:
                 track.simulcast.tick(now, remb)
             elif track.receiver is not None:

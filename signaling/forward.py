@@ -8,7 +8,9 @@ another node, forwards the request there; the host checks the token again and an
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from google.protobuf import message_factory
 from google.protobuf.message import Message
@@ -19,6 +21,18 @@ from sfu.rooms import RoomManager
 from signaling.twirp import TwirpError, TwirpServer, error_from_json
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def routing_errors_as_twirp() -> Iterator[None]:
+    """Placing or finding a room failed: the API caller gets ``unavailable``."""
+    try:
+        yield
+    except RoutingError as exc:
+        raise TwirpError("unavailable", f"no node can host the room: {exc}") from None
+    except STORE_ERRORS as exc:
+        logger.warning("api routing failed: %s", exc)
+        raise TwirpError("unavailable", "room routing is unavailable") from None
 
 
 def request_room(method: str, message: Message) -> tuple[str, bool] | None:
@@ -51,14 +65,9 @@ class ApiForwarder:
         room, create = target
         if not room or self._rooms.get(room) is not None:
             return None  # hosted here (or nothing to route): run it here
-        try:
+        with routing_errors_as_twirp():
             preferred = str(getattr(message, "node_id", "")) if create else ""
             host = await self._router.room_host(room, create=create, preferred=preferred)
-        except RoutingError as exc:
-            raise TwirpError("unavailable", f"no node can host the room: {exc}") from None
-        except STORE_ERRORS as exc:
-            logger.warning("api routing failed: %s", exc)
-            raise TwirpError("unavailable", "room routing is unavailable") from None
         if host is None or host == self._router.node_id:
             return None
         request = RpcRequest(

@@ -20,16 +20,15 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import Message
-from livekit.protocol import models, room, rtc
+from livekit.protocol import models, room
 
 from protocol.token import Claims
-from routing.router import RoutingError
-from routing.store import STORE_ERRORS
 from sfu.forwarding import ForwardError
-from sfu.moves import MoveError, check_move, move_participant
+from sfu.moves import MoveError, check_move, move_participant, tell_moved
 from sfu.participant import Participant
 from sfu.room import Room
 from sfu.rooms import RoomManager
+from signaling.forward import routing_errors_as_twirp
 from signaling.roomservice import admin_room
 from signaling.twirp import TwirpError, permission_denied
 
@@ -53,9 +52,7 @@ class ParticipantMoves:
     async def move_participant(
         self, claims: Claims, request: room.MoveParticipantRequest
     ) -> Message:
-        source, participant = self._source(claims, request.room, request.identity)
-        destination_name = request.destination_room
-        self._check_destination(claims, destination_name)
+        source, participant, destination_name = self._request(claims, request)
         try:
             check_move(source, participant, destination_name)
             host = await self._host_of(destination_name)
@@ -71,9 +68,7 @@ class ParticipantMoves:
     async def forward_participant(
         self, claims: Claims, request: room.ForwardParticipantRequest
     ) -> Message:
-        source, participant = self._source(claims, request.room, request.identity)
-        destination_name = request.destination_room
-        self._check_destination(claims, destination_name)
+        source, participant, destination_name = self._request(claims, request)
         if not destination_name:
             raise TwirpError("invalid_argument", "destination room is required")
         host = await self._host_of(destination_name)
@@ -92,28 +87,24 @@ class ParticipantMoves:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _source(self, claims: Claims, room_name: str, identity: str) -> tuple[Room, Participant]:
-        source = admin_room(self.rooms, claims, room_name)
-        participant = source.participants.get(identity)
+    def _request(
+        self, claims: Claims, request: room.MoveParticipantRequest | room.ForwardParticipantRequest
+    ) -> tuple[Room, Participant, str]:
+        """(source room, participant, destination name) of a request its token allows: the
+        source room's admin, and ``destinationRoom`` naming the destination."""
+        source = admin_room(self.rooms, claims, request.room)
+        if claims.video.destination_room != request.destination_room:
+            raise permission_denied()
+        participant = source.participants.get(request.identity)
         if participant is None or participant.is_closed:
             raise TwirpError("not_found", "participant does not exist")
-        return source, participant
-
-    @staticmethod
-    def _check_destination(claims: Claims, destination_name: str) -> None:
-        if claims.video.destination_room != destination_name:
-            raise permission_denied()
+        return source, participant, request.destination_room
 
     async def _host_of(self, name: str) -> str | None:
         if self._place is None or self.rooms.get(name) is not None:
             return None
-        try:
+        with routing_errors_as_twirp():
             return await self._place(name)
-        except RoutingError as exc:
-            raise TwirpError("unavailable", f"no node can host the room: {exc}") from None
-        except STORE_ERRORS as exc:
-            logger.warning("room routing failed: %s", exc)
-            raise TwirpError("unavailable", "room routing is unavailable") from None
 
     def _local_room(self, name: str) -> Room:
         # The API made it, so it may (LiveKit creates the destination room).
@@ -127,13 +118,7 @@ class ParticipantMoves:
         reconnect, which takes it there with the new room's token."""
         hook = participant.on_moved
         token = hook(destination_name, None) if hook is not None else ""
-        moved = rtc.RoomMovedResponse(
-            room=models.Room(name=destination_name),
-            token=token,
-            participant=participant.to_info(),
-        )
-        participant.send(rtc.SignalResponse(room_moved=moved))
-        participant.send(rtc.SignalResponse(refresh_token=token))
+        tell_moved(participant, models.Room(name=destination_name), token)
         source.log.info(
             "participant %s moved to room %s on node %s: reconnecting there",
             participant.identity,
