@@ -126,6 +126,8 @@ FEEDBACK_INTERVAL_S = 0.1
 #: Packets one feedback covers at most (libwebrtc caps a feedback packet the same way).
 MAX_STATUSES = 0xFFFF
 _FCI_HEADER = struct.Struct("!HHBHB")
+#: Numbers one round of feedback reports at most (a second of video at 2,000 packets/s).
+MAX_REPORTED = 2000
 
 
 def write_feedback(
@@ -211,6 +213,11 @@ class FeedbackWriter:
             return []
         packets = []
         start = self._next_report
+        if self._highest - start >= MAX_REPORTED:
+            # Numbers that jump far ahead (a broken or hostile sender) are not reported one by
+            # one: only the newest MAX_REPORTED are, and what came before is forgotten.
+            start = self._highest - MAX_REPORTED + 1
+            self._arrivals = {n: t for n, t in self._arrivals.items() if n >= start}
         while start <= self._highest:
             end = min(self._highest + 1, start + 1000)
             arrivals = [self._arrivals.pop(n, None) for n in range(start, end)]

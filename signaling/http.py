@@ -436,7 +436,8 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     twirp = TwirpServer(ctx.config, stats=ctx.twirp_stats)
     store = ctx.router.store
     service = RoomService(ctx.rooms, ctx.config, store.list_rooms, ctx.publish_room)
-    moves = ParticipantMoves(ctx.rooms, partial(_place_room, ctx))
+    limit = ctx.config.limit.max_room_name_length
+    moves = ParticipantMoves(ctx.rooms, partial(_place_room, ctx), limit)
     more = {
         "MoveParticipant": twirp_handler(moves.move_participant),
         "ForwardParticipant": twirp_handler(moves.forward_participant),

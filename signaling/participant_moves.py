@@ -43,11 +43,15 @@ class ParticipantMoves:
 
     :param place: finds or makes the destination room's node; the default keeps everything
         on this node (no cluster).
+    :param max_room_name: ``limit.max_room_name_length``, for the destination's name too.
     """
 
-    def __init__(self, rooms: RoomManager, place: RoomPlacer | None = None) -> None:
+    def __init__(
+        self, rooms: RoomManager, place: RoomPlacer | None = None, max_room_name: int = 256
+    ) -> None:
         self.rooms = rooms
         self._place = place
+        self._max_room_name = max_room_name
 
     async def move_participant(
         self, claims: Claims, request: room.MoveParticipantRequest
@@ -95,6 +99,8 @@ class ParticipantMoves:
         source = admin_room(self.rooms, claims, request.room)
         if claims.video.destination_room != request.destination_room:
             raise permission_denied()
+        if len(request.destination_room) > self._max_room_name:
+            raise TwirpError("invalid_argument", "room name length exceeds limits")
         participant = source.participants.get(request.identity)
         if participant is None or participant.is_closed:
             raise TwirpError("not_found", "participant does not exist")

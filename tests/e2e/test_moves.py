@@ -114,6 +114,15 @@ async def test_move_participant_refusals(server: ServerProcess) -> None:
                     )
                 )
             assert caught.value.code == "invalid_argument"
+        long_name = "x" * 300  # over limit.max_room_name_length
+        async with admin_api(server, "move-refusals", long_name) as lk:
+            with pytest.raises(api.TwirpError) as caught:
+                await lk.room.forward_participant(
+                    api.ForwardParticipantRequest(
+                        room="move-refusals", identity="member", destination_room=long_name
+                    )
+                )
+            assert caught.value.code == "invalid_argument"
         assert member.isconnected()
     finally:
         await member.disconnect()

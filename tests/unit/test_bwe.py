@@ -114,3 +114,16 @@ def test_remb_is_taken_at_its_word() -> None:
     estimator = SendSideEstimator()
     estimator.on_remb(750_000)
     assert estimator.estimate == 750_000
+
+
+def test_numbers_that_jump_far_ahead_cost_a_bounded_feedback() -> None:
+    """A publisher whose transport-wide numbers leap by half the space each packet gets no
+    more than a couple of feedback packets per round, and nothing it sent is held for ever."""
+    writer = FeedbackWriter()
+    number = 0
+    for index in range(200):
+        number = (number + 32000) & 0xFFFF
+        writer.on_packet(number, index * 0.001)
+    packets = writer.feedback(1, 2)
+    assert 1 <= len(packets) <= 3
+    assert len(writer._arrivals) == 0
