@@ -82,12 +82,24 @@ class DynacastSender:
         self.state = Dynacast(top_layer, delay)
         self.on_update: Callable[[rtc.SubscribedQualityUpdate], None] | None = None
         """Sends the publisher a ``SubscribedQualityUpdate`` (the participant's)."""
+        self.on_top: Callable[[int], None] | None = None
+        """Told the new highest layer instead, when the publisher is on another node (a
+        forwarded copy's track, ``sfu/remote_forward.py``)."""
+        self.remote: dict[str, int] = {}
+        """The highest layer wanted in each room on another node the track is forwarded to."""
         self._rid_by_layer = rid_by_layer or {}
 
     def update(self, wanted_layers: Iterable[int], now: float) -> None:
         """``wanted_layers``: the highest layer each (enabled) subscriber wants."""
-        top = self.state.update(max(wanted_layers, default=-1), now)
-        if top is not None and self.on_update is not None:
+        wanted = max(wanted_layers, default=-1)
+        if self.remote:
+            wanted = max(wanted, *self.remote.values())
+        top = self.state.update(wanted, now)
+        if top is None:
+            return
+        if self.on_top is not None:
+            self.on_top(top)
+        if self.on_update is not None:
             logger.info("track %s: dynacast asks for layers up to %d", self.info.sid, top)
             mime = self.info.mime_type
             self.on_update(quality_update(self.info.sid, mime, self._rid_by_layer, top))

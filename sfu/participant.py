@@ -107,6 +107,21 @@ class TrackOwner(Protocol):
     def allows(self, subscriber: Participant, track_sid: str) -> bool: ...
 
 
+def permission_allows(
+    permission: rtc.SubscriptionPermission | None, subscriber: Participant, track_sid: str
+) -> bool:
+    """Whether a publisher's SubscriptionPermission lets ``subscriber`` have the track
+    (LiveKit: everyone unless restricted; recorders are exempt)."""
+    if permission is None or permission.all_participants or subscriber.grant.recorder:
+        return True
+    for entry in permission.track_permissions:
+        if subscriber.sid == entry.participant_sid or (
+            entry.participant_identity and entry.participant_identity == subscriber.identity
+        ):
+            return entry.all_tracks or track_sid in entry.track_sids
+    return False
+
+
 def is_dependent(kind: models.ParticipantInfo.Kind, agent: bool, recorder: bool) -> bool:
     """An agent or egress (by kind, or the legacy ``agent``/``recorder`` grants): it neither
     counts against ``max_participants``, starts agent jobs nor keeps its room open (LiveKit
@@ -443,17 +458,7 @@ class Participant:
         return track.info
 
     def allows(self, subscriber: Participant, track_sid: str) -> bool:
-        """Whether this publisher's SubscriptionPermission lets ``subscriber`` have the track
-        (LiveKit: everyone unless restricted; recorders are exempt)."""
-        permission = self.subscription_permission
-        if permission is None or permission.all_participants or subscriber.grant.recorder:
-            return True
-        for entry in permission.track_permissions:
-            if subscriber.sid == entry.participant_sid or (
-                entry.participant_identity and entry.participant_identity == subscriber.identity
-            ):
-                return entry.all_tracks or track_sid in entry.track_sids
-        return False
+        return permission_allows(self.subscription_permission, subscriber, track_sid)
 
     def subscribe_to(
         self, publisher: TrackOwner, track: PublishedTrack, *, negotiate: bool

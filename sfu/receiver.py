@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from livekit.protocol import models
 
@@ -40,6 +40,15 @@ VIDEO_CACHE, AUDIO_CACHE = 500, 200
 RTCP_SENDER_SSRC = 1
 #: REMB floor, start and ceiling (``sfu/buffer.py RembEstimator``).
 REMB_MIN_BPS, REMB_START_BPS, REMB_MAX_BPS = 150_000, 1_000_000, 10_000_000
+
+
+class RelayTap(Protocol):
+    """Where a forwarded track's packets also go: a room on another node
+    (``sfu/remote_forward.py``)."""
+
+    def media(self, packet: bytes, spatial: int) -> None: ...
+
+    def sender_report(self, spatial: int, ntp: int, rtp_timestamp: int) -> None: ...
 
 
 class TrackReceiver:
@@ -100,6 +109,8 @@ class TrackReceiver:
         self.firs = 0
         self.bitrate = 0
         """bps received, smoothed over a few ticks (what a subscriber of this stream costs)."""
+        self.relay: RelayTap | None = None
+        """Also sends every packet to another node while the track is forwarded there."""
 
     def subscriber_bound(self) -> None:
         if not self._ever_subscribed:
@@ -157,6 +168,8 @@ class TrackReceiver:
         if self.stats.highest > highest + 1 and highest >= 0:
             self._nack(self.stats.nacks_due())
         self.cache.put(sequence, packet)
+        if self.relay is not None:
+            self.relay.media(packet, self.spatial)
         timestamp = rtp.timestamp(packet)
         if self.audio_level is not None and extension >= 0:
             self._observe_level(packet, extension, header, timestamp)
@@ -208,6 +221,8 @@ class TrackReceiver:
         self.stats.last_sr_ntp = ntp
         self.stats.last_sr_rtp = rtp_timestamp
         self.stats.last_sr_arrival = now
+        if self.relay is not None:
+            self.relay.sender_report(self.spatial, ntp, rtp_timestamp)
         for downtrack in self.downtracks.values():
             downtrack.sender_report(ntp, rtp_timestamp)
 

@@ -87,7 +87,7 @@ class SimulcastTrack:
         # It starts on a keyframe, so its first packet needs no keyframe request of its own.
         downtrack.needs_keyframe = False
         self.next_check = 0.0
-        self._update_dynacast(now)
+        self.update_dynacast(now)
 
     def unsubscribe(self, subscriber_sid: str) -> None:
         self._subscribers.pop(subscriber_sid, None)
@@ -101,7 +101,7 @@ class SimulcastTrack:
         if entry is not None and entry[1].max_layer != max_layer:
             entry[1].max_layer = max_layer
             self.next_check = 0.0
-        self._update_dynacast(now)
+        self.update_dynacast(now)
 
     def set_allocated(self, subscriber_sid: str, layer: int) -> None:
         """The highest layer the subscriber's bandwidth allows now."""
@@ -121,7 +121,7 @@ class SimulcastTrack:
             for layer in range(self.layer_count)
         ]
 
-    def _update_dynacast(self, now: float) -> None:
+    def update_dynacast(self, now: float) -> None:
         wishes = (s.max_layer for d, s in self._subscribers.values() if not d.disabled)
         self.dynacast.update(wishes, now)
 
@@ -137,7 +137,7 @@ class SimulcastTrack:
     def check(self, now: float) -> None:
         """Sample which layers flow and move each subscriber's target accordingly."""
         self.next_check = now + CHECK_INTERVAL_S
-        self._update_dynacast(now)
+        self.update_dynacast(now)
         for spatial, receiver in self.receivers.items():
             self.activity.sample(spatial, receiver.stats.received, now)
         flowing = self.activity.flowing(now)
@@ -177,7 +177,7 @@ class SimulcastTrack:
         track (libwebrtc applies a REMB to the publisher's whole send rate, so a REMB sized
         for one layer would starve the others; none when ``remb`` is off: a publisher with
         transport-cc estimates for itself); dynacast downgrades come due."""
-        self._update_dynacast(now)
+        self.update_dynacast(now)
         bitrate, worst_loss, ssrcs = 0, 0, []
         for receiver in self.receivers.values():
             fraction, received_bps = receiver.tick(now, remb=False)

@@ -64,7 +64,7 @@ class SvcTrack:
         self._subscribers[subscriber_sid] = (downtrack, SvcSubscriber(max_layer))
         downtrack.needs_keyframe = False  # it starts on a keyframe anyway
         self.next_check = 0.0
-        self._update_dynacast(now)
+        self.update_dynacast(now)
 
     def unsubscribe(self, subscriber_sid: str) -> None:
         self._subscribers.pop(subscriber_sid, None)
@@ -76,7 +76,7 @@ class SvcTrack:
         if entry is not None:
             entry[1].max_layer = max_layer
             self.next_check = 0.0
-        self._update_dynacast(now)
+        self.update_dynacast(now)
 
     def max_layer_for(self, quality: int, width: int, height: int) -> int:
         return max_layer_for(self.info, SPATIAL_LAYERS, quality, width, height)
@@ -134,7 +134,7 @@ class SvcTrack:
     def _check(self, receiver: TrackReceiver, now: float) -> None:
         """Every check interval: a keyframe for whoever waits to move up, and dynacast."""
         self.next_check = now + CHECK_INTERVAL_S
-        self._update_dynacast(now)
+        self.update_dynacast(now)
         waiting = any(
             downtrack.bound and downtrack.enabled and state.max_layer > state.current
             for downtrack, state in self._subscribers.values()
@@ -145,8 +145,8 @@ class SvcTrack:
     # --- dynacast ----------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        self._update_dynacast(now)
+        self.update_dynacast(now)
 
-    def _update_dynacast(self, now: float) -> None:
+    def update_dynacast(self, now: float) -> None:
         wishes = (s.max_layer for d, s in self._subscribers.values() if not d.disabled)
         self.dynacast.update(wishes, now)

@@ -360,6 +360,7 @@ class ParticipantTracks:
         if receiver.media_ssrc:
             layer = TrackReceiver(receiver.codec, ssrc, self._publisher.send_rtcp, red=receiver.red)
             layer.on_first_subscriber = receiver.on_first_subscriber
+            layer.relay = receiver.relay
             self._counters.add_receiver(layer)
         else:
             layer, receiver.media_ssrc = receiver, ssrc

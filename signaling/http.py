@@ -25,7 +25,7 @@ from protocol.token import Claims, refresh_token
 from routing.node import NodeState
 from routing.router import Router, RoutingError
 from routing.store import STORE_ERRORS
-from sfu.endpoint import Endpoints
+from sfu.endpoint import Endpoints, media_bind_address
 from sfu.participant import JoinParams, Participant, is_dependent
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
@@ -35,6 +35,8 @@ from signaling.agent_cluster import AgentCluster
 from signaling.agents import AgentService
 from signaling.auth import ConnectRequest, HttpError, validate_connect
 from signaling.forward import ApiForwarder
+from signaling.forward_cluster import SERVICE as FORWARDS_SERVICE
+from signaling.forward_cluster import ForwardCluster
 from signaling.ice_servers import ice_servers
 from signaling.participant_moves import ParticipantMoves
 from signaling.relay import relay_to_host
@@ -84,6 +86,7 @@ class SignalingContext:
 
 CONTEXT = web.AppKey("signaling_context", SignalingContext)
 FORWARDER = web.AppKey("api_forwarder", ApiForwarder)
+FORWARDS = web.AppKey("forward_cluster", ForwardCluster)
 
 
 @web.middleware
@@ -437,7 +440,14 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
     store = ctx.router.store
     service = RoomService(ctx.rooms, ctx.config, store.list_rooms, ctx.publish_room)
     limit = ctx.config.limit.max_room_name_length
-    moves = ParticipantMoves(ctx.rooms, partial(_place_room, ctx), limit)
+    forwards = ForwardCluster(
+        ctx.router,
+        ctx.rooms,
+        media_bind_address(ctx.config.bind_addresses),
+        ctx.router.node.ip,
+    )
+    app[FORWARDS] = forwards
+    moves = ParticipantMoves(ctx.rooms, partial(_place_room, ctx), limit, forwards.forward)
     more = {
         "MoveParticipant": twirp_handler(moves.move_participant),
         "ForwardParticipant": twirp_handler(moves.forward_participant),
@@ -454,4 +464,10 @@ def add_routes(app: web.Application, ctx: SignalingContext) -> None:
         cluster = AgentCluster(ctx.router, ctx.agents)
         ctx.agents.cluster = cluster
         forwarder.internal[AGENTS_SERVICE] = cluster.serve
+    forwarder.internal[FORWARDS_SERVICE] = forwards.serve
+
+    async def close_forwards(app: web.Application) -> None:
+        await forwards.close()
+
+    app.on_cleanup.append(close_forwards)
     add_twirp_routes(app, twirp)

@@ -9,9 +9,8 @@ made on that node.
   source's tracks (``sfu/forwarding.py``).
 - Destination on another node: a moved participant gets ``room_moved`` with a token for the
   new room, then a leave asking it to reconnect; its client joins the new room through the
-  cluster, republishing its tracks. Forwarding needs the media on the node of the
-  destination room, which only that one node has, so it is refused with
-  ``failed_precondition``.
+  cluster, republishing its tracks. A forward relays the participant's media to that node
+  (``signaling/forward_cluster.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Where a room is hosted: None when on this node (made here when new), else the node's id.
 RoomPlacer = Callable[[str], Awaitable[str | None]]
+#: Forwards (source room, participant) to a room (by name) on another node (by id).
+RemoteForwarder = Callable[[Room, Participant, str, str], Awaitable[None]]
 
 
 class ParticipantMoves:
@@ -44,14 +45,20 @@ class ParticipantMoves:
     :param place: finds or makes the destination room's node; the default keeps everything
         on this node (no cluster).
     :param max_room_name: ``limit.max_room_name_length``, for the destination's name too.
+    :param forward_across: forwards to a room of another node (None: no cluster).
     """
 
     def __init__(
-        self, rooms: RoomManager, place: RoomPlacer | None = None, max_room_name: int = 256
+        self,
+        rooms: RoomManager,
+        place: RoomPlacer | None = None,
+        max_room_name: int = 256,
+        forward_across: RemoteForwarder | None = None,
     ) -> None:
         self.rooms = rooms
         self._place = place
         self._max_room_name = max_room_name
+        self._forward_across = forward_across
 
     async def move_participant(
         self, claims: Claims, request: room.MoveParticipantRequest
@@ -77,11 +84,10 @@ class ParticipantMoves:
             raise TwirpError("invalid_argument", "destination room is required")
         host = await self._host_of(destination_name)
         if host is not None:
-            raise TwirpError(
-                "failed_precondition",
-                f"destination room is hosted on node {host}; "
-                "participants are forwarded only between rooms of one node",
-            )
+            if self._forward_across is None:
+                raise TwirpError("unavailable", f"destination room is on node {host}")
+            await self._forward_across(source, participant, destination_name, host)
+            return room.ForwardParticipantResponse()
         destination = self._local_room(destination_name)
         try:
             source.forwards.forward(participant, destination)

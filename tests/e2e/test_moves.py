@@ -13,7 +13,14 @@ from livekit import api, rtc
 from tests.e2e.harness import API_KEY, API_SECRET, ServerProcess
 from tests.e2e.sdk import EventLog, connect, wait_until
 from tests.e2e.test_cluster import node_id_of, server_api
-from tests.e2e.test_media import SAMPLE_RATE, TONE_HZ, dominant_frequency, hear, publishing_tone
+from tests.e2e.test_media import (
+    SAMPLE_RATE,
+    TONE_HZ,
+    dominant_frequency,
+    hear,
+    publishing_colour,
+    publishing_tone,
+)
 
 pytestmark = pytest.mark.sdk
 
@@ -190,13 +197,6 @@ async def test_move_to_a_room_on_another_node_reconnects_there(
     try:
         async with publishing_tone(mover):
             async with admin_api(second, "x-from", "x-to") as lk:
-                with pytest.raises(api.TwirpError) as caught:
-                    await lk.room.forward_participant(
-                        api.ForwardParticipantRequest(
-                            room="x-from", identity="mover", destination_room="x-to"
-                        )
-                    )
-                assert caught.value.code == "failed_precondition"
                 await lk.room.move_participant(
                     api.MoveParticipantRequest(
                         room="x-from", identity="mover", destination_room="x-to"
@@ -210,4 +210,113 @@ async def test_move_to_a_room_on_another_node_reconnects_there(
                 assert await identities(lk, "x-from") == set()
     finally:
         await mover.disconnect()
+        await watcher.disconnect()
+
+
+async def widest_frame(track: rtc.Track, width: int, within_s: float) -> int:
+    """The width of the first frame at least ``width`` wide, or the widest seen in time."""
+    stream = rtc.VideoStream(track)
+    widest = 0
+    try:
+        async with asyncio.timeout(within_s):
+            async for event in stream:
+                widest = max(widest, event.frame.width)
+                if widest >= width:
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        await stream.aclose()
+    return widest
+
+
+async def forward(lk: api.LiveKitAPI, room: str, identity: str, destination: str) -> None:
+    await lk.room.forward_participant(
+        api.ForwardParticipantRequest(room=room, identity=identity, destination_room=destination)
+    )
+
+
+async def test_forward_to_a_room_on_another_node_relays_its_media(
+    nodes: Callable[..., ServerProcess],
+) -> None:
+    """The source's audio, a simulcast camera it publishes later (up to its top layer),
+    its metadata and its unpublishing reach the copy on the other node; removing the copy
+    there, and the source leaving, end the forward on both nodes."""
+    first, second = nodes(), nodes()
+    async with server_api(first) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name="xf-from", node_id=node_id_of(first)))
+        await lk.room.create_room(api.CreateRoomRequest(name="xf-to", node_id=node_id_of(second)))
+    source = await connect(first, "source", "xf-from", can_update_own_metadata=True)
+    watcher = await connect(second, "watcher", "xf-to")
+    subscribed = EventLog(watcher, "track_subscribed")
+    unsubscribed = EventLog(watcher, "track_unsubscribed")
+    metadata = EventLog(watcher, "participant_metadata_changed")
+    gone = EventLog(watcher, "participant_disconnected")
+    video = rtc.TrackKind.KIND_VIDEO
+    try:
+        async with publishing_tone(source):
+            # Asked of the destination's node: the call is routed to the source room's.
+            async with admin_api(second, "xf-from", "xf-to") as lk:
+                await forward(lk, "xf-from", "source", "xf-to")
+                with pytest.raises(api.TwirpError) as caught:
+                    await forward(lk, "xf-from", "source", "xf-to")
+                assert caught.value.code == "already_exists"
+            await wait_until(lambda: "source" in watcher.remote_participants)
+            copy = watcher.remote_participants["source"]
+            assert rtc.ParticipantKindDetail.PARTICIPANT_KIND_DETAIL_FORWARDED in copy.kind_details
+            assert await hears_tone(await subscribed_from(subscribed, "source"))
+            async with publishing_colour(source, simulcast=True, size=(640, 360)) as published:
+                camera, _, _ = await subscribed.wait_for(lambda e: e[0].kind == video)
+                assert await widest_frame(camera, 640, within_s=20) == 640
+                await source.local_participant.unpublish_track(published.sid)
+            await unsubscribed.wait_for(lambda e: e[0].kind == video)
+            await source.local_participant.set_metadata("changed at the source")
+            await metadata.wait_for(lambda e: e[2] == "changed at the source")
+            async with admin_api(second, "xf-to", "") as lk:
+                assert await identities(lk, "xf-to") == {"source", "watcher"}
+                await lk.room.remove_participant(
+                    api.RoomParticipantIdentity(room="xf-to", identity="source")
+                )
+            await gone.wait_for(lambda p: p.identity == "source")
+            # The source's node heard of it: the same forward can be made again.
+            async with admin_api(first, "xf-from", "xf-to") as lk:
+                for _ in range(50):
+                    try:
+                        await forward(lk, "xf-from", "source", "xf-to")
+                        break
+                    except api.TwirpError as exc:
+                        assert exc.code == "already_exists"
+                        await asyncio.sleep(0.1)
+                else:
+                    pytest.fail("the source's node still holds the removed forward")
+            await wait_until(lambda: "source" in watcher.remote_participants)
+        await source.disconnect()
+        await wait_until(lambda: "source" not in watcher.remote_participants, within_s=15)
+    finally:
+        await source.disconnect()
+        await watcher.disconnect()
+
+
+async def test_a_forward_ends_when_the_source_node_dies(
+    nodes: Callable[..., ServerProcess],
+) -> None:
+    """The destination's node notices the source's node is gone from the cluster and the copy
+    leaves its room, as LiveKit removes participants of a dead node."""
+    first, second = nodes(), nodes()
+    async with server_api(first) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name="xd-from", node_id=node_id_of(first)))
+        await lk.room.create_room(api.CreateRoomRequest(name="xd-to", node_id=node_id_of(second)))
+    source = await connect(first, "source", "xd-from")
+    watcher = await connect(second, "watcher", "xd-to")
+    try:
+        async with publishing_tone(source):
+            async with admin_api(first, "xd-from", "xd-to") as lk:
+                await forward(lk, "xd-from", "source", "xd-to")
+            await wait_until(lambda: "source" in watcher.remote_participants)
+            first.proc.kill()
+            first.proc.wait()
+            await wait_until(lambda: "source" not in watcher.remote_participants, within_s=20)
+            assert watcher.isconnected()
+    finally:
+        await source.disconnect()
         await watcher.disconnect()

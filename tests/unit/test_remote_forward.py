@@ -1,0 +1,254 @@
+"""ForwardParticipant across nodes without a network: the source's link and the destination's
+copy joined by two relay objects that hand each other their datagrams."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+from typing import Any, cast
+
+import pytest
+from livekit.protocol import models
+
+from protocol import rtcp
+from protocol.sdp_media import Codec
+from routing.router import Router, RpcRequest
+from sfu.media_relay import MEDIA, MediaRelay, header
+from sfu.participant import Participant
+from sfu.receiver import PublishedTrack, TrackReceiver
+from sfu.remote_forward import RemoteCopy, RemoteLink, TrackOffer, encode_message
+from sfu.room import Room, RoomSettings
+from sfu.rooms import RoomManager
+from sfu.simulcast_track import SimulcastTrack
+from signaling.forward_cluster import ForwardCluster
+from tests.unit.test_room import _join
+
+VP8 = Codec(96, "video/VP8", 90000, rtcp_fb=("nack", "nack pli"))
+OPUS = Codec(111, "audio/opus", 48000, 2)
+SESSION = b"\x01\x02\x03\x04\x05\x06\x07\x08"
+
+
+class Control:
+    """A control channel that records what it is asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.closed = False
+
+    def send(self, method: str, body: dict[str, Any]) -> None:
+        self.sent.append((method, body))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def methods(self) -> list[str]:
+        return [method for method, _ in self.sent]
+
+
+def _wire(first: MediaRelay, second: MediaRelay) -> None:
+    """Each relay's datagrams reach the other at once."""
+    first.address, second.address = ("10.0.0.1", 1001), ("10.0.0.2", 1002)
+    first.send = lambda datagram, to: second.datagram_received(datagram, ("10.0.0.1", 1001))  # type: ignore[method-assign]
+    second.send = lambda datagram, to: first.datagram_received(datagram, ("10.0.0.2", 1002))  # type: ignore[method-assign]
+
+
+def _packet(sequence: int, ssrc: int, pt: int = 96) -> bytes:
+    return struct.pack("!BBHII", 0x80, pt, sequence, sequence * 3000, ssrc) + b"frame"
+
+
+def _track(sid: str, codec: Codec, ssrc: int, rtcp_out: list[bytes]) -> PublishedTrack:
+    info = models.TrackInfo(sid=sid, type=models.TrackType.VIDEO, mime_type=codec.mime)
+    return PublishedTrack(info=info, receiver=TrackReceiver(codec, ssrc, rtcp_out.append))
+
+
+class Pair:
+    """A source participant's link and its copy on the 'other node'."""
+
+    def __init__(self, participant: Participant, source_room: Room) -> None:
+        self.source_relay = MediaRelay(clock=lambda: 1.0)
+        self.destination_relay = MediaRelay(clock=lambda: 1.0)
+        _wire(self.source_relay, self.destination_relay)
+        self.to_destination, self.to_source = Control(), Control()
+        self.link = RemoteLink(
+            SESSION,
+            participant,
+            source_room,
+            "to",
+            self.source_relay,
+            self.to_destination,
+            clock=lambda: 100.0,
+        )
+        body = self.link.open_body("to", "ND_source")
+        info = models.ParticipantInfo()
+        info.ParseFromString(base64.b64decode(body["info"]))
+        self.copy = RemoteCopy(
+            SESSION,
+            info,
+            self.destination_relay,
+            self.source_relay.address,
+            self.to_source,
+            dynacast_delay=5.0,
+        )
+        for offer in body["tracks"]:
+            self.copy.add_track(TrackOffer.from_json(json.loads(json.dumps(offer))))
+        self.destination_relay.sessions[SESSION] = self.copy
+        self.link.start(self.destination_relay.address)
+
+
+async def test_media_reaches_the_copy_and_its_requests_reach_the_publisher() -> None:
+    room = Room(name="from", sid="RM_from", settings=RoomSettings(), now=0.0)
+    source, _ = await _join(room, "source")
+    to_publisher: list[bytes] = []
+    camera = _track("TR_cam", VP8, 5555, to_publisher)
+    source.tracks.published[camera.sid] = camera
+    pair = Pair(source, room)
+    copy_track = pair.copy.published["TR_cam"]
+    copied = copy_track.receiver
+    assert copied is not None and copy_track.info.sid == "TR_cam"
+    # Packets are relayed as they arrive, in every layer's receiver.
+    for sequence in (1, 2, 4):
+        camera.receivers()[0].on_packet(_packet(sequence, 5555), 100.0)
+    assert [copied.cache.get(s) is not None for s in (1, 2, 3, 4)] == [True, True, False, True]
+    assert copied.media_ssrc == 5555
+    # The copy NACKed 3: the source answers from its cache; a keyframe request goes upstream.
+    assert copied.cache.get(3) is None
+    camera.receivers()[0].cache.put(3, _packet(3, 5555))
+    copied.send_rtcp(rtcp.nack(1, 5555, [3]))
+    assert copied.cache.get(3) == _packet(3, 5555)
+    copied.request_keyframe(200.0)
+    assert any(list(rtcp.keyframe_requests(p)) == [5555] for p in to_publisher)
+    # Sender Reports follow, for lip sync at the destination.
+    camera.receivers()[0].on_sender_report(0x1122334455667788, 1234, 100.0)
+    assert (copied.stats.last_sr_ntp, copied.stats.last_sr_rtp) == (0x1122334455667788, 1234)
+
+
+async def test_tracks_come_and_go_and_stopping_ends_the_relay() -> None:
+    room = Room(name="from", sid="RM_from", settings=RoomSettings(), now=0.0)
+    source, _ = await _join(room, "source")
+    pair = Pair(source, room)
+    assert pair.copy.published == {}
+    mic = _track("TR_mic", OPUS, 7777, [])
+    mic.info.type = models.TrackType.AUDIO
+    source.tracks.published[mic.sid] = mic
+    pair.link.track_published(source, mic)
+    method, body = pair.to_destination.sent[-1]
+    assert method == "Publish"
+    pair.copy.add_track(TrackOffer.from_json(body["track"]))
+    mic.receivers()[0].on_packet(_packet(9, 7777, pt=111), 1.0)
+    copied = pair.copy.published["TR_mic"].receiver
+    assert copied is not None and copied.cache.get(9) is not None
+    pair.link.track_unpublished(source, mic)
+    assert pair.to_destination.methods()[-1] == "Unpublish"
+    assert mic.receivers()[0].relay is None
+    pair.link.track_published(source, mic)
+    pair.link.stop()
+    assert pair.to_destination.methods()[-1] == "Stop" and pair.to_destination.closed
+    assert mic.receivers()[0].relay is None
+    assert SESSION not in pair.source_relay.sessions
+    pair.link.stop()
+    assert pair.to_destination.methods().count("Stop") == 1
+
+
+async def test_simulcast_layers_and_dynacast_across_nodes() -> None:
+    room = Room(name="from", sid="RM_from", settings=RoomSettings(), now=0.0)
+    source, _ = await _join(room, "source")
+    to_publisher: list[bytes] = []
+    camera = _track("TR_sim", VP8, 100, to_publisher)
+    camera.simulcast = SimulcastTrack(["q", "h", "f"], camera.info)
+    for spatial, ssrc in enumerate((100, 200, 300)):
+        receiver = (
+            camera.receiver if spatial == 0 else TrackReceiver(VP8, ssrc, to_publisher.append)
+        )
+        assert receiver is not None
+        camera.simulcast.add_layer(spatial, receiver)
+    source.tracks.published[camera.sid] = camera
+    pair = Pair(source, room)
+    # Until the destination says otherwise, every layer is wanted for it.
+    assert camera.simulcast.dynacast.remote == {SESSION.hex(): 2}
+    camera.simulcast.receivers[2].on_packet(_packet(5, 300), 1.0)
+    copied = pair.copy.published["TR_sim"].simulcast
+    assert copied is not None and set(copied.receivers) == {2}
+    assert copied.receivers[2].media_ssrc == 300
+    camera.simulcast.receivers[0].on_packet(_packet(6, 100), 1.0)
+    assert set(copied.receivers) == {0, 2}
+    # Nobody subscribes at the destination: after the pause delay it asks for no layers.
+    copied.update_dynacast(10.0)
+    copied.update_dynacast(16.0)
+    method, body = pair.to_source.sent[-1]
+    assert (method, body["sid"], body["top"]) == ("Layers", "TR_sim", -1)
+    pair.link.want_layers("TR_sim", body["top"])
+    assert camera.simulcast.dynacast.remote == {SESSION.hex(): -1}
+    pair.link.stop()
+    assert camera.simulcast.dynacast.remote == {}
+
+
+def test_offers_round_trip_and_bad_ones_are_refused() -> None:
+    info = models.TrackInfo(sid="TR_x", name="cam", width=640)
+    offer = TrackOffer(3, info, VP8, red=None, rids=("q", "h"), svc=False)
+    assert TrackOffer.from_json(json.loads(json.dumps(offer.to_json()))) == offer
+    good = offer.to_json()
+    bad: object
+    for bad in (
+        [],
+        {**good, "index": -1},
+        {**good, "index": "1"},
+        {**good, "info": "not base64!"},
+        {**good, "codec": {"mime": "video/VP8"}},
+        {**good, "rids": [1]},
+    ):
+        with pytest.raises(ValueError):
+            TrackOffer.from_json(bad)
+
+
+def test_the_relay_drops_what_it_cannot_place() -> None:
+    relay = MediaRelay(clock=lambda: 5.0)
+    seen: list[tuple[int, int, int, bytes]] = []
+
+    class Endpoint:
+        def on_relay(self, kind: int, index: int, spatial: int, body: bytes, now: float) -> None:
+            seen.append((kind, index, spatial, body))
+
+    relay.sessions[SESSION] = Endpoint()
+    for junk in (
+        b"",
+        b"\x01",
+        header(MEDIA, b"\x00" * 8, 1) + b"\x00rtp",
+        b"\x09" + SESSION + b"\x00" * 3,
+    ):
+        relay.datagram_received(junk, ("10.0.0.9", 9))
+    assert relay.dropped == 4 and seen == []
+    relay.datagram_received(header(MEDIA, SESSION, 258) + b"\x02rtp", ("10.0.0.9", 9))
+    assert seen == [(MEDIA, 258, 2, b"rtp")]
+
+
+async def test_calls_that_cannot_be_read_are_refused() -> None:
+    cluster = ForwardCluster(
+        cast(Router, None), RoomManager(RoomSettings(), auto_create=True), "127.0.0.1", ""
+    )
+
+    async def call(method: str, body: object) -> tuple[int, str]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        response = await cluster.serve(RpcRequest("reply", "forwards", method, "", raw))
+        return response.status, json.loads(response.body).get("code", "")
+
+    info = encode_message(models.ParticipantInfo(identity="someone"))
+    open_body = {"session": SESSION.hex(), "room": "to", "source_node": "ND_1", "tracks": []}
+    assert await call("Open", b"\xff") == (400, "malformed")
+    assert await call("Open", [1]) == (400, "malformed")
+    assert await call("Open", {**open_body, "session": "abcd"}) == (400, "malformed")
+    assert await call("Open", {**open_body, "relay": ["10.0.0.1", 70000], "info": info}) == (
+        400,
+        "malformed",
+    )
+    assert await call("Open", {**open_body, "relay": ["10.0.0.1", 7], "info": "AA=="}) == (
+        400,
+        "malformed",
+    )
+    assert await call("Update", {"session": SESSION.hex(), "info": info}) == (404, "not_found")
+    assert await call("Layers", {"session": SESSION.hex(), "sid": "TR", "top": 1}) == (
+        404,
+        "not_found",
+    )
+    await asyncio.sleep(0)
