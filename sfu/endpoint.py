@@ -135,7 +135,7 @@ class Endpoints:
                 continue
             bound = int(transport.get_extra_info("sockname")[1])
             if not dedicated:
-                _grow_buffers(transport.get_extra_info("socket"), bound)
+                grow_buffers(transport.get_extra_info("socket"), bound)
             return Endpoint(
                 self.registry,
                 mux,
@@ -156,7 +156,7 @@ class Endpoints:
             await self._tcp_server.wait_closed()
 
 
-def _grow_buffers(sock: socket.socket | None, port: int) -> None:
+def grow_buffers(sock: socket.socket | None, port: int) -> None:
     """Ask for :data:`SHARED_SOCKET_BUFFER` each way; warn, as LiveKit does, when the kernel
     grants less (raise net.core.rmem_max / wmem_max, or run with CAP_NET_ADMIN)."""
     if sock is None:

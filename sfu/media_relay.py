@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from sfu.endpoint import grow_buffers
 from sfu.ice import MALFORMED
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class MediaRelay(asyncio.DatagramProtocol):
             )
             self._transport = transport
             port = transport.get_extra_info("sockname")[1]
+            # A node's worth of forwarded streams arrives here in bursts (keyframes).
+            grow_buffers(transport.get_extra_info("socket"), port)
             # A socket bound to one address is reached there; else at the node's IP.
             wildcard = bind_host in ("0.0.0.0", "::")
             self.address = (advertised_ip or "127.0.0.1" if wildcard else bind_host, port)
