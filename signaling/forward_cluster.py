@@ -155,17 +155,14 @@ class ForwardCluster:
             response = await control.call("Open", body)
         except RoutingError as exc:
             self._link_lost(session)
-            control.close()
             raise TwirpError("unavailable", str(exc)) from None
         if response.status != 200:
             self._link_lost(session)
-            control.close()
             raise error_from_json(response.status, response.body)
         try:
             peer = _address(json.loads(response.body).get("relay"))
         except (ValueError, AttributeError) as exc:
             self._link_lost(session)
-            control.close()
             raise TwirpError("internal", f"node {host} answered: {exc}") from None
         if not link.ended:
             link.start(peer)
@@ -177,6 +174,7 @@ class ForwardCluster:
         if link is None or source is None:
             return
         link.end()
+        link.control.close()
         source.forwards.unlink(link.participant.identity, link.destination)
 
     # --- serving the other nodes' calls --------------------------------------------------

@@ -7,14 +7,20 @@ import asyncio
 import base64
 import json
 import struct
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 from livekit.protocol import models
 
+from config.schema import NodeSelectorConfig
 from protocol import rtcp
 from protocol.sdp_media import Codec
+from routing.bus import LocalBus
+from routing.node import NodeInfo, NodeStats
 from routing.router import Router, RpcRequest
+from routing.store import LocalStore
 from sfu.media_relay import MEDIA, MediaRelay, header
 from sfu.participant import Participant
 from sfu.receiver import PublishedTrack, TrackReceiver
@@ -23,10 +29,13 @@ from sfu.room import Room, RoomSettings
 from sfu.rooms import RoomManager
 from sfu.simulcast_track import SimulcastTrack
 from signaling.forward_cluster import ForwardCluster
+from signaling.twirp import TwirpError
 from tests.unit.test_room import _join
 
 VP8 = Codec(96, "video/VP8", 90000, rtcp_fb=("nack", "nack pli"))
 OPUS = Codec(111, "audio/opus", 48000, 2)
+FORWARDED = models.ParticipantInfo.KindDetail.FORWARDED
+DISCONNECTED = models.ParticipantInfo.State.DISCONNECTED
 SESSION = b"\x01\x02\x03\x04\x05\x06\x07\x08"
 
 
@@ -252,3 +261,60 @@ async def test_calls_that_cannot_be_read_are_refused() -> None:
         "not_found",
     )
     await asyncio.sleep(0)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 - the state polled has no event to await
+            await asyncio.sleep(0.01)
+
+
+async def test_two_nodes_open_follow_and_end_a_forward() -> None:
+    """Two nodes on one in-process bus, real relay sockets on loopback: the calls in both
+    directions, and no task left once the forward is over."""
+    store, bus = LocalStore(), LocalBus()
+    routers = [
+        Router(NodeInfo(id=n), store, bus, NodeSelectorConfig(), lambda: NodeStats(time.time()))
+        for n in ("ND_1", "ND_2")
+    ]
+    managers = [RoomManager(RoomSettings(), auto_create=True) for _ in routers]
+    clusters = [
+        ForwardCluster(r, m, "127.0.0.1", "") for r, m in zip(routers, managers, strict=True)
+    ]
+    for router, cluster in zip(routers, clusters, strict=True):
+        await router.start(cluster.serve)
+    try:
+        source_room = managers[0].get_or_create("from", may_create=True)
+        destination = managers[1].get_or_create("to", may_create=True)
+        source, _ = await _join(source_room, "source")
+        _, watcher_sink = await _join(destination, "watcher")
+        tasks = len(asyncio.all_tasks())
+        await clusters[0].forward(source_room, source, "to", "ND_2")
+        with pytest.raises(TwirpError) as refused:
+            await clusters[0].forward(source_room, source, "to", "ND_2")
+        assert refused.value.code == "already_exists"
+        copy = destination.forwards.incoming["source"]
+        assert FORWARDED in copy.to_info().kind_details
+        mic = _track("TR_mic", OPUS, 7777, [])
+        source.tracks.published[mic.sid] = mic
+        source_room.on_track_published(source, mic)
+        await _until(lambda: "TR_mic" in copy.published)
+        mic.receivers()[0].on_packet(_packet(3, 7777, pt=111), 1.0)
+        relayed = copy.published["TR_mic"].receiver
+        assert relayed is not None
+        await _until(lambda: relayed.cache.get(3) is not None)
+        # Removed at the destination: the source's node stops relaying and forgets it.
+        destination.forwards.stop("source")
+        await _until(lambda: not source_room.forwards.outgoing)
+        assert mic.receivers()[0].relay is None
+        assert any(
+            p.identity == "source" and p.state == DISCONNECTED
+            for r in watcher_sink.of("update")
+            for p in r.update.participants
+        )
+        await _until(lambda: len(asyncio.all_tasks()) <= tasks)
+    finally:
+        for cluster in clusters:
+            await cluster.close()
+        for router in routers:
+            await router.stop()
