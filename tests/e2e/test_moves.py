@@ -52,6 +52,18 @@ def subscribed_from(log: EventLog, identity: str) -> asyncio.Future[rtc.Track]:
     return asyncio.ensure_future(wait())
 
 
+async def rooms_on_two_nodes(
+    nodes: Callable[..., ServerProcess], first_room: str, second_room: str
+) -> tuple[ServerProcess, ServerProcess]:
+    """Two nodes of one cluster, ``first_room`` made on the first and ``second_room`` on the
+    second."""
+    first, second = nodes(), nodes()
+    async with server_api(first) as lk:
+        for node, name in ((first, first_room), (second, second_room)):
+            await lk.room.create_room(api.CreateRoomRequest(name=name, node_id=node_id_of(node)))
+    return first, second
+
+
 async def identities(lk: api.LiveKitAPI, room: str) -> set[str]:
     listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
     return {p.identity for p in listed.participants}
@@ -186,10 +198,7 @@ async def test_forward_participant_until_removed_or_gone(server: ServerProcess) 
 async def test_move_to_a_room_on_another_node_reconnects_there(
     nodes: Callable[..., ServerProcess],
 ) -> None:
-    first, second = nodes(), nodes()
-    async with server_api(first) as lk:
-        await lk.room.create_room(api.CreateRoomRequest(name="x-from", node_id=node_id_of(first)))
-        await lk.room.create_room(api.CreateRoomRequest(name="x-to", node_id=node_id_of(second)))
+    first, second = await rooms_on_two_nodes(nodes, "x-from", "x-to")
     mover = await connect(first, "mover", "x-from")
     watcher = await connect(second, "watcher", "x-to")
     moved = EventLog(mover, "moved")
@@ -242,10 +251,7 @@ async def test_forward_to_a_room_on_another_node_relays_its_media(
     """The source's audio, a simulcast camera it publishes later (up to its top layer),
     its metadata and its unpublishing reach the copy on the other node; removing the copy
     there, and the source leaving, end the forward on both nodes."""
-    first, second = nodes(), nodes()
-    async with server_api(first) as lk:
-        await lk.room.create_room(api.CreateRoomRequest(name="xf-from", node_id=node_id_of(first)))
-        await lk.room.create_room(api.CreateRoomRequest(name="xf-to", node_id=node_id_of(second)))
+    first, second = await rooms_on_two_nodes(nodes, "xf-from", "xf-to")
     source = await connect(first, "source", "xf-from", can_update_own_metadata=True)
     watcher = await connect(second, "watcher", "xf-to")
     subscribed = EventLog(watcher, "track_subscribed")
@@ -302,10 +308,7 @@ async def test_a_forward_ends_when_the_source_node_dies(
 ) -> None:
     """The destination's node notices the source's node is gone from the cluster and the copy
     leaves its room, as LiveKit removes participants of a dead node."""
-    first, second = nodes(), nodes()
-    async with server_api(first) as lk:
-        await lk.room.create_room(api.CreateRoomRequest(name="xd-from", node_id=node_id_of(first)))
-        await lk.room.create_room(api.CreateRoomRequest(name="xd-to", node_id=node_id_of(second)))
+    first, second = await rooms_on_two_nodes(nodes, "xd-from", "xd-to")
     source = await connect(first, "source", "xd-from")
     watcher = await connect(second, "watcher", "xd-to")
     try:
