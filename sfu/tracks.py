@@ -5,36 +5,33 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from livekit.protocol import models, rtc
 
 from config.schema import AudioConfig
-from protocol import rtcp, rtp, sdp, sdp_media
+from protocol import rtcp, sdp, sdp_media
 from sfu.congestion import CongestionSettings, SubscriberBandwidth, carries_estimate
 from sfu.counters import NODE_COUNTERS, MediaCounters
 from sfu.downtrack import MID_EXTENSION_ID, MID_EXTENSION_URI, TWCC_EXTENSION_ID, DownTrack
 from sfu.dynacast import PAUSE_DELAY_S
-from sfu.fanout import extension_u16
+from sfu.ingest import PublisherIngest
 from sfu.limits import (
     MAX_TRACKS_PER_PARTICIPANT,
 )
 from sfu.quality import MAX_SCORE, mean_opinion, quality_of
-from sfu.receiver import RTCP_SENDER_SSRC, PublishedTrack, TrackReceiver
+from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.simulcast_track import SimulcastTrack
 from sfu.single_pc import Placement, SectionPlan, track_kind
 from sfu.speakers import AudioLevel
 from sfu.svc import SvcTrack
 from sfu.track_info import PublishError, track_info
 from sfu.transport import RtcConnection, SubscriberTransport
-from sfu.twcc import FEEDBACK_INTERVAL_S, FeedbackWriter
 
 logger = logging.getLogger(__name__)
 
 #: LiveKit refuses more than this many tracks announced but not yet negotiated.
 MAX_PENDING_TRACKS = 20
-#: SSRCs dropped unparsed per participant (streams that are neither media nor a layer).
-MAX_UNFORWARDED_SSRCS = 64
 #: Subscription settings kept per participant for tracks it has no downtrack of yet.
 MAX_KEPT_SETTINGS = 256
 
@@ -62,18 +59,8 @@ class ParticipantTracks:
         """cid -> track announced by AddTrackRequest, waiting for its m= section."""
         self.published: dict[str, PublishedTrack] = {}
         """track sid -> published track."""
-        self._by_ssrc: dict[int, TrackReceiver] = {}
-        self._unforwarded: dict[int, list[int]] = {}
-        """SSRCs not forwarded (other simulcast layers and their RTX) -> [packets counted]:
-        dropped at once instead of parsing their header extensions on every packet."""
-        self._by_mid: dict[str, PublishedTrack] = {}
-        self._mid_extension_id = 0
-        self._rid_extension_id = 0
-        self._repaired_rid_extension_id = 0
-        self._twcc_id = 0
-        """The publisher's transport-wide-cc extension id (0: not negotiated: REMB instead)."""
-        self._arrivals = FeedbackWriter()
-        self._next_feedback = 0.0
+        self.ingest = PublisherIngest(publisher, counters, clock)
+        """Where the publisher's packets find their receivers."""
         self.downtracks: dict[str, DownTrack] = {}
         """track sid -> this participant's downtrack of another participant's track."""
         self._downtrack_by_ssrc: dict[int, DownTrack] = {}
@@ -103,7 +90,7 @@ class ParticipantTracks:
         self._refused: set[str] = set()
         self.plan = SectionPlan() if subscriber is None else None
         """Single peer connection mode: which offered section carries which subscription."""
-        publisher.on_rtp = self._on_rtp
+        publisher.on_rtp = self.ingest.on_rtp
         if subscriber is None:
             self._subscriber_pc = publisher
             publisher.on_rtcp = self._on_rtcp
@@ -185,44 +172,23 @@ class ParticipantTracks:
             # Simulcast announced by SSRC (a=ssrc-group:SIM, no rids) is not told apart: its
             # first SSRC is forwarded to everyone.
             track.ssrcs = stream.ssrcs[:1] + ((stream.rtx[1],) if stream.rtx else ())
-            for ssrc in track.ssrcs:
-                self._by_ssrc[ssrc] = track.receiver
+            self.ingest.add(track)
             self._counters.add_receiver(track.receiver)
-            self._by_mid[stream.mid] = track
-            self._learn_extensions(stream.extensions)
+            self.ingest.learn_extensions(stream.extensions)
             self.published[track.sid] = track
             ready.append(track)
         return ready, removed
 
-    def _learn_extensions(self, extensions: Iterable[tuple[int, str]]) -> None:
-        for ident, uri in extensions:
-            if uri == sdp_media.MID_URI:
-                self._mid_extension_id = ident
-            elif uri == sdp_media.RID_URI:
-                self._rid_extension_id = ident
-            elif uri == sdp_media.REPAIRED_RID_URI:
-                self._repaired_rid_extension_id = ident
-            elif uri == sdp_media.TWCC_URI:
-                # The publisher's libwebrtc now estimates from our transport-cc feedback (and
-                # takes no REMB): LiveKit's TWCC responder on the publisher side.
-                self._twcc_id = ident
-
     def unpublish(self, track: PublishedTrack) -> None:
-        self._unforwarded.clear()
         self.published.pop(track.sid, None)
-        if self._by_mid.get(track.info.mid) is track:
-            del self._by_mid[track.info.mid]
-        for ssrc in track.ssrcs:
-            self._by_ssrc.pop(ssrc, None)
+        self.ingest.remove(track)
         for receiver in track.receivers():
             self._counters.retire_receiver(receiver)
 
     def unpublish_all(self) -> list[PublishedTrack]:
-        self._unforwarded.clear()
         tracks = list(self.published.values())
         self.published.clear()
-        self._by_ssrc.clear()
-        self._by_mid.clear()
+        self.ingest.clear()
         for track in tracks:
             for receiver in track.receivers():
                 self._counters.retire_receiver(receiver)
@@ -264,119 +230,6 @@ class ParticipantTracks:
         for track in self.published.values():
             for receiver in track.receivers():
                 self._counters.retire_receiver(receiver)
-
-    def _on_rtp(self, packet: bytes) -> None:
-        now = self._clock()
-        if self._twcc_id:
-            number = extension_u16(packet, self._twcc_id)
-            if number >= 0:
-                self._note_arrival(number, now)
-        ssrc = int.from_bytes(packet[8:12], "big")
-        receiver = self._by_ssrc.get(ssrc)
-        if receiver is None:
-            dropped = self._unforwarded.get(ssrc)
-            if dropped is not None:
-                dropped[0] += 1
-                return
-            receiver = self._adopt_ssrc(packet)
-        if receiver is not None:
-            receiver.on_packet(packet, now)
-
-    def _note_arrival(self, number: int, now: float) -> None:
-        """A publisher's transport-wide number arrived: its feedback goes out every
-        :data:`FEEDBACK_INTERVAL_S`, from the packet path (no timer: no packets, no feedback)."""
-        self._arrivals.on_packet(number, now)
-        if now >= self._next_feedback:
-            self._next_feedback = now + FEEDBACK_INTERVAL_S
-            media_ssrc = next(iter(self._by_ssrc), 0)
-            for feedback in self._arrivals.feedback(RTCP_SENDER_SSRC, media_ssrc):
-                self._publisher.send_rtcp(feedback)
-
-    def _adopt_ssrc(self, packet: bytes) -> TrackReceiver | None:
-        """An SSRC the SDP did not announce (rid-based simulcast): find its track by the mid
-        header extension, then forward it or drop it from now on."""
-        if not self._mid_extension_id:
-            return None
-        try:
-            extension, header, _ = rtp.header_end(packet)
-        except ValueError:
-            return None
-        if extension < 0:
-            return None
-        values = dict(rtp.extensions(packet, extension, header))
-        mid = values.get(self._mid_extension_id)
-        track = self._by_mid.get(mid.decode(errors="replace")) if mid else None
-        if track is None or track.receiver is None:
-            return None
-        receiver, ssrc, payload_type = track.receiver, rtp.ssrc(packet), rtp.payload_type(packet)
-        if track.simulcast is not None:
-            return self._adopt_layer(track, receiver, ssrc, payload_type, values)
-        media = payload_type in (receiver.codec.payload_type, receiver.red_payload_type)
-        if receiver.media_ssrc or not media:
-            self._drop_ssrc(ssrc, [0])
-            return None
-        receiver.media_ssrc = ssrc
-        track.ssrcs += (ssrc,)
-        self._by_ssrc[ssrc] = receiver
-        return receiver
-
-    def _adopt_layer(
-        self,
-        track: PublishedTrack,
-        receiver: TrackReceiver,
-        ssrc: int,
-        payload_type: int,
-        values: dict[int, bytes],
-    ) -> TrackReceiver | None:
-        """A new stream of a rid-simulcast track: a layer (by its rid) or a layer's RTX (by
-        its repaired rid, RFC 8852). RTX padding often arrives first (bandwidth probes): it
-        must never be taken for the media."""
-        simulcast = track.simulcast
-        assert simulcast is not None
-        if payload_type == track.rtx_payload_type:
-            rid = values.get(self._repaired_rid_extension_id, b"").decode(errors="replace")
-            spatial = simulcast.spatial_by_rid.get(rid)
-            if spatial is None:
-                self._drop_ssrc(ssrc, [0])
-                return None
-            layer = simulcast.receivers.get(spatial)
-            if layer is None:
-                return None  # its layer has not started: looked at again next time
-            layer.rtx = (payload_type, ssrc)
-            return self._route(track, ssrc, layer)
-        rid = values.get(self._rid_extension_id, b"").decode(errors="replace")
-        spatial = simulcast.spatial_by_rid.get(rid)
-        if spatial is None or payload_type not in (
-            receiver.codec.payload_type,
-            receiver.red_payload_type,
-        ):
-            self._drop_ssrc(ssrc, [0])  # not a layer announced, or not media: not parsed again
-            return None
-        layer = simulcast.receivers.get(spatial)
-        if layer is not None:
-            # The same rid on a new SSRC: the publisher restarted that layer's stream.
-            layer.switch_source(ssrc, layer.rtx, self._clock())
-            return self._route(track, ssrc, layer)
-        if receiver.media_ssrc:
-            layer = TrackReceiver(receiver.codec, ssrc, self._publisher.send_rtcp, red=receiver.red)
-            layer.on_first_subscriber = receiver.on_first_subscriber
-            layer.relay = receiver.relay
-            self._counters.add_receiver(layer)
-        else:
-            layer, receiver.media_ssrc = receiver, ssrc
-        simulcast.add_layer(spatial, layer)
-        _set_layer_ssrc(track.info, rid, ssrc)
-        logger.info("track %s: simulcast layer %r (spatial %d) started", track.sid, rid, spatial)
-        return self._route(track, ssrc, layer)
-
-    def _route(self, track: PublishedTrack, ssrc: int, receiver: TrackReceiver) -> TrackReceiver:
-        track.ssrcs += (ssrc,)
-        self._by_ssrc[ssrc] = receiver
-        return receiver
-
-    def _drop_ssrc(self, ssrc: int, counter: list[int]) -> None:
-        if len(self._unforwarded) < MAX_UNFORWARDED_SSRCS:
-            self._unforwarded[ssrc] = counter
 
     def _on_rtcp(self, packet: bytes) -> None:
         """One peer connection both ways: a compound packet may hold a publisher's Sender
@@ -467,7 +320,7 @@ class ParticipantTracks:
     def _on_publisher_rtcp(self, packet: bytes) -> None:
         now = self._clock()
         for ssrc, ntp, rtp_timestamp in rtcp.sender_reports(packet):
-            receiver = self._by_ssrc.get(ssrc)
+            receiver = self.ingest.by_ssrc.get(ssrc)
             if receiver is not None:
                 receiver.on_sender_report(ntp, rtp_timestamp, now)
 
@@ -475,7 +328,7 @@ class ParticipantTracks:
         if self.bandwidth is not None:
             self.bandwidth.tick(now, self.downtracks)
             self._start_probe_if_due()
-        remb = not self._twcc_id  # REMB only for publishers without transport-cc
+        remb = not self.ingest.twcc_id  # REMB only for publishers without transport-cc
         for track in self.published.values():
             if track.simulcast is not None:
                 track.simulcast.tick(now, remb)
@@ -677,12 +530,3 @@ def _rtx_for(codec: sdp_media.Codec) -> sdp_media.Codec:
     return sdp_media.Codec(
         payload_type, "video/rtx", codec.clock_rate, fmtp=f"apt={codec.payload_type}"
     )
-
-
-def _set_layer_ssrc(info: models.TrackInfo, rid: str, ssrc: int) -> None:
-    """Name the SSRC a layer arrives on in ``TrackInfo`` (its ``layers`` and its codec's), as
-    LiveKit fills them once media flows."""
-    for layers in (info.layers, *(codec.layers for codec in info.codecs)):
-        for layer in layers:
-            if layer.rid == rid:
-                layer.ssrc = ssrc

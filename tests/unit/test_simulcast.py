@@ -160,7 +160,7 @@ class Meeting:
         ssrc = SSRC_OF_LAYER[layer]
         self.sequences[ssrc] += 1
         tagged = payload + bytes([layer])
-        self.tracks._on_rtp(_packet(ssrc, self.sequences[ssrc], tagged, rid))
+        self.tracks.ingest.on_rtp(_packet(ssrc, self.sequences[ssrc], tagged, rid))
 
     def frame(self, layers: tuple[int, ...] = (0, 1, 2), key: bool = False) -> None:
         """One frame on each layer given, 50 ms later."""
@@ -193,18 +193,18 @@ def test_rtx_padding_first_is_not_taken_for_the_camera() -> None:
     padding = struct.pack("!BBHII", 0x90, RTX_PT, 1, 0, RTX_Q) + rtp.build_extension_block(
         [(MID, b"1"), (REPAIRED_RID, b"q")]
     )
-    tracks._on_rtp(padding)
+    tracks.ingest.on_rtp(padding)
     assert receiver.media_ssrc == 0
-    tracks._on_rtp(_packet(Q, 20, KEY, b"q"))
+    tracks.ingest.on_rtp(_packet(Q, 20, KEY, b"q"))
     assert receiver.media_ssrc == Q
-    tracks._on_rtp(padding)
+    tracks.ingest.on_rtp(padding)
     assert receiver.rtx == (RTX_PT, RTX_Q), "q's RTX is known by its repaired rid"
-    tracks._on_rtp(_packet(H, 10, KEY, b"h"))
+    tracks.ingest.on_rtp(_packet(H, 10, KEY, b"h"))
     assert track.simulcast is not None
     assert sorted(track.simulcast.receivers) == [0, 1], "each layer has its own receiver"
     assert track.simulcast.receivers[1].media_ssrc == H
     # Later packets of q carry no rid (libwebrtc stops sending it) and still reach q.
-    tracks._on_rtp(_packet(Q, 21, DELTA))
+    tracks.ingest.on_rtp(_packet(Q, 21, DELTA))
     assert receiver.stats.received == 2
 
 
@@ -303,8 +303,8 @@ def test_track_info_names_each_layers_ssrc() -> None:
     del track.info.layers[:]
     for quality, rid in enumerate("qhf"):
         track.info.layers.append(models.VideoLayer(quality=cast(Any, quality), rid=rid))
-    tracks._on_rtp(_packet(Q, 1, KEY, b"q"))
-    tracks._on_rtp(_packet(F, 1, KEY, b"f"))
+    tracks.ingest.on_rtp(_packet(Q, 1, KEY, b"q"))
+    tracks.ingest.on_rtp(_packet(F, 1, KEY, b"f"))
     assert [layer.ssrc for layer in track.info.layers] == [Q, 0, F]
 
 

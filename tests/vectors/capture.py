@@ -4,7 +4,7 @@ vectors (``tests/unit/test_vectors.py``). Run it in the test namespace when the 
     unshare -n sh tests/netns.sh .venv/bin/python -m tests.vectors.capture
 
 A server is started with a ``sitecustomize`` that wraps the decrypted-packet entry points of
-``sfu/tracks.py``; two SDK participants publish Opus and VP8 and subscribe to each other for
+``sfu/ingest.py`` and ``sfu/tracks.py``; two SDK participants publish Opus and VP8 and subscribe to each other for
 a few seconds. Records are ``kind (0 RTP, 1 RTCP), length (2 bytes, big-endian), packet``.
 """
 
@@ -24,7 +24,7 @@ OUTPUT = Path(__file__).with_name("libwebrtc_session.bin")
 RTP_PER_SSRC = 60
 SITECUSTOMIZE = """
 import os, struct
-from sfu import tracks
+from sfu import ingest, tracks
 
 _out = open(os.environ["LKPY_CAPTURE"], "ab")
 _per_ssrc = {}
@@ -48,7 +48,7 @@ def _wrap_rtcp(original):
         return original(self, packet)
     return on_rtcp
 
-tracks.ParticipantTracks._on_rtp = _wrap_rtp(tracks.ParticipantTracks._on_rtp)
+ingest.PublisherIngest.on_rtp = _wrap_rtp(ingest.PublisherIngest.on_rtp)
 tracks.ParticipantTracks._on_rtcp = _wrap_rtcp(tracks.ParticipantTracks._on_rtcp)
 """.replace("LIMIT", str(RTP_PER_SSRC))
 
