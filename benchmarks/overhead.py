@@ -45,7 +45,8 @@ from sfu.counters import MediaCounters
 from sfu.endpoint import Endpoint
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
-from sfu.participant import JoinParams, Participant
+from sfu.participant import Participant
+from sfu.participant_api import JoinParams
 from sfu.receiver import PublishedTrack
 from sfu.room import Room, RoomSettings
 from sfu.rooms import RoomManager

@@ -39,7 +39,8 @@ from sfu.media_relay import (
     read_sender_report,
     sender_report_body,
 )
-from sfu.participant import Participant, permission_allows
+from sfu.participant import Participant
+from sfu.participant_api import permission_allows
 from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.simulcast_track import SimulcastTrack
 from sfu.svc import SPATIAL_LAYERS, SvcTrack

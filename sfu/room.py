@@ -20,7 +20,8 @@ from sfu.dynacast import PAUSE_DELAY_S
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.forwarding import RoomForwards
 from sfu.limits import Limits
-from sfu.participant import Participant, ParticipantState, TrackOwner
+from sfu.participant import Participant, ParticipantState
+from sfu.participant_api import TrackOwner
 from sfu.quality import WINDOW_S
 from sfu.receiver import PublishedTrack
 from sfu.room_reports import RoomReports

@@ -34,7 +34,7 @@ from livekit.protocol import agent, agent_dispatch, models
 from protocol.ids import AGENT_JOB_PREFIX, new_id
 from protocol.token import VideoGrant, issue_token
 from sfu.events import EventKind, RoomEvent
-from sfu.participant import is_dependent
+from sfu.participant_api import is_dependent
 from sfu.rooms import RoomManager
 
 logger = logging.getLogger(__name__)

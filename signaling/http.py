@@ -26,7 +26,8 @@ from routing.node import NodeState
 from routing.router import Router, RoutingError
 from routing.store import STORE_ERRORS
 from sfu.endpoint import Endpoints, media_bind_address
-from sfu.participant import JoinParams, Participant, is_dependent
+from sfu.participant import Participant
+from sfu.participant_api import JoinParams, is_dependent
 from sfu.room import Room, RoomFullError
 from sfu.rooms import RoomManager, RoomNotFoundError
 from signaling.absent_services import absent_services

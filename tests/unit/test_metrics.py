@@ -32,7 +32,8 @@ from sfu.downtrack import DownTrack
 from sfu.endpoint import Endpoint
 from sfu.events import EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
-from sfu.participant import JoinParams, Participant
+from sfu.participant import Participant
+from sfu.participant_api import JoinParams
 from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.room import Room, RoomSettings
 from sfu.rooms import RoomManager

@@ -18,7 +18,8 @@ from sfu.endpoint import Endpoint
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.ice import IceRegistry, UdpMux
 from sfu.limits import MAX_TRACKS_PER_PARTICIPANT, LimitExceededError, Limits
-from sfu.participant import JoinParams, Participant, ParticipantState
+from sfu.participant import Participant, ParticipantState
+from sfu.participant_api import JoinParams
 from sfu.quality import QualityScorer, Window
 from sfu.receiver import TrackReceiver
 from sfu.room import UPDATE_BATCH_S, Room, RoomSettings

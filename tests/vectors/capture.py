@@ -4,8 +4,9 @@ vectors (``tests/unit/test_vectors.py``). Run it in the test namespace when the 
     unshare -n sh tests/netns.sh .venv/bin/python -m tests.vectors.capture
 
 A server is started with a ``sitecustomize`` that wraps the decrypted-packet entry points of
-``sfu/ingest.py`` and ``sfu/tracks.py``; two SDK participants publish Opus and VP8 and subscribe to each other for
-a few seconds. Records are ``kind (0 RTP, 1 RTCP), length (2 bytes, big-endian), packet``.
+``sfu/ingest.py`` and ``sfu/tracks.py``; two SDK participants publish Opus and VP8 and
+subscribe to each other for a few seconds. Records are ``kind (0 RTP, 1 RTCP), length
+(2 bytes, big-endian), packet``.
 """
 
 from __future__ import annotations
