@@ -24,6 +24,7 @@ from sfu.participant import Participant, ParticipantState
 from sfu.participant_api import TrackOwner
 from sfu.quality import WINDOW_S
 from sfu.receiver import PublishedTrack
+from sfu.room_data import deliver, stamp_sender
 from sfu.room_reports import RoomReports
 from sfu.server_rpc import ServerRpcs
 from sfu.track_info import source_name
@@ -594,35 +595,10 @@ class Room:
             return  # metrics feed the server's own pipeline in LiveKit; never relayed as data
         if self.rpcs.consume(packet):
             return  # the answer to the server's own RPC
-        identity = "" if participant.hidden else participant.identity
-        sid = "" if participant.hidden else participant.sid
-        packet.participant_identity = identity
-        packet.participant_sid = sid
-        # The channel it came in on is the truth about its kind (LiveKit sets ``kind`` from
-        # it); livekit-client reports that field to the app as reliable or lossy.
-        packet.kind = models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY
-        if packet.HasField("user"):
-            # Old clients read the sender from UserPacket.
-            packet.user.participant_identity = identity
-            packet.user.participant_sid = sid
+        stamp_sender(packet, participant, reliable=reliable)
         self._deliver(packet, participant, reliable=reliable)
 
     def _deliver(
         self, packet: models.DataPacket, sender: Participant | None, *, reliable: bool
     ) -> None:
-        """Send ``packet`` to everyone but its sender, only to ``destination_identities`` (or,
-        for old clients, the UserPacket's identities and sids) when any are given."""
-        destinations = set(packet.destination_identities)
-        destination_sids: set[str] = set()
-        if packet.HasField("user"):
-            destinations.update(packet.user.destination_identities)
-            destination_sids.update(packet.user.destination_sids)
-        payload = packet.SerializeToString()
-        for other in list(self.participants.values()):
-            if other is sender or other.state is ParticipantState.JOINING:
-                continue
-            if (destinations or destination_sids) and not (
-                other.identity in destinations or other.sid in destination_sids
-            ):
-                continue
-            other.send_data(payload, reliable=reliable)
+        deliver(packet, list(self.participants.values()), sender, reliable=reliable)
