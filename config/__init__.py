@@ -1,6 +1,6 @@
 """Typed configuration with LiveKit's keys and a strict loader."""
 
-from config.loader import CliOverrides, ConfigError, LoadedConfig, load_config
+from config.loader import CliOverrides, LoadedConfig, load_config
 from config.schema import (
     CodecSpec,
     Config,
@@ -16,6 +16,7 @@ from config.schema import (
     TurnServerConfig,
     WebhookConfig,
 )
+from config.validate import ConfigError
 
 __all__ = [
     "CliOverrides",
