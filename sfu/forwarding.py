@@ -72,6 +72,8 @@ class ForwardLink(Protocol):
 
     def changed(self, participant: Participant) -> None: ...
 
+    def permission_changed(self, participant: Participant) -> None: ...
+
     def track_published(self, participant: Participant, track: PublishedTrack) -> None: ...
 
     def track_unpublished(self, participant: Participant, track: PublishedTrack) -> None: ...
@@ -136,6 +138,9 @@ class LocalLink:
 
     def changed(self, participant: Participant) -> None:
         self._destination.forwards.copy_changed(self._copy)
+
+    def permission_changed(self, participant: Participant) -> None:
+        self._destination.forwards.copy_permission_changed(self._copy)
 
     def track_published(self, participant: Participant, track: PublishedTrack) -> None:
         self._destination.forwards.track_arrived(self._copy, track)
@@ -248,6 +253,10 @@ class RoomForwards:
     def copy_changed(self, copy: ForwardCopy) -> None:
         self._room.broadcast_info(copy.to_info(), hidden=copy.hidden)
 
+    def copy_permission_changed(self, copy: ForwardCopy) -> None:
+        """The source's subscription permission changed: as for a publisher here."""
+        self._room.apply_permission(copy, copy.published.values())
+
     def track_arrived(self, copy: ForwardCopy, track: PublishedTrack) -> None:
         room = self._room
         room.emit_info(EventKind.TRACK_PUBLISHED, copy.to_info(), track.info)
@@ -269,6 +278,10 @@ class RoomForwards:
     def source_changed(self, participant: Participant) -> None:
         for link in self._links(participant):
             link.changed(participant)
+
+    def source_permission_changed(self, participant: Participant) -> None:
+        for link in self._links(participant):
+            link.permission_changed(participant)
 
     def source_track_published(self, participant: Participant, track: PublishedTrack) -> None:
         for link in self._links(participant):

@@ -224,6 +224,10 @@ class RemoteLink:
     def changed(self, participant: Participant) -> None:
         self.control.send("Update", {"session": self._key, **self._info_body(participant)})
 
+    def permission_changed(self, participant: Participant) -> None:
+        body = {"session": self._key, "permission_changed": True}
+        self.control.send("Update", body | self._info_body(participant))
+
     def track_published(self, participant: Participant, track: PublishedTrack) -> None:
         if track.sid in self._index_by_sid or track.receiver is None:
             return

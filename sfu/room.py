@@ -493,18 +493,23 @@ class Room:
         that lose access are unsubscribed, those that gain it and auto-subscribe are
         subscribed, and each is told with ``subscription_permission_update``."""
         publisher.subscription_permission = permission
+        self.apply_permission(publisher, publisher.tracks.published.values())
+        self.forwards.source_permission_changed(publisher)
+
+    def apply_permission(self, owner: TrackOwner, tracks: Iterable[PublishedTrack]) -> None:
+        """Subscribe or unsubscribe everyone here as ``owner``'s permission now says."""
         for other in list(self.participants.values()):
-            if other is publisher:
+            if other is owner:
                 continue
-            for track in list(publisher.tracks.published.values()):
-                allowed = publisher.allows(other, track.sid)
+            for track in list(tracks):
+                allowed = owner.allows(other, track.sid)
                 subscribed = track.sid in other.tracks.downtracks
                 if subscribed and not allowed:
                     other.unsubscribe_from(track)
-                    other.send_permission_update(publisher, track, allowed=False)
+                    other.send_permission_update(owner, track, allowed=False)
                 elif allowed and not subscribed and other.params.auto_subscribe:
-                    other.send_permission_update(publisher, track, allowed=True)
-                    other.subscribe_to(publisher, track, negotiate=True)
+                    other.send_permission_update(owner, track, allowed=True)
+                    other.subscribe_to(owner, track, negotiate=True)
 
     # --- server API (RoomService) ------------------------------------------------------------
 

@@ -214,6 +214,8 @@ class ForwardCluster:
             case "Update":
                 copy.update(*_info_of(body))
                 room.forwards.copy_changed(copy)
+                if body.get("permission_changed") is True:
+                    room.forwards.copy_permission_changed(copy)
             case "Publish":
                 track = copy.add_track(TrackOffer.from_json(body.get("track")))
                 if track is not None:

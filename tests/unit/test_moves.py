@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
+from protocol.sdp_media import Codec
 from sfu.events import EventBus, EventKind, RoomEvent
 from sfu.forwarding import ForwardError
 from sfu.moves import MoveError, move_participant
+from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.room import Room, RoomSettings
 from tests.unit.test_room import RecordingSink, _join
 
@@ -111,3 +113,23 @@ async def test_closing_the_destination_ends_the_forward() -> None:
     await destination.close(models.DisconnectReason.ROOM_DELETED)
     assert not source.forwards.outgoing
     assert source.participants["origin"] is origin and not origin.is_closed
+
+
+async def test_the_sources_permission_applies_to_its_copy() -> None:
+    source, destination, _ = _rooms()
+    origin, _ = await _join(source, "origin")
+    watcher, watcher_sink = await _join(destination, "watcher")
+    receiver = TrackReceiver(Codec(111, "audio/opus", 48000, 2), 1, lambda _: None)
+    info = models.TrackInfo(sid="TR_a", type=models.TrackType.AUDIO, mime_type="audio/opus")
+    origin.tracks.published["TR_a"] = PublishedTrack(info=info, receiver=receiver)
+    source.forwards.forward(origin, destination)
+    assert "TR_a" in watcher.tracks.downtracks
+    source.update_subscription_permission(origin, rtc.SubscriptionPermission())
+    assert "TR_a" not in watcher.tracks.downtracks
+    denied = watcher_sink.of("subscription_permission_update")[-1].subscription_permission_update
+    assert (denied.track_sid, denied.allowed) == ("TR_a", False)
+    allowed = rtc.TrackPermission(participant_identity="watcher", all_tracks=True)
+    source.update_subscription_permission(
+        origin, rtc.SubscriptionPermission(track_permissions=[allowed])
+    )
+    assert "TR_a" in watcher.tracks.downtracks

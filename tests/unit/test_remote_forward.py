@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
 from config.schema import NodeSelectorConfig
 from protocol import rtcp
@@ -287,7 +287,7 @@ async def test_two_nodes_open_follow_and_end_a_forward() -> None:
         source_room = managers[0].get_or_create("from", may_create=True)
         destination = managers[1].get_or_create("to", may_create=True)
         source, _ = await _join(source_room, "source")
-        _, watcher_sink = await _join(destination, "watcher")
+        watcher, watcher_sink = await _join(destination, "watcher")
         tasks = len(asyncio.all_tasks())
         await clusters[0].forward(source_room, source, "to", "ND_2")
         with pytest.raises(TwirpError) as refused:
@@ -303,6 +303,12 @@ async def test_two_nodes_open_follow_and_end_a_forward() -> None:
         relayed = copy.published["TR_mic"].receiver
         assert relayed is not None
         await _until(lambda: relayed.cache.get(3) is not None)
+        # The watcher took the track; the source's permission then keeps it from it.
+        assert "TR_mic" in watcher.tracks.downtracks
+        source_room.update_subscription_permission(source, rtc.SubscriptionPermission())
+        await _until(lambda: "TR_mic" not in watcher.tracks.downtracks)
+        denied = watcher_sink.of("subscription_permission_update")[-1]
+        assert not denied.subscription_permission_update.allowed
         # Removed at the destination: the source's node stops relaying and forgets it.
         destination.forwards.stop("source")
         await _until(lambda: not source_room.forwards.outgoing)
