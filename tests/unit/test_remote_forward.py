@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import struct
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from routing.bus import LocalBus
 from routing.node import NodeInfo, NodeStats
 from routing.router import Router, RpcRequest
 from routing.store import LocalStore
-from sfu.media_relay import MEDIA, MediaRelay, header
+from sfu.media_relay import FEEDBACK, MEDIA, SENDER_REPORT, MediaRelay, header
 from sfu.participant import Participant
 from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.remote_forward import RemoteCopy, RemoteLink, TrackOffer, encode_message
@@ -324,3 +325,28 @@ async def test_two_nodes_open_follow_and_end_a_forward() -> None:
             await cluster.close()
         for router in routers:
             await router.stop()
+
+
+async def test_garbage_inside_a_session_is_dropped_quietly() -> None:
+    """A peer node's bug must not raise into the event loop: random bodies of every kind, at
+    both ends of a forward with a simulcast and an audio track."""
+    room = Room(name="from", sid="RM_from", settings=RoomSettings(), now=0.0)
+    source, _ = await _join(room, "source")
+    camera = _track("TR_sim", VP8, 100, [])
+    camera.simulcast = SimulcastTrack(["q", "h"], camera.info)
+    assert camera.receiver is not None
+    camera.simulcast.add_layer(0, camera.receiver)
+    source.tracks.published[camera.sid] = camera
+    source.tracks.published["TR_mic"] = _track("TR_mic", OPUS, 7, [])
+    pair = Pair(source, room)
+    rng = random.Random(7)
+    for _ in range(3000):
+        kind = rng.choice((MEDIA, SENDER_REPORT, FEEDBACK, 0, 255))
+        index, spatial = rng.randrange(4), rng.randrange(256)
+        size = rng.choice((0, 1, 11, 12, 13, 20, 200))
+        body = bytes(rng.randrange(256) for _ in range(size))
+        if rng.random() < 0.5 and size >= 12:
+            body = bytes((0x80 | (body[0] & 0x3F),)) + body[1:]  # RTP version 2
+        datagram = header(kind, SESSION, index) + bytes((spatial,)) + body
+        pair.destination_relay.datagram_received(datagram, ("10.0.0.1", 1001))
+        pair.source_relay.datagram_received(datagram, ("10.0.0.2", 1002))
