@@ -141,6 +141,18 @@ class LayerActivity:
 UNLIMITED = 1 << 30
 
 
+def layer_target(current: int, limit: int, flowing: frozenset[int], settled: frozenset[int]) -> int:
+    """Where a subscriber on layer ``current`` (-1: none yet) that may have up to ``limit``
+    should move: any flowing layer may replace a stopped or missing current one, or be moved
+    down to; moving up needs a settled layer. -1: stay where it is."""
+    if current in flowing:
+        candidates = {layer for layer in flowing if layer <= current or layer in settled}
+    else:
+        candidates = set(flowing)
+    chosen = choose_layer(limit, candidates)
+    return -1 if chosen is None or chosen == current else chosen
+
+
 class LayerSelector:
     """One subscriber's layer of one simulcast track: the highest it asked for (``max_layer``,
     -1 for none), the one it gets (``current``, -1 before the first) and the one it is moving
@@ -155,23 +167,14 @@ class LayerSelector:
         self.current = -1
         self.target = -1
 
+    @property
+    def limit(self) -> int:
+        """The highest layer it may have now: asked for and allowed by its bandwidth."""
+        return min(self.max_layer, self.allocated)
+
     def retarget(self, flowing: Iterable[int], settled: Iterable[int]) -> int:
-        """Revisit the target: any flowing layer may replace a stopped or missing current one,
-        or be moved down to; moving up needs a settled layer. Returns the target (-1: stay
-        where it is)."""
-        flowing_set = set(flowing)
-        if self.current in flowing_set:
-            settled_set = set(settled)
-            candidates = {
-                layer for layer in flowing_set if layer <= self.current or layer in settled_set
-            }
-        else:
-            candidates = flowing_set
-        chosen = choose_layer(min(self.max_layer, self.allocated), candidates)
-        if chosen is None or chosen == self.current:
-            self.target = -1
-        else:
-            self.target = chosen
+        """Revisit the target (:func:`layer_target`); returns it (-1: stay where it is)."""
+        self.target = layer_target(self.current, self.limit, frozenset(flowing), frozenset(settled))
         return self.target
 
     def switched(self, layer: int) -> None:

@@ -31,6 +31,7 @@ from sfu.simulcast import (
     CHECK_INTERVAL_S,
     LayerActivity,
     LayerSelector,
+    layer_target,
     max_layer_for,
     spatial_order,
 )
@@ -59,6 +60,12 @@ class SimulcastTrack:
         self.next_check = 0.0
         """When the packet path should call :meth:`check` next (0: at the next packet)."""
         self._subscribers: dict[str, tuple[DownTrack, LayerSelector]] = {}
+        self._checked_layers: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
+        """(flowing, settled) layers at the last check."""
+        self._stale = True
+        """A subscriber came, went or changed since the last check, or one still waits."""
+        self._top_wish: int | None = None
+        """The highest layer an enabled subscriber wants (None: to be counted again)."""
         rid_by_layer = {spatial: rid for rid, spatial in self.spatial_by_rid.items()}
         self.dynacast = DynacastSender(info, self.layer_count - 1, dynacast_delay, rid_by_layer)
         self._log = logging.LoggerAdapter(logger, {"track": info.sid})
@@ -71,6 +78,11 @@ class SimulcastTrack:
         receiver.simulcast = self
         receiver.spatial = spatial
         self.receivers[spatial] = receiver
+        self._changed()
+
+    def _changed(self) -> None:
+        """Revisit every subscriber's layer at the next packet."""
+        self._stale = True
         self.next_check = 0.0
 
     def all_receivers(self) -> Iterator[TrackReceiver]:
@@ -86,11 +98,13 @@ class SimulcastTrack:
         self._subscribers[subscriber_sid] = (downtrack, LayerSelector(max_layer))
         # It starts on a keyframe, so its first packet needs no keyframe request of its own.
         downtrack.needs_keyframe = False
-        self.next_check = 0.0
+        self._changed()
+        self._top_wish = None
         self.update_dynacast(now)
 
     def unsubscribe(self, subscriber_sid: str) -> None:
         self._subscribers.pop(subscriber_sid, None)
+        self._top_wish = None
         for receiver in self.receivers.values():
             receiver.downtracks.pop(subscriber_sid, None)
             receiver.switching.pop(subscriber_sid, None)
@@ -100,7 +114,8 @@ class SimulcastTrack:
         entry = self._subscribers.get(subscriber_sid)
         if entry is not None and entry[1].max_layer != max_layer:
             entry[1].max_layer = max_layer
-            self.next_check = 0.0
+            self._changed()
+        self._top_wish = None
         self.update_dynacast(now)
 
     def set_allocated(self, subscriber_sid: str, layer: int) -> None:
@@ -108,7 +123,7 @@ class SimulcastTrack:
         entry = self._subscribers.get(subscriber_sid)
         if entry is not None and entry[1].allocated != layer:
             entry[1].allocated = layer
-            self.next_check = 0.0
+            self._changed()
 
     def wanted_layer(self, subscriber_sid: str) -> int:
         entry = self._subscribers.get(subscriber_sid)
@@ -122,8 +137,12 @@ class SimulcastTrack:
         ]
 
     def update_dynacast(self, now: float) -> None:
-        wishes = (s.max_layer for d, s in self._subscribers.values() if not d.disabled)
-        self.dynacast.update(wishes, now)
+        """Tell dynacast what the subscribers want (counted again after a change, and every
+        tick, since a downtrack may be disabled on its own)."""
+        if self._top_wish is None:
+            enabled = (s.max_layer for d, s in self._subscribers.values() if not d.disabled)
+            self._top_wish = max(enabled, default=-1)
+        self.dynacast.update((self._top_wish,), now)
 
     def max_layer_for(self, quality: int, width: int, height: int) -> int:
         return max_layer_for(self.info, self.layer_count, quality, width, height)
@@ -135,16 +154,30 @@ class SimulcastTrack:
     # --- called from the packet path -------------------------------------------------------
 
     def check(self, now: float) -> None:
-        """Sample which layers flow and move each subscriber's target accordingly."""
+        """Sample which layers flow and move each subscriber's target accordingly.
+
+        This runs every :data:`CHECK_INTERVAL_S` for every subscriber of every simulcast
+        track, so it does as little as it can: nothing when the layers that flow, the
+        subscribers' states and their targets are as at the last check (a meeting's usual
+        case), and one target computed per (current layer, limit) pair otherwise."""
         self.next_check = now + CHECK_INTERVAL_S
-        self.update_dynacast(now)
+        self.update_dynacast(now)  # a downgrade may have come due (cheap: the wish is kept)
         for spatial, receiver in self.receivers.items():
             self.activity.sample(spatial, receiver.stats.received, now)
-        flowing = self.activity.flowing(now)
-        settled = self.activity.settled(now)
+        layers = (frozenset(self.activity.flowing(now)), frozenset(self.activity.settled(now)))
+        if layers == self._checked_layers and not self._stale:
+            return
+        self._checked_layers, self._stale = layers, False
+        flowing, settled = layers
+        targets: dict[tuple[int, int], int] = {}
         for subscriber_sid, (downtrack, selector) in self._subscribers.items():
-            previous = selector.target
-            target = selector.retarget(flowing, settled)
+            state = (selector.current, selector.limit)
+            target = targets.get(state)
+            if target is None:
+                target = targets[state] = layer_target(*state, flowing, settled)
+            previous, selector.target = selector.target, target
+            if target >= 0:
+                self._stale = True  # still waiting for a keyframe: asked again next check
             if target != previous:
                 if previous in self.receivers:
                     self.receivers[previous].switching.pop(subscriber_sid, None)
@@ -169,6 +202,7 @@ class SimulcastTrack:
                 "subscriber %s: layer %d -> %d", subscriber_sid, selector.current, receiver.spatial
             )
             selector.switched(receiver.spatial)
+            self._stale = True
 
     # --- RTCP to the publisher -------------------------------------------------------------
 
@@ -177,6 +211,7 @@ class SimulcastTrack:
         track (libwebrtc applies a REMB to the publisher's whole send rate, so a REMB sized
         for one layer would starve the others; none when ``remb`` is off: a publisher with
         transport-cc estimates for itself); dynacast downgrades come due."""
+        self._top_wish = None
         self.update_dynacast(now)
         bitrate, worst_loss, ssrcs = 0, 0, []
         for receiver in self.receivers.values():
