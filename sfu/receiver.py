@@ -251,10 +251,19 @@ class TrackReceiver:
         """Once a second: Receiver Report, REMB (unless ``remb`` is False: a simulcast track
         sends one for all its layers) and NACK retries to the publisher. Returns the fraction
         lost (1/256) and the bitrate received since the last tick."""
+        report, fraction, bitrate = self.report(now, remb)
+        if report:
+            self.send_rtcp(report)
+        self.retry_nacks()
+        return fraction, bitrate
+
+    def report(self, now: float, remb: bool = True) -> tuple[bytes, int, int]:
+        """The second's Receiver Report (and REMB), not sent: (RTCP, fraction lost in 1/256,
+        bps received since the last report); empty before the stream is known."""
         elapsed = now - self._last_tick if self._last_tick else 1.0
         self._last_tick = now
         if not self.media_ssrc:
-            return 0, 0
+            return b"", 0, 0
         fraction, lost, highest = self.stats.report()
         last_sr = (self.stats.last_sr_ntp >> 16) & 0xFFFFFFFF
         delay = int((now - self.stats.last_sr_arrival) * 65536) if last_sr else 0
@@ -274,9 +283,10 @@ class TrackReceiver:
         if remb:
             estimate = self.estimator.update(fraction, bitrate)
             report += rtcp.remb(RTCP_SENDER_SSRC, estimate, [self.media_ssrc])
-        self.send_rtcp(report)
+        return report, fraction, bitrate
+
+    def retry_nacks(self) -> None:
         self._nack(self.stats.nacks_due())
-        return fraction, bitrate
 
 
 @dataclass

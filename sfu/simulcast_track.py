@@ -213,18 +213,24 @@ class SimulcastTrack:
         transport-cc estimates for itself); dynacast downgrades come due."""
         self._top_wish = None
         self.update_dynacast(now)
-        bitrate, worst_loss, ssrcs = 0, 0, []
+        # One compound packet for every layer: RFC 3550 6.1 lets further RR packets follow
+        # the first, and one SRTCP protect and send is what a report costs most.
+        compound, bitrate, worst_loss, ssrcs = b"", 0, 0, []
         for receiver in self.receivers.values():
-            fraction, received_bps = receiver.tick(now, remb=False)
+            report, fraction, received_bps = receiver.report(now, remb=False)
+            compound += report
+            receiver.retry_nacks()
             bitrate += received_bps
             worst_loss = max(worst_loss, fraction)
             if receiver.media_ssrc:
                 ssrcs.append(receiver.media_ssrc)
-        if not ssrcs or not remb:
+        if not ssrcs:
             return
         primary = self.receivers[min(self.receivers)]
-        estimate = primary.estimator.update(worst_loss, bitrate)
-        primary.send_rtcp(rtcp.remb(RTCP_SENDER_SSRC, estimate, ssrcs))
+        if remb:
+            estimate = primary.estimator.update(worst_loss, bitrate)
+            compound += rtcp.remb(RTCP_SENDER_SSRC, estimate, ssrcs)
+        primary.send_rtcp(compound)
 
 
 def _expect_timeline(downtrack: DownTrack, layer: TrackReceiver, timestamp: int) -> None:

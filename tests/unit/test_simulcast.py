@@ -326,3 +326,23 @@ def test_a_switch_keeps_the_timeline_the_sender_reports_give() -> None:
     assert [p[-1] for p in sent] == [2, 2, 0]
     step = (rtp.timestamp(sent[2]) - rtp.timestamp(sent[1])) & 0xFFFFFFFF
     assert step == 3000 - 1500, step
+
+
+def test_a_seconds_reports_for_every_layer_go_in_one_packet() -> None:
+    """RR blocks for each layer and the REMB for the whole track: one compound packet (one
+    SRTCP protect and send) a second, not one per layer."""
+    meeting = Meeting()
+    meeting.start_layers(0, 1, 2)
+    meeting.publisher.rtcp_sent.clear()
+    meeting.clock.now += 1
+    meeting.tracks.tick(meeting.clock.now)
+    assert len(meeting.publisher.rtcp_sent) == 1
+    (compound,) = meeting.publisher.rtcp_sent
+    reported = {block[0] for block in rtcp.report_blocks(compound)}
+    assert reported == {Q, H, F}
+    assert not list(rtcp.remb_estimates(compound)), "Chromium negotiated transport-cc"
+    meeting.tracks.ingest.twcc_id = 0  # a publisher without it gets REMB, in the same packet
+    meeting.clock.now += 1
+    meeting.tracks.tick(meeting.clock.now)
+    ((_, covered),) = list(rtcp.remb_estimates(meeting.publisher.rtcp_sent[-1]))
+    assert set(covered) == {Q, H, F} and len(meeting.publisher.rtcp_sent) == 2
