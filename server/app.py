@@ -31,7 +31,11 @@ from server.cluster import (
     sibling_node_ids,
 )
 from server.membership import CLUSTER, Membership, install_cluster
-from server.memory import MemoryTrimmer, find_malloc_trim
+from server.memory import (
+    MemoryTrimmer,
+    find_malloc_trim,
+    write_allocator_stats,
+)
 from server.metrics import MetricsSources
 from server.metrics_http import install_metrics
 from sfu.congestion import congestion_settings
@@ -242,11 +246,20 @@ def _log_tasks() -> None:
 
 def _log_memory() -> None:
     """SIGUSR2: log the most numerous object types (a leak shows as a type that keeps
-    growing between two signals) and, when the process was started with
-    ``PYTHONTRACEMALLOC``, write a tracemalloc snapshot to compare with ``tracemalloc``."""
+    growing between two signals), write pymalloc's and glibc's statistics to stderr and, when
+    the process was started with ``PYTHONTRACEMALLOC``, write a tracemalloc snapshot to
+    compare with ``tracemalloc``."""
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     top = ", ".join(f"{name} {count}" for name, count in counts.most_common(25))
     logger.warning("objects by type: %s", top)
+    logger.warning(
+        "gc: %d tracked, %d frozen, counts %s, stats %s",
+        len(gc.get_objects()),
+        gc.get_freeze_count(),
+        gc.get_count(),
+        gc.get_stats(),
+    )
+    write_allocator_stats()
     if tracemalloc.is_tracing():
         path = Path(tempfile.gettempdir()) / f"livekit-py-server-{os.getpid()}-{time.time():.0f}"
         tracemalloc.take_snapshot().dump(str(path))

@@ -14,6 +14,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import sys
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,23 @@ def find_malloc_trim() -> Callable[[int], int] | None:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim
+
+
+def write_allocator_stats() -> None:
+    """pymalloc's arenas and pools (``sys._debugmallocstats``) and, under glibc, each malloc
+    arena's size and use (``malloc_stats``), written to the process's stderr (for SIGUSR2)."""
+    sys._debugmallocstats()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        stats = ctypes.CDLL(name).malloc_stats
+    except (OSError, AttributeError):
+        return
+    stats.argtypes = []
+    stats.restype = None
+    sys.stderr.flush()
+    stats()
 
 
 class MemoryTrimmer:
