@@ -32,8 +32,10 @@ from server.cluster import (
 )
 from server.membership import CLUSTER, Membership, install_cluster
 from server.memory import (
+    GarbageCollector,
     MemoryTrimmer,
     find_malloc_trim,
+    freeze_startup_objects,
     write_allocator_stats,
 )
 from server.metrics import MetricsSources
@@ -123,15 +125,18 @@ def build_app(
     )
 
     trimmer = MemoryTrimmer(find_malloc_trim())
+    collector = GarbageCollector()
 
     async def start_rooms(app: web.Application) -> None:
         rooms.start()
         trimmer.start()
+        collector.start()
 
     async def stop_rooms(app: web.Application) -> None:
         # On shutdown, before aiohttp waits for open WebSockets: every participant gets a
         # leave with SERVER_SHUTDOWN, which ends its session.
         await trimmer.stop()
+        await collector.stop()
         await rooms.stop()
         await agents.close()
 
@@ -203,6 +208,7 @@ async def run_server(config: Config, worker: WorkerIdentity | None = None) -> No
     limiter = SourceLimiter(config.limit.max_connections_per_source)
     runner = GuardedRunner(app, limiter, handle_signals=False, access_log=None)
     await runner.setup()
+    freeze_startup_objects()
     signals = SignalWatch()
     try:
         for sock in sockets:
