@@ -326,3 +326,11 @@ def test_a_switch_keeps_the_timeline_the_sender_reports_give() -> None:
     assert [p[-1] for p in sent] == [2, 2, 0]
     step = (rtp.timestamp(sent[2]) - rtp.timestamp(sent[1])) & 0xFFFFFFFF
     assert step == 3000 - 1500, step
+
+
+def test_an_ended_subscription_forgets_its_ssrcs_on_the_subscriber_transport() -> None:
+    meeting = Meeting()
+    viewer, pc = meeting.subscribe("viewer")
+    outgoing = viewer.downtracks[meeting.track.sid].outgoing
+    assert viewer.unsubscribe(meeting.track.sid, "viewer", meeting.track)
+    assert pc.forgotten == [s for s in (outgoing.ssrc, outgoing.rtx_ssrc) if s]
