@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -24,7 +25,7 @@ import aiohttp
 from livekit import rtc
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks import probe
+from benchmarks import probe, smaps
 from tests.e2e.harness import ServerProcess, free_port, start_server
 from tests.e2e.sdk import connect
 from tests.e2e.test_media import publishing_tone
@@ -89,14 +90,77 @@ async def _churn(server: ServerProcess, seconds: float, at_once: int, first: int
     return int(out.decode().split()[-1])
 
 
-async def _sample(server: ServerProcess, started: float, joins: int) -> Sample:
+#: The last line of glibc's ``malloc_stats`` before its totals.
+_STATS_END = "Total (incl. mmap):"
+
+
+def allocator_stats(log: str) -> str:
+    """The last allocator statistics the server wrote (SIGUSR2, ``server/memory.py``):
+    pymalloc's arenas and the bytes in its blocks, glibc's arena count and its totals."""
+    totals = r"Total \(incl\. mmap\):\nsystem bytes\s+=\s+(\d+)\nin use bytes\s+=\s+(\d+)"
+    parts: list[str] = []
+    last = log.rfind(_STATS_END)
+    if last >= 0:
+        first = log.rfind("Arena 0:", 0, last)
+        parts.append(f"glibc arenas {log.count(chr(10) + 'Arena ', first - 1, last)}")
+        found = re.search(totals, log[last:])
+        if found:
+            system, used = (int(value) / 2**20 for value in found.groups())
+            parts.append(f"glibc system {system:.1f} MB, in use {used:.1f} MB")
+    arenas = re.findall(r"# arenas allocated current\s+=\s+([\d,]+)", log)
+    used_blocks = re.findall(r"# bytes in allocated blocks\s+=\s+([\d,]+)", log)
+    if arenas and used_blocks:
+        used = int(used_blocks[-1].replace(",", "")) / 2**20
+        parts.append(f"pymalloc arenas {arenas[-1]}, in blocks {used:.1f} MB")
+    return "; ".join(parts)
+
+
+class SmapsWatch:
+    """Per sample: resident memory by kind of mapping, the threads, the allocators' own
+    figures, and which mappings changed since the previous sample (``--smaps``)."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self._server = server
+        self._previous: list[smaps.Mapping] | None = None
+        self._stats_seen = 0
+
+    def read(self) -> None:
+        """Before the server's SIGUSR2 handler runs (it allocates)."""
+        pid = self._server.proc.pid
+        mappings = smaps.read(pid)
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+        print(f"  smaps: {smaps.summary(mappings)}; {threads} threads")
+        if self._previous is not None:
+            for line in smaps.changes(self._previous, mappings):
+                print(line)
+        self._previous = mappings
+
+    async def allocators(self) -> None:
+        """Once the server has written its statistics (up to 10 s after the signal)."""
+        for _ in range(100):
+            log = self._server.logs()
+            if log.count(_STATS_END) > self._stats_seen:
+                break
+            await asyncio.sleep(0.1)
+        self._stats_seen = log.count(_STATS_END)
+        print(f"  allocators: {allocator_stats(log)}")
+
+
+async def _sample(
+    server: ServerProcess, started: float, joins: int, watch: SmapsWatch | None
+) -> Sample:
     """Once the churn has paused and what it left has had time to go (quiescent figures)."""
     await asyncio.sleep(SETTLE_S)
     pid = server.proc.pid
+    rss = probe.resident_kb(pid)
+    if watch is not None:
+        watch.read()
     server.proc.send_signal(signal.SIGUSR2)  # object counts (and a snapshot when tracing)
     minute = (time.monotonic() - started) / 60
-    sample = (minute, joins, probe.resident_kb(pid), await _tasks(server), _descriptors(pid))
+    sample = (minute, joins, rss, await _tasks(server), _descriptors(pid))
     print(f"| {minute:.0f} | {joins} | {sample[2] / 1024:.1f} MB | {sample[3]} | {sample[4]} |")
+    if watch is not None:
+        await watch.allocators()
     return sample
 
 
@@ -104,19 +168,22 @@ async def soak(args: argparse.Namespace) -> list[Sample]:
     metrics_port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="lkpy-soak-"))
     env = {"PYTHONTRACEMALLOC": "1", "TMPDIR": str(directory)} if args.trace_memory else {}
+    env.update(item.split("=", 1) for item in args.server_env)
     server = start_server(directory, f"prometheus_port: {metrics_port}\n", extra_env=env)
     server.metrics_port = metrics_port
+    print(f"server pid {server.proc.pid}, log {server.log_path}, extra environment {env}")
+    watch = SmapsWatch(server) if args.smaps else None
     samples: list[Sample] = []
     joins = 0
     started = time.monotonic()
     stop = started + args.minutes * 60
     try:
         async with media_keeps_flowing(server, "soak") as victim:
-            samples.append(await _sample(server, started, joins))
+            samples.append(await _sample(server, started, joins, watch))
             while time.monotonic() < stop:
                 seconds = min(stop - time.monotonic(), args.sample_s - SETTLE_S)
                 joins = await _churn(server, seconds, args.at_once, joins)
-                samples.append(await _sample(server, started, joins))
+                samples.append(await _sample(server, started, joins, watch))
             victim.assert_unharmed(started)
     finally:
         server.stop()
@@ -155,6 +222,19 @@ def main() -> None:
         "--trace-memory",
         action="store_true",
         help="run the server under tracemalloc and print where its memory grew",
+    )
+    parser.add_argument(
+        "--smaps",
+        action="store_true",
+        help="per sample, the server's resident memory by mapping and what changed, its "
+        "threads and its allocators' statistics",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the server's environment (MALLOC_ARENA_MAX=2, PYTHONMALLOC=malloc ...)",
     )
     parser.add_argument("--churn-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--churn-seconds", type=float, help=argparse.SUPPRESS)

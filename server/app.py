@@ -31,7 +31,13 @@ from server.cluster import (
     sibling_node_ids,
 )
 from server.membership import CLUSTER, Membership, install_cluster
-from server.memory import MemoryTrimmer, find_malloc_trim
+from server.memory import (
+    GarbageCollector,
+    MemoryTrimmer,
+    find_malloc_trim,
+    freeze_startup_objects,
+    write_allocator_stats,
+)
 from server.metrics import MetricsSources
 from server.metrics_http import install_metrics
 from sfu.congestion import congestion_settings
@@ -119,15 +125,18 @@ def build_app(
     )
 
     trimmer = MemoryTrimmer(find_malloc_trim())
+    collector = GarbageCollector()
 
     async def start_rooms(app: web.Application) -> None:
         rooms.start()
         trimmer.start()
+        collector.start()
 
     async def stop_rooms(app: web.Application) -> None:
         # On shutdown, before aiohttp waits for open WebSockets: every participant gets a
         # leave with SERVER_SHUTDOWN, which ends its session.
         await trimmer.stop()
+        await collector.stop()
         await rooms.stop()
         await agents.close()
 
@@ -199,6 +208,7 @@ async def run_server(config: Config, worker: WorkerIdentity | None = None) -> No
     limiter = SourceLimiter(config.limit.max_connections_per_source)
     runner = GuardedRunner(app, limiter, handle_signals=False, access_log=None)
     await runner.setup()
+    freeze_startup_objects()
     signals = SignalWatch()
     try:
         for sock in sockets:
@@ -242,11 +252,20 @@ def _log_tasks() -> None:
 
 def _log_memory() -> None:
     """SIGUSR2: log the most numerous object types (a leak shows as a type that keeps
-    growing between two signals) and, when the process was started with
-    ``PYTHONTRACEMALLOC``, write a tracemalloc snapshot to compare with ``tracemalloc``."""
+    growing between two signals), write pymalloc's and glibc's statistics to stderr and, when
+    the process was started with ``PYTHONTRACEMALLOC``, write a tracemalloc snapshot to
+    compare with ``tracemalloc``."""
     counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
     top = ", ".join(f"{name} {count}" for name, count in counts.most_common(25))
     logger.warning("objects by type: %s", top)
+    logger.warning(
+        "gc: %d tracked, %d frozen, counts %s, stats %s",
+        len(gc.get_objects()),
+        gc.get_freeze_count(),
+        gc.get_count(),
+        gc.get_stats(),
+    )
+    write_allocator_stats()
     if tracemalloc.is_tracing():
         path = Path(tempfile.gettempdir()) / f"livekit-py-server-{os.getpid()}-{time.time():.0f}"
         tracemalloc.take_snapshot().dump(str(path))

@@ -512,6 +512,22 @@ class PeerConnection:
         for the media path; None until DTLS has connected."""
         return self._dtls.srtp_sessions()
 
+    def forget_outgoing(self, *ssrcs: int) -> None:
+        """SSRCs this transport no longer sends on (an ended subscription; 0 is skipped).
+        libsrtp keeps a stream for every SSRC ever protected (272 bytes each) until the
+        session ends: a subscriber that stays while publishers come and go would otherwise
+        grow with every track it was sent."""
+        sessions = self.srtp_sessions()
+        if sessions is None:
+            return
+        for ssrc in ssrcs:
+            if not ssrc:
+                continue
+            try:
+                sessions[1].remove_stream(ssrc)
+            except pylibsrtp.Error:
+                continue  # nothing was ever sent with it
+
     async def close(self) -> None:
         self._set_state(ConnectionState.CLOSED)
         self.rtp_sink.clear_fast()

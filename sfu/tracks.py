@@ -501,6 +501,7 @@ class ParticipantTracks:
         self._settings.pop(track_sid, None)
         self._downtrack_by_ssrc.pop(downtrack.outgoing.ssrc, None)
         self._counters.retire_downtrack(downtrack)
+        self._subscriber_pc.forget_outgoing(downtrack.outgoing.ssrc, downtrack.outgoing.rtx_ssrc)
         return downtrack
 
     def answered(self) -> None:

@@ -22,6 +22,8 @@ class FakePc:
         """Every RTP packet sent, as the subscriber would receive it (before SRTP)."""
         self.rtp_sink = Sink(self.send_rtp)
         self.rtcp_sent: list[bytes] = []
+        self.forgotten: list[int] = []
+        """SSRCs no longer sent on (``forget_outgoing``)."""
         self.on_rtp: Callable[[bytes], None] | None = None
         self.on_rtcp: Callable[[bytes], None] | None = None
 
@@ -31,6 +33,9 @@ class FakePc:
 
     def send_rtcp(self, packet: bytes) -> None:
         self.rtcp_sent.append(packet)
+
+    def forget_outgoing(self, *ssrcs: int) -> None:
+        self.forgotten += [ssrc for ssrc in ssrcs if ssrc]
 
 
 class FakeSubscriber:

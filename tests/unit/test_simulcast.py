@@ -346,3 +346,11 @@ def test_a_seconds_reports_for_every_layer_go_in_one_packet() -> None:
     meeting.tracks.tick(meeting.clock.now)
     ((_, covered),) = list(rtcp.remb_estimates(meeting.publisher.rtcp_sent[-1]))
     assert set(covered) == {Q, H, F} and len(meeting.publisher.rtcp_sent) == 2
+
+
+def test_an_ended_subscription_forgets_its_ssrcs_on_the_subscriber_transport() -> None:
+    meeting = Meeting()
+    viewer, pc = meeting.subscribe("viewer")
+    outgoing = viewer.downtracks[meeting.track.sid].outgoing
+    assert viewer.unsubscribe(meeting.track.sid, "viewer", meeting.track)
+    assert pc.forgotten == [s for s in (outgoing.ssrc, outgoing.rtx_ssrc) if s]
