@@ -89,7 +89,7 @@ async def _churn(server: ServerProcess, seconds: float, at_once: int, first: int
         # The SDK aborts now and then under churn ("Attempted to drop unknown FFI handle",
         # then SIGABRT): the client's crash, not the server's. The period's joins are not
         # known, so none are counted; the server's figures and the listener go on.
-        CRASHED_CHILDREN.append(child.returncode)
+        CRASHED_CHILDREN.append(child.returncode or 0)
         print(f"churn child exited {child.returncode}; its joins are not counted", flush=True)
         return first
     return int(out.decode().split()[-1])
