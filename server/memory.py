@@ -19,7 +19,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,22 @@ def write_allocator_stats() -> None:
     stats()
 
 
-class GarbageCollector:
+class Periodic:
+    """One background task of this module's, started and stopped with the rooms."""
+
+    _task: asyncio.Task[None] | None = None
+
+    def _start(self, work: Coroutine[None, None, None], name: str) -> None:
+        self._task = asyncio.get_running_loop().create_task(work, name=name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+class GarbageCollector(Periodic):
     """A full cyclic collection every ``interval`` seconds while started, or less often when
     one takes more than ``share`` of that.
 
@@ -95,16 +110,9 @@ class GarbageCollector:
         self._collect = collect
         self._interval = interval
         self._share = share
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="gc-collect")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._start(self._run(), "gc-collect")
 
     async def _run(self) -> None:
         wait = self._interval
@@ -115,7 +123,7 @@ class GarbageCollector:
             wait = max(self._interval, (time.perf_counter() - began) / self._share)
 
 
-class MemoryTrimmer:
+class MemoryTrimmer(Periodic):
     """Calls ``trim`` every ``interval`` seconds while started.
 
     :param trim: ``malloc_trim`` (tests pass their own); None: nothing to do.
@@ -126,19 +134,12 @@ class MemoryTrimmer:
     ) -> None:
         self._trim = trim
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._trim is None:
             logger.debug("memory: no malloc_trim in this C library")
             return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="malloc-trim")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._start(self._run(), "malloc-trim")
 
     async def _run(self) -> None:
         assert self._trim is not None
