@@ -25,9 +25,9 @@ from typing import Any
 from livekit.protocol import models
 
 from protocol.sdp_media import Codec
-from sfu.media_relay import MEDIA, SENDER_REPORT, MediaRelay, header
+from sfu.media_relay import MEDIA, MediaRelay, header
 from sfu.receiver import PublishedTrack, TrackReceiver
-from sfu.remote_forward import RemoteCopy, TrackOffer, TrackTaps
+from sfu.remote_forward import RemoteCopy, TapTarget, TrackOffer, TrackTaps
 
 VP8 = Codec(96, "video/VP8", 90000, rtcp_fb=("nack", "nack pli"))
 SESSION = b"benchmrk"
@@ -69,8 +69,7 @@ async def run(packets: int, size: int) -> tuple[float, float, int]:
     plain = time.process_time() - started
 
     taps = TrackTaps()
-    media, report = header(MEDIA, SESSION, 0), header(SENDER_REPORT, SESSION, 0)
-    taps.targets[SESSION] = (source, destination.address, media, report)
+    taps.targets[SESSION] = TapTarget(source, destination.address, SESSION, 0)
     for layer in track.receivers():
         layer.relay = taps
     copied = copy.published["TR_bench"].receiver
@@ -104,7 +103,7 @@ async def receive_cost(packets: int, size: int) -> tuple[float, int]:
     )
     copy.add_track(TrackOffer(0, info, VP8))
     relay.sessions[SESSION] = copy
-    prefix = header(MEDIA, SESSION, 0) + b"\x00"
+    prefix = header(MEDIA, SESSION, 0, 0)
     data = [prefix + _packet(n, size) for n in range(packets)]
     started = time.process_time()
     for datagram in data:

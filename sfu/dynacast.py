@@ -79,6 +79,7 @@ class DynacastSender:
         rid_by_layer: dict[int, str] | None = None,
     ) -> None:
         self.info = info
+        self.top_layer = top_layer
         self.state = Dynacast(top_layer, delay)
         self.on_update: Callable[[rtc.SubscribedQualityUpdate], None] | None = None
         """Sends the publisher a ``SubscribedQualityUpdate`` (the participant's)."""

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 MEDIA, SENDER_REPORT, FEEDBACK = 1, 2, 3
 SESSION_BYTES = 8
 #: kind, session, track index, spatial layer.
-HEADER_BYTES = 1 + SESSION_BYTES + 2 + 1
+_HEADER = struct.Struct(f"!B{SESSION_BYTES}sHB")
+HEADER_BYTES = _HEADER.size
 _SENDER_REPORT = struct.Struct("!QI")
 
 
@@ -45,9 +46,9 @@ class RelayEndpoint(Protocol):
     def on_relay(self, kind: int, index: int, spatial: int, body: bytes, now: float) -> None: ...
 
 
-def header(kind: int, session: bytes, index: int) -> bytes:
-    """A datagram's first bytes, up to its spatial layer (which varies per packet)."""
-    return bytes((kind,)) + session + index.to_bytes(2, "big")
+def header(kind: int, session: bytes, index: int, spatial: int) -> bytes:
+    """A datagram's first bytes, before its body."""
+    return _HEADER.pack(kind, session, index, spatial)
 
 
 def sender_report_body(ntp: int, rtp_timestamp: int) -> bytes:
@@ -114,12 +115,12 @@ class MediaRelay(asyncio.DatagramProtocol):
         if len(data) < HEADER_BYTES:
             self._drop("short datagram", addr)
             return
-        endpoint = self.sessions.get(data[1 : 1 + SESSION_BYTES])
-        if endpoint is None or data[0] not in (MEDIA, SENDER_REPORT, FEEDBACK):
+        kind, session, index, spatial = _HEADER.unpack_from(data)
+        endpoint = self.sessions.get(session)
+        if endpoint is None or kind not in (MEDIA, SENDER_REPORT, FEEDBACK):
             self._drop("unknown session or kind", addr)
             return
-        index = int.from_bytes(data[9:11], "big")
-        endpoint.on_relay(data[0], index, data[11], data[HEADER_BYTES:], self._clock())
+        endpoint.on_relay(kind, index, spatial, data[HEADER_BYTES:], self._clock())
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the other node went away; its liveness check

@@ -43,7 +43,7 @@ from sfu.participant import Participant
 from sfu.participant_api import permission_allows
 from sfu.receiver import PublishedTrack, TrackReceiver
 from sfu.simulcast_track import SimulcastTrack
-from sfu.svc import SPATIAL_LAYERS, SvcTrack
+from sfu.svc import SvcTrack
 
 if TYPE_CHECKING:
     from sfu.room import Room
@@ -152,22 +152,43 @@ def offer_of(index: int, track: PublishedTrack) -> TrackOffer:
 # --- the source node ---------------------------------------------------------------------
 
 
+class TapTarget:
+    """One forward of a track to another node: where its datagrams go, and their headers by
+    spatial layer (made once per layer, not per packet)."""
+
+    __slots__ = ("headers", "index", "peer", "relay", "session")
+
+    def __init__(
+        self, relay: MediaRelay, peer: tuple[str, int], session: bytes, index: int
+    ) -> None:
+        self.relay = relay
+        self.peer = peer
+        self.session = session
+        self.index = index
+        self.headers: dict[int, bytes] = {}
+
+    def media_header(self, spatial: int) -> bytes:
+        made = self.headers.get(spatial)
+        if made is None:
+            made = self.headers[spatial] = header(MEDIA, self.session, self.index, spatial)
+        return made
+
+
 class TrackTaps:
     """A track's :class:`RelayTap`: each forward of it to another node gets every packet."""
 
     def __init__(self) -> None:
-        self.targets: dict[bytes, tuple[MediaRelay, tuple[str, int], bytes, bytes]] = {}
-        """session -> (relay, peer, MEDIA header, SENDER_REPORT header)."""
+        self.targets: dict[bytes, TapTarget] = {}
+        """session -> where that forward's datagrams go."""
 
     def media(self, packet: bytes, spatial: int) -> None:
-        layer = bytes((spatial,))
-        for relay, peer, media, _ in self.targets.values():
-            relay.send(media + layer + packet, peer)
+        for target in self.targets.values():
+            target.relay.send(target.media_header(spatial) + packet, target.peer)
 
     def sender_report(self, spatial: int, ntp: int, rtp_timestamp: int) -> None:
-        body = bytes((spatial,)) + sender_report_body(ntp, rtp_timestamp)
-        for relay, peer, _, report in self.targets.values():
-            relay.send(report + body, peer)
+        body = sender_report_body(ntp, rtp_timestamp)
+        for t in self.targets.values():
+            t.relay.send(header(SENDER_REPORT, t.session, t.index, spatial) + body, t.peer)
 
 
 class RemoteLink:
@@ -270,9 +291,9 @@ class RemoteLink:
         receiver = _layer_receiver(track, spatial)
         if receiver is None:
             return
-        if any(True for _ in rtcp.keyframe_requests(body)):
+        if next(rtcp.keyframe_requests(body), None) is not None:
             receiver.request_keyframe(now)
-        resend = header(MEDIA, self.session, index) + bytes((spatial,))
+        resend = header(MEDIA, self.session, index, spatial)
         for _, sequence in rtcp.nacked_sequences(body):
             packet = receiver.cache.get(sequence)
             if packet is not None:
@@ -281,10 +302,8 @@ class RemoteLink:
     def want_layers(self, track_sid: str, top: int) -> None:
         """The destination's subscribers want layers up to ``top`` (-1: none) of a track."""
         index = self._index_by_sid.get(track_sid)
-        layered = self._tracks[index].layered if index is not None else None
-        if layered is not None:
-            layered.dynacast.remote[self._key] = top
-            layered.update_dynacast(self._clock())
+        if index is not None:
+            self._wish(self._tracks[index], top)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -307,23 +326,12 @@ class RemoteLink:
         taps = track.receiver.relay
         if not isinstance(taps, TrackTaps):
             taps = TrackTaps()
-        media, report = (
-            header(MEDIA, self.session, index),
-            header(SENDER_REPORT, self.session, index),
-        )
-        taps.targets[self.session] = (self._relay, self.peer, media, report)
+        taps.targets[self.session] = TapTarget(self._relay, self.peer, self.session, index)
         for receiver in track.receivers():
             receiver.relay = taps
-        layered = track.layered
-        if layered is not None:
+        if track.layered is not None:
             # Every layer until the destination says what its subscribers want.
-            top = (
-                layered.layer_count - 1
-                if isinstance(layered, SimulcastTrack)
-                else SPATIAL_LAYERS - 1
-            )
-            layered.dynacast.remote[self._key] = top
-            layered.update_dynacast(self._clock())
+            self._wish(track, track.layered.dynacast.top_layer)
 
     def _untap(self, track: PublishedTrack) -> None:
         taps = track.receiver.relay if track.receiver is not None else None
@@ -332,9 +340,19 @@ class RemoteLink:
             if not taps.targets:
                 for receiver in track.receivers():
                     receiver.relay = None
+        self._wish(track, None)
+
+    def _wish(self, track: PublishedTrack, top: int | None) -> None:
+        """The destination's wish for ``track``'s layers, in its publisher's dynacast (None:
+        the forward no longer wishes anything)."""
         layered = track.layered
-        if layered is not None and layered.dynacast.remote.pop(self._key, None) is not None:
-            layered.update_dynacast(self._clock())
+        if layered is None:
+            return
+        if top is None:
+            layered.dynacast.remote.pop(self._key, None)
+        else:
+            layered.dynacast.remote[self._key] = top
+        layered.update_dynacast(self._clock())
 
 
 def _layer_receiver(track: PublishedTrack, spatial: int) -> TrackReceiver | None:
@@ -496,7 +514,7 @@ class RemoteCopy:
         return layer
 
     def _feedback(self, index: int, spatial: int) -> Callable[[bytes], None]:
-        prefix = header(FEEDBACK, self.session, index) + bytes((spatial,))
+        prefix = header(FEEDBACK, self.session, index, spatial)
 
         def send(packet: bytes) -> None:
             if not self.ended_here:

@@ -127,8 +127,8 @@ class ForwardCluster:
         self._bind_host = bind_host
         self._advertised_ip = advertised_ip
         self.relay = MediaRelay()
-        self.links: dict[bytes, RemoteLink] = {}
-        self._link_rooms: dict[bytes, Room] = {}
+        self.links: dict[bytes, tuple[str, RemoteLink]] = {}
+        """session -> (destination node, link)."""
         self.copies: dict[bytes, tuple[str, Room, RemoteCopy]] = {}
         """session -> (source node, destination room, copy)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,8 +149,7 @@ class ForwardCluster:
         link = RemoteLink(session, participant, source, destination, self.relay, control)
         body = link.open_body(destination, self._router.node_id)
         source.forwards.link(participant.identity, destination, link)
-        self.links[session] = link
-        self._link_rooms[session] = source
+        self.links[session] = (host, link)
         try:
             response = await control.call("Open", body)
         except RoutingError as exc:
@@ -169,13 +168,13 @@ class ForwardCluster:
         control.release()
 
     def _link_lost(self, session: bytes) -> None:
-        link = self.links.pop(session, None)
-        source = self._link_rooms.pop(session, None)
-        if link is None or source is None:
+        found = self.links.pop(session, None)
+        if found is None:
             return
+        link = found[1]
         link.end()
         link.control.close()
-        source.forwards.unlink(link.participant.identity, link.destination)
+        link.source_room.forwards.unlink(link.participant.identity, link.destination)
 
     # --- serving the other nodes' calls --------------------------------------------------
 
@@ -198,11 +197,11 @@ class ForwardCluster:
 
     def _serve(self, method: str, session: bytes, body: Json) -> RpcResponse:
         if method in ("Layers", "Stopped"):
-            link = self.links.get(session)
-            if link is None:
+            found_link = self.links.get(session)
+            if found_link is None:
                 return _UNKNOWN
             if method == "Layers":
-                link.want_layers(str(body.get("sid", "")), _integer(body.get("top")))
+                found_link[1].want_layers(str(body.get("sid", "")), _integer(body.get("top")))
             else:
                 self._link_lost(session)
             return _DONE
@@ -285,10 +284,9 @@ class ForwardCluster:
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
-            for session, link in list(self.links.items()):
+            for session, (_, link) in list(self.links.items()):
                 if link.ended:
-                    self.links.pop(session, None)
-                    self._link_rooms.pop(session, None)
+                    del self.links[session]
             for session, (_, _, copy) in list(self.copies.items()):
                 if copy.ended_here:
                     del self.copies[session]
@@ -307,10 +305,9 @@ class ForwardCluster:
         except STORE_ERRORS as exc:
             logger.warning("forward: other nodes unknown: %s", exc)
             return
-        for session, link in list(self.links.items()):
-            control = link_node(link)
-            if control not in alive:
-                logger.info("forward: node %s is gone; forwarding to it stopped", control)
+        for session, (node, _) in list(self.links.items()):
+            if node not in alive:
+                logger.info("forward: node %s is gone; forwarding to it stopped", node)
                 self._link_lost(session)
         for session, (node, _, _) in list(self.copies.items()):
             if node not in alive:
@@ -325,11 +322,6 @@ class ForwardCluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.relay.close()
-
-
-def link_node(link: RemoteLink) -> str:
-    control = link.control
-    return control.node_id if isinstance(control, NodeControl) else ""
 
 
 def _error(error: TwirpError) -> RpcResponse:

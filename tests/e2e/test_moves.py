@@ -64,6 +64,13 @@ async def rooms_on_two_nodes(
     return first, second
 
 
+async def remove_copy(server: ServerProcess, room: str, present: set[str]) -> None:
+    """Check who ``room`` lists (``present``), then remove the copy of "source" from it."""
+    async with admin_api(server, room, "") as lk:
+        assert await identities(lk, room) == present
+        await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity="source"))
+
+
 async def identities(lk: api.LiveKitAPI, room: str) -> set[str]:
     listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
     return {p.identity for p in listed.participants}
@@ -173,11 +180,7 @@ async def test_forward_participant_until_removed_or_gone(server: ServerProcess) 
                 # Changes to the source reach its copy.
                 await source.local_participant.set_metadata("changed at the source")
                 await metadata.wait_for(lambda e: e[2] == "changed at the source")
-            async with admin_api(server, "fwd-to", "") as lk:
-                assert await identities(lk, "fwd-to") == {"source", "watcher"}
-                await lk.room.remove_participant(
-                    api.RoomParticipantIdentity(room="fwd-to", identity="source")
-                )
+            await remove_copy(server, "fwd-to", {"source", "watcher"})
             await gone.wait_for(lambda p: p.identity == "source")
             assert source.isconnected() and "source" in listener.remote_participants
             # Forwarded again, then the source leaves: the copy goes too.
@@ -278,11 +281,7 @@ async def test_forward_to_a_room_on_another_node_relays_its_media(
             await unsubscribed.wait_for(lambda e: e[0].kind == video)
             await source.local_participant.set_metadata("changed at the source")
             await metadata.wait_for(lambda e: e[2] == "changed at the source")
-            async with admin_api(second, "xf-to", "") as lk:
-                assert await identities(lk, "xf-to") == {"source", "watcher"}
-                await lk.room.remove_participant(
-                    api.RoomParticipantIdentity(room="xf-to", identity="source")
-                )
+            await remove_copy(second, "xf-to", {"source", "watcher"})
             await gone.wait_for(lambda p: p.identity == "source")
             # The source's node heard of it: the same forward can be made again.
             async with admin_api(first, "xf-from", "xf-to") as lk:

@@ -224,12 +224,12 @@ def test_the_relay_drops_what_it_cannot_place() -> None:
     for junk in (
         b"",
         b"\x01",
-        header(MEDIA, b"\x00" * 8, 1) + b"\x00rtp",
+        header(MEDIA, b"\x00" * 8, 1, 0) + b"rtp",
         b"\x09" + SESSION + b"\x00" * 3,
     ):
         relay.datagram_received(junk, ("10.0.0.9", 9))
     assert relay.dropped == 4 and seen == []
-    relay.datagram_received(header(MEDIA, SESSION, 258) + b"\x02rtp", ("10.0.0.9", 9))
+    relay.datagram_received(header(MEDIA, SESSION, 258, 2) + b"rtp", ("10.0.0.9", 9))
     assert seen == [(MEDIA, 258, 2, b"rtp")]
 
 
@@ -347,6 +347,6 @@ async def test_garbage_inside_a_session_is_dropped_quietly() -> None:
         body = bytes(rng.randrange(256) for _ in range(size))
         if rng.random() < 0.5 and size >= 12:
             body = bytes((0x80 | (body[0] & 0x3F),)) + body[1:]  # RTP version 2
-        datagram = header(kind, SESSION, index) + bytes((spatial,)) + body
+        datagram = header(kind, SESSION, index, spatial) + body
         pair.destination_relay.datagram_received(datagram, ("10.0.0.1", 1001))
         pair.source_relay.datagram_received(datagram, ("10.0.0.2", 1002))
