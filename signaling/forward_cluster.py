@@ -197,11 +197,12 @@ class ForwardCluster:
 
     def _serve(self, method: str, session: bytes, body: Json) -> RpcResponse:
         if method in ("Layers", "Stopped"):
+            top = _layer(body.get("top")) if method == "Layers" else -1
             found_link = self.links.get(session)
             if found_link is None:
                 return _UNKNOWN
             if method == "Layers":
-                found_link[1].want_layers(str(body.get("sid", "")), _integer(body.get("top")))
+                found_link[1].want_layers(str(body.get("sid", "")), top)
             else:
                 self._link_lost(session)
             return _DONE
@@ -328,9 +329,10 @@ def _error(error: TwirpError) -> RpcResponse:
     return RpcResponse(error.status, json.dumps({"code": error.code, "msg": error.msg}).encode())
 
 
-def _integer(value: object) -> int:
-    if not isinstance(value, int):
-        raise ValueError("expected an integer")
+def _layer(value: object) -> int:
+    """A spatial layer wished for: -1 (none) to the highest there is (2)."""
+    if not isinstance(value, int) or not -1 <= value <= 2:
+        raise ValueError("expected a layer from -1 to 2")
     return value
 
 

@@ -257,6 +257,9 @@ async def test_calls_that_cannot_be_read_are_refused() -> None:
         "malformed",
     )
     assert await call("Update", {"session": SESSION.hex(), "info": info}) == (404, "not_found")
+    for top in (3, -2, "1", None):
+        layers = {"session": SESSION.hex(), "sid": "TR", "top": top}
+        assert await call("Layers", layers) == (400, "malformed")
     assert await call("Layers", {"session": SESSION.hex(), "sid": "TR", "top": 1}) == (
         404,
         "not_found",
