@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -42,12 +43,18 @@ class Worker:
         return self.log.read_text(errors="replace")
 
 
+def _registrations(server: ServerProcess) -> int:
+    """Workers registered so far (not those gone: a worker of the test before may leave the
+    log a "gone" line after this test has begun)."""
+    return len(re.findall(r"agent worker AW_\S+ registered", server.logs()))
+
+
 @asynccontextmanager
 async def agent_worker(
     server: ServerProcess, tmp_path: Path, agent_name: str = "", load: float = 0.1
 ) -> AsyncIterator[Worker]:
     assert AGENTS_PYTHON.exists(), "tests/run.sh makes .venv-agents (livekit-agents)"
-    registered = server.logs().count("agent worker AW_")
+    registered = _registrations(server)
     log = tmp_path / f"worker-{agent_name or 'auto'}-{load}.log"
     env = dict(
         os.environ,
@@ -64,10 +71,7 @@ async def agent_worker(
     worker = Worker(process, log)
     try:
         await wait_until(
-            lambda: (
-                server.logs().count("agent worker AW_") > registered
-                or process.returncode is not None
-            ),
+            lambda: _registrations(server) > registered or process.returncode is not None,
             REGISTER_TIMEOUT_S,
         )
         assert process.returncode is None, worker.said()

@@ -254,6 +254,12 @@ async def test_a_node_alone_waits_for_its_participants(
     """With no other node serving, a draining node has nowhere to send its participants: it
     waits for them, as LiveKit's drain does."""
     draining, other = nodes(), nodes()
+    # Hosted on the draining node: a room placed on the other would be handed over when the
+    # other stops, and the stayer could still be rejoining when this node is told to drain.
+    async with server_api(other) as lk:
+        await lk.room.create_room(
+            api.CreateRoomRequest(name="cluster-alone", node_id=node_id_of(draining))
+        )
     stayer = await connect(draining, "stayer", "cluster-alone")
     try:
         assert other.stop() == 0
