@@ -33,6 +33,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     assert_clean_exit(proc)
 
 
+QUEUE_S = 1  # the limited link's queue, in seconds at its rate (as a home router's)
+
+
 def _camera(stats: list[dict[str, Any]]) -> dict[str, Any]:
     found = [s for s in stats if s["source"] == "camera" and s["kind"] == "video"]
     return found[0] if found else {"frameWidth": 0, "bytesReceived": 0, "framesDecoded": 0}
@@ -65,14 +68,18 @@ async def test_the_browser_steps_down_is_told_of_the_pause_and_recovers(
             port = await page.lk("mediaPort")
             assert port, "no media port"
             with limited(port) as rate:
+                # The step down is decided within about a second (the queue filling), but the
+                # lower layer's keyframe then waits behind up to a second of queued top layer.
                 await page.wait_for(
-                    "inbound", lambda s: 0 < _camera(s)["frameWidth"] < TOP, "sharer", within_s=5
+                    "inbound", lambda s: 0 < _camera(s)["frameWidth"] < TOP, "sharer", within_s=10
                 )
-                rate("150kbit", 19000)
+                rate("150kbit", 150_000 * QUEUE_S // 8)
                 events = await page.wait_for(
                     "events", lambda e: "paused" in _stream_states(e), within_s=20
                 )
                 assert "paused" in _stream_states(events)
+                # Frames sent before the pause may still be in the second of queue: let it drain.
+                await asyncio.sleep(QUEUE_S + 0.5)
                 frames = _camera(await page.lk("inbound", "sharer"))["framesDecoded"]
                 await asyncio.sleep(2)
                 assert _camera(await page.lk("inbound", "sharer"))["framesDecoded"] - frames < 3
