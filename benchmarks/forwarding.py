@@ -11,7 +11,12 @@ machine-independent ratios: CPU microseconds per forwarded packet and packets ou
 CPU-second.
 
     .venv/bin/python -m benchmarks.forwarding [--packets N] [--loop uvloop|asyncio] [--no-batch]
-        [--svc] [--twcc]
+        [--svc] [--twcc] [--tracks K] [--shared-session]
+
+``--tracks K`` makes each subscriber's transport also carry K - 1 other tracks, as in a meeting
+of K tracks. By default each downtrack protects with a libsrtp session of its own, as the
+server's do; ``--shared-session`` protects with the transport's one session instead, where
+libsrtp finds each packet's stream by walking the list of every SSRC the session protected.
 
 ``--twcc`` gives every downtrack a transport-wide sequence number to stamp (each subscriber
 transport numbering its packets and remembering their send times, as for video subscribers that
@@ -56,13 +61,28 @@ def _ignore(_: bytes) -> None:
     return None
 
 
-def _session(direction: int) -> Session:
+def _session(direction: int, window: int = 1024) -> Session:
     policy = Policy(
         key=KEY, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80
     )
     policy.allow_repeat_tx = True
-    policy.window_size = 1024
+    policy.window_size = window
     return Session(policy)
+
+
+def _own_session(downtrack: object) -> tuple[int, object]:
+    """A downtrack's own transmit session, as ``DtlsSession.outbound_session`` makes them."""
+    protector = SrtpProtector(_session(Policy.SSRC_ANY_OUTBOUND, window=64))
+    return protector.context_address, protector
+
+
+def _other_streams(protector: SrtpProtector, tracks: int, ssrc: int) -> None:
+    """The transport's session holds the streams of ``tracks - 1`` other tracks, half made
+    before this one's and half after."""
+    others = [10_000 + j for j in range(tracks - 1)]
+    half = len(others) // 2
+    for other in [*others[:half], ssrc, *others[half:]]:
+        protector.protect(struct.pack("!BBHII", 0x80, 111, 0, 0, other) + b"x")
 
 
 def _select_path(
@@ -118,6 +138,8 @@ async def fan_out(
     batch: bool = True,
     svc: bool = False,
     twcc: bool = False,
+    tracks: int = 1,
+    own_sessions: bool = True,
 ) -> FanOut:
     loop = asyncio.get_running_loop()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -150,6 +172,15 @@ async def fan_out(
         # As PeerConnection does once DTLS is up: the C fan-out protects and sends by itself
         # on a batching UDP path (sfu/fanout.py); otherwise every packet takes send().
         rtp_sink = Sink(send)
+        if own_sessions:
+
+            def send_protected(data: memoryview, ice: IceSession = ice) -> bool:
+                ice.send(bytes(data))
+                return True
+
+            rtp_sink.set_sessions(_own_session, send_protected)
+        else:
+            _other_streams(protector, tracks, 100 + index)
         destination = ice.selected.udp_destination()
         if destination is not None:
             rtp_sink.set_fast(protector.context_address, protector.session, *destination)
@@ -181,9 +212,16 @@ async def fan_out(
 
 
 async def run(
-    subscribers: int, size: int, packets: int, batch: bool, svc: bool = False, twcc: bool = False
+    subscribers: int,
+    size: int,
+    packets: int,
+    batch: bool,
+    svc: bool = False,
+    twcc: bool = False,
+    tracks: int = 1,
+    own_sessions: bool = True,
 ) -> tuple[float, int]:
-    fan = await fan_out(subscribers, size, packets, batch, svc, twcc)
+    fan = await fan_out(subscribers, size, packets, batch, svc, twcc, tracks, own_sessions)
     start = time.process_time()
     fan.feed(0, packets)
     cpu = time.process_time() - start
@@ -202,6 +240,12 @@ def main() -> None:
     parser.add_argument(
         "--twcc", action="store_true", help="transport-wide sequence numbers on every packet"
     )
+    parser.add_argument("--tracks", type=int, default=1, help="tracks each subscriber gets")
+    parser.add_argument(
+        "--shared-session",
+        action="store_true",
+        help="protect with the transport's one libsrtp session instead of one per downtrack",
+    )
     args = parser.parse_args()
     runner = asyncio.run
     if args.loop == "uvloop":
@@ -213,7 +257,16 @@ def main() -> None:
     for size in (100, 1200):
         for subscribers in (1, 10, 100):
             packets = max(200, args.packets // subscribers)
-            work = run(subscribers, size, packets, not args.no_batch, args.svc, args.twcc)
+            work = run(
+                subscribers,
+                size,
+                packets,
+                not args.no_batch,
+                args.svc,
+                args.twcc,
+                args.tracks,
+                not args.shared_session,
+            )
             cpu, out = runner(work)
             row = (size, f"1->{subscribers}", out, f"{cpu:.3f}", f"{cpu / out * 1e6:.2f}")
             print(" ".join(f"{value:>10}" for value in row), f"{out / cpu:>10.0f}")

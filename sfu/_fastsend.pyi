@@ -32,6 +32,12 @@ class Sink:
         /,
     ) -> bool: ...
     def clear_fast(self) -> None: ...
+    def set_sessions(
+        self,
+        session_for: Callable[[DownTrackCore], tuple[int, object] | None],
+        send_protected: Callable[[memoryview], bool],
+        /,
+    ) -> None: ...
 
 class DownTrackCore:
     enabled: bool
@@ -41,6 +47,8 @@ class DownTrackCore:
     needs_keyframe: bool
     packets: int
     octets: int
+    @property
+    def own_session(self) -> bool: ...
     def __init__(
         self,
         sink: Sink,

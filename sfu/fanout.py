@@ -81,6 +81,14 @@ class PySink:
     def clear_fast(self) -> None:
         return None
 
+    def set_sessions(
+        self,
+        session_for: Callable[[Any], tuple[int, object] | None],
+        send_protected: Callable[[memoryview], bool],
+    ) -> None:
+        """Here every packet takes ``send``, protected by the transport's one session."""
+        return None
+
 
 class PyDownTrackCore:
     """One published track as one subscriber receives it, without RTCP (``sfu/downtrack.py``

@@ -10,7 +10,10 @@ aiortc internals used here (pinned in pyproject, checked by ``tests/unit/test_rt
 - ``RTCDtlsTransport`` reads its ICE transport's ``role``, ``_recv()`` and ``_send()``;
 - ``RTCDtlsTransport._set_role`` chooses the DTLS role from the SDP ``a=setup``;
 - ``RTCDtlsTransport._rx_srtp`` / ``_tx_srtp`` are the SRTP sessions keyed by the handshake;
-- ``pylibsrtp.Session._srtp``, ``._cdata``, ``._buffer`` and ``pylibsrtp._binding.lib``: RTP is
+  ``_ssl``, ``_srtp_profiles`` and ``_role`` give the keys again, for a transmit session per
+  downtrack (:func:`_transmit_policy`);
+- ``pylibsrtp.Session._srtp``, ``._cdata``, ``._buffer``, ``Policy._policy`` and
+  ``pylibsrtp._binding.lib``: RTP is
   protected in place in the session's own C buffer (:class:`SrtpProtector`), without the
   allocations of the public ``protect``; the C fan-out (``sfu/_fastsend.c``) is given the
   address of ``srtp_protect`` and each transmit session's context (:func:`_configure_fanout`);
@@ -217,6 +220,26 @@ def _dtls_parameters(fingerprints: Iterable[tuple[str, str]]) -> RTCDtlsParamete
     )
 
 
+def _transmit_policy(transport: RTCDtlsTransport) -> pylibsrtp.Policy:
+    """The transmit SRTP policy of a connected transport, derived as aiortc's
+    ``_setup_srtp`` derives it (RFC 5764 4.2), with libsrtp's smallest replay window: a
+    sender never checks it, and a 1,024-packet one costs a 128-byte shift per packet."""
+    connection = transport._ssl
+    assert connection is not None, "a connected transport has its TLS connection"
+    selected = connection.get_selected_srtp_profile()
+    profile = next(p for p in transport._srtp_profiles if p.openssl_profile == selected)
+    material = connection.export_keying_material(
+        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length)
+    )
+    key = profile.get_key_and_salt(material, 1 if transport._role == "server" else 0)
+    policy = pylibsrtp.Policy(
+        key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_profile
+    )
+    policy.allow_repeat_tx = True
+    policy.window_size = 64
+    return policy
+
+
 class DtlsSession:
     """aiortc's DTLS over one of our ICE paths, and the SRTP keys it derives (RFC 5764): the
     glue the server's peer connections and the load tester's share.
@@ -236,6 +259,7 @@ class DtlsSession:
         shim: Any = self._shim  # duck-typed RTCIceTransport
         self.transport = RTCDtlsTransport(shim, [certificate])
         """For an RTCSctpTransport on top, and its ``statechange`` events."""
+        self._tx_policy: pylibsrtp.Policy | None = None
 
     @property
     def state(self) -> str:
@@ -261,6 +285,20 @@ class DtlsSession:
         if rx is None or tx is None:
             return None
         return rx, tx
+
+    def outbound_session(self) -> tuple[int, object] | None:
+        """A new transmit libsrtp session on the handshake's keys, as (context address, owner
+        that frees it): one per downtrack, because libsrtp finds a session's stream by walking
+        a list of every SSRC it protected. None before the handshake."""
+        if self.transport._tx_srtp is None:
+            return None
+        if self._tx_policy is None:
+            self._tx_policy = _transmit_policy(self.transport)
+        holder = srtp_ffi.new("srtp_t *")
+        if srtp_lib.srtp_create(holder, self._tx_policy._policy) != 0:
+            raise pylibsrtp.Error("srtp_create failed")
+        owner = srtp_ffi.gc(holder, lambda created: srtp_lib.srtp_dealloc(created[0]))
+        return int(srtp_ffi.cast("uintptr_t", holder[0])), owner
 
     async def stop(self) -> None:
         await self.transport.stop()
@@ -292,7 +330,9 @@ class PeerConnection:
         self._protector: SrtpProtector | None = None
         self.rtp_sink = Sink(self.send_rtp)
         """Where downtracks send: this Python path until SRTP keys and a UDP path exist, then
-        protected and sent by the C fan-out (``sfu/fanout.py``)."""
+        protected and sent by the C fan-out (``sfu/fanout.py``), each downtrack with its own
+        libsrtp session once there are keys."""
+        self.rtp_sink.set_sessions(self._downtrack_session, self._send_protected)
         self._bundle_tag: tuple[str, int] = ("0", 0)
         self.tcp_only = False
         """Offer ICE-TCP candidates only (the participant's ICE preference)."""
@@ -479,6 +519,15 @@ class PeerConnection:
             return False
         if not (DROP_EVERY and self._dropped_for_test()):
             self._ice.send(protected)
+        return True
+
+    def _downtrack_session(self, downtrack: object) -> tuple[int, object] | None:
+        return self._dtls.outbound_session()
+
+    def _send_protected(self, datagram: memoryview) -> bool:
+        """A packet a downtrack protected itself, on a path the C fan-out does not send on."""
+        if not (DROP_EVERY and self._dropped_for_test()):
+            self._ice.send(bytes(datagram))
         return True
 
     def _refresh_sink(self) -> None:

@@ -29,7 +29,12 @@ import sfu._fastsend  # noqa: E402
 
 if not sfu._fastsend.__file__.startswith(scratch):
     sys.exit(f"the sanitized build was not the one imported: {sfu._fastsend.__file__}")
-tests = ["tests/unit/test_fanout.py", "tests/unit/test_media.py", "tests/unit/test_single_pc.py"]
+tests = [
+    "tests/unit/test_fanout.py",
+    "tests/unit/test_downtrack_sessions.py",
+    "tests/unit/test_media.py",
+    "tests/unit/test_single_pc.py",
+]
 # Capture at the sys level only: a sanitizer report is written to file descriptor 2.
 sys.exit(pytest.main(["-p", "no:cacheprovider", "-q", "--capture=sys", *tests, *arguments]))
 PY

@@ -11,7 +11,9 @@ from importlib import metadata
 import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from pylibsrtp import Policy, Session
+from pylibsrtp import SRTP_MAX_TRAILER_LEN, Policy, Session
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
 
 from sfu import fanout
 from sfu.endpoint import Endpoint, Endpoints
@@ -224,5 +226,20 @@ async def test_dtls_sessions_in_memory_agree_on_srtp_keys() -> None:
     assert client_keys is not None and server_keys is not None
     packet = struct.pack("!BBHII", 0x80, 111, 1, 960, 42) + b"opus frame"
     assert server_keys[0].unprotect(client_keys[1].protect(packet)) == packet
+    # A downtrack's own transmit session has the same keys: the other side reads it too.
+    assert server.outbound_session() is not None
+    gc.collect()
+    for side, other, ssrc in ((server, client_keys[0], 43), (client, server_keys[0], 44)):
+        session = side.outbound_session()
+        assert session is not None
+        address, owner = session
+        packet = struct.pack("!BBHII", 0x80, 111, 1, 960, ssrc) + b"opus frame"
+        protected = srtp_ffi.new("char[]", len(packet) + SRTP_MAX_TRAILER_LEN)
+        protected[0 : len(packet)] = packet
+        length = srtp_ffi.new("int *", len(packet))
+        context = srtp_ffi.cast("srtp_t", address)
+        assert srtp_lib.srtp_protect(context, protected, length) == 0
+        assert other.unprotect(bytes(srtp_ffi.buffer(protected, length[0]))) == packet
+        del owner
     await client.stop()
     await server.stop()
