@@ -506,13 +506,9 @@ class PeerConnection:
     def send_rtp(self, packet: bytes | memoryview) -> bool:
         """Protect and send one RTP packet on the selected path; False when it was dropped
         (not connected yet, or refused by libsrtp)."""
-        protector = self._protector
+        protector = self._protector or self._keyed()
         if protector is None:
-            sessions = self.srtp_sessions()
-            if sessions is None:
-                return False
-            protector = self._protector = SrtpProtector(sessions[1])
-            self._refresh_sink()
+            return False
         protected = protector.protect(packet)
         if protected is None:
             count_protect_failure()
@@ -524,8 +520,21 @@ class PeerConnection:
     def _downtrack_session(self, downtrack: object) -> tuple[int, object] | None:
         return self._dtls.outbound_session()
 
+    def _keyed(self) -> SrtpProtector | None:
+        """The transport's protector, made on the first packet after the handshake, when the
+        fast path can start too."""
+        sessions = self.srtp_sessions()
+        if sessions is None:
+            return None
+        self._protector = SrtpProtector(sessions[1])
+        self._refresh_sink()
+        return self._protector
+
     def _send_protected(self, datagram: memoryview) -> bool:
-        """A packet a downtrack protected itself, on a path the C fan-out does not send on."""
+        """A packet a downtrack protected itself, on a path the C fan-out does not send on
+        (yet: the first one after the handshake starts it)."""
+        if self._protector is None:
+            self._keyed()
         if not (DROP_EVERY and self._dropped_for_test()):
             self._ice.send(bytes(datagram))
         return True

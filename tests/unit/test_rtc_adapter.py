@@ -103,11 +103,15 @@ async def test_server_offer_connects_and_queues_reliable_data(
         # with AEAD_AES_128_GCM, which libwebrtc and aiortc both prefer, 10 with CM80).
         assert protected[:12] == rtp[:12]
         assert len(protected) - len(rtp) in (10, 16)
-        # The first RTP sent takes the Python path and switches the C fan-out on: the UDP
-        # path is selected and the transmit keys exist.
+        # The first RTP a downtrack sends switches the C fan-out on (the UDP path is selected
+        # and the transmit keys exist), and gives the downtrack its own libsrtp session.
         assert not server.rtp_sink.fast
-        assert server.send_rtp(rtp)
+        core = fanout.DownTrackCore(server.rtp_sink, 42, 90000, 1, 0, b"", {}, -1)
+        core.forward(rtp, 12, len(rtp), 1, 0, 42, 0.0)
+        assert core.packets == 1
         assert server.rtp_sink.fast is fanout.ACCELERATED
+        assert getattr(core, "own_session", False) is fanout.ACCELERATED
+        assert server.send_rtp(rtp), "the transport's own Python path still works"
     finally:
         await server.close()
         await client.close()
