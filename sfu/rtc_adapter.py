@@ -191,6 +191,42 @@ class SrtpProtector:
         return bytes(self._buffer[0 : self._length[0]])
 
 
+class SrtpVerifier:
+    """SRTP and SRTCP verification on libsrtp's preallocated buffer: pylibsrtp's public
+    ``unprotect`` allocates on every call and raises for every refused packet.
+
+    :param session: a receive session; its C buffer is reused for every packet.
+    """
+
+    __slots__ = ("_buffer", "_context", "_data", "_length", "_limit", "_session")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session  # owns the context and the buffer below
+        self._context = session._srtp[0]
+        self._data = session._cdata
+        self._buffer = session._buffer
+        self._limit = len(session._cdata)
+        self._length = srtp_ffi.new("int *")
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        """The RTP packet, or None when libsrtp refuses it (replayed, forged, too long)."""
+        return self._verify(srtp_lib.srtp_unprotect, packet)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
+        """The compound RTCP packet, or None when libsrtp refuses it."""
+        return self._verify(srtp_lib.srtp_unprotect_rtcp, packet)
+
+    def _verify(self, function: Callable[[Any, Any, Any], int], packet: bytes) -> bytes | None:
+        size = len(packet)
+        if size > self._limit:
+            return None
+        self._buffer[0:size] = packet
+        self._length[0] = size
+        if function(self._context, self._data, self._length) != 0:
+            return None
+        return bytes(self._buffer[0 : self._length[0]])
+
+
 class _IceTransportShim:
     """What ``RTCDtlsTransport`` needs of an ICE transport: a ``role``, ``_recv()`` and
     ``_send()``, over one of our ICE paths (the server's ICE-lite session or the load tester's
@@ -328,6 +364,7 @@ class PeerConnection:
         self._sctp_started = False
         self._rtp_count = 0
         self._protector: SrtpProtector | None = None
+        self._verifier: SrtpVerifier | None = None
         self.rtp_sink = Sink(self.send_rtp)
         """Where downtracks send: this Python path until SRTP keys and a UDP path exist, then
         protected and sent by the C fan-out (``sfu/fanout.py``), each downtrack with its own
@@ -487,21 +524,23 @@ class PeerConnection:
             self._dtls.feed(data)
 
     def _on_media(self, data: bytes) -> None:
-        sessions = self.srtp_sessions()
-        if sessions is None:
-            return
-        try:
-            if is_rtcp(data):
-                if self.on_rtcp is not None:
-                    self.on_rtcp(sessions[0].unprotect_rtcp(data))
-            elif self.on_rtp is not None:
-                # A test drop happens before libsrtp sees the packet, as a network loss would
-                # (its replay window would otherwise refuse the retransmission).
-                if DROP_EVERY and self._dropped_for_test():
-                    return
-                self.on_rtp(sessions[0].unprotect(data))
-        except pylibsrtp.Error:
-            return  # replayed or forged: RFC 3711 says drop silently
+        verifier = self._verifier
+        if verifier is None:
+            sessions = self.srtp_sessions()
+            if sessions is None:
+                return
+            verifier = self._verifier = SrtpVerifier(sessions[0])
+        # A replayed or forged packet is None: RFC 3711 says drop it silently.
+        if is_rtcp(data):
+            if self.on_rtcp is not None and (report := verifier.unprotect_rtcp(data)) is not None:
+                self.on_rtcp(report)
+        elif self.on_rtp is not None:
+            # A test drop happens before libsrtp sees the packet, as a network loss would
+            # (its replay window would otherwise refuse the retransmission).
+            if DROP_EVERY and self._dropped_for_test():
+                return
+            if (packet := verifier.unprotect(data)) is not None:
+                self.on_rtp(packet)
 
     def send_rtp(self, packet: bytes | memoryview) -> bool:
         """Protect and send one RTP packet on the selected path; False when it was dropped

@@ -23,6 +23,7 @@ from sfu.rtc_adapter import (
     DataChannel,
     PeerConnection,
     SrtpProtector,
+    SrtpVerifier,
     host_addresses,
 )
 from tests.fakes import dtls_pair, fingerprints
@@ -213,6 +214,22 @@ def test_srtp_protector_matches_libsrtp_and_owns_its_session() -> None:
         assert protected is not None and protected != rtp
         assert receiver.unprotect(protected) == rtp
     assert protector.protect(b"\x80" * 1500) is None, "too long for libsrtp's buffer"
+
+
+def test_srtp_verifier_reads_what_libsrtp_protected_and_refuses_the_rest() -> None:
+    sender = _srtp(Policy.SSRC_ANY_OUTBOUND)
+    verifier = SrtpVerifier(_srtp(Policy.SSRC_ANY_INBOUND))
+    gc.collect()  # the verifier alone holds its session
+    rtp = struct.pack("!BBHII", 0x80, 111, 7, 960, 42) + b"payload"
+    protected = sender.protect(rtp)
+    assert verifier.unprotect(protected) == rtp
+    assert verifier.unprotect(protected) is None, "a replay"
+    forged = sender.protect(struct.pack("!BBHII", 0x80, 111, 8, 960, 42) + b"payload")
+    assert verifier.unprotect(forged[:-1] + bytes([forged[-1] ^ 1])) is None, "a forgery"
+    assert verifier.unprotect(b"\x80" * 1501) is None, "too long for libsrtp's buffer"
+    report = struct.pack("!BBHI", 0x80, 201, 1, 42) + bytes(4)
+    assert verifier.unprotect_rtcp(sender.protect_rtcp(report)) == report
+    assert verifier.unprotect_rtcp(report) is None, "not protected"
 
 
 async def test_dtls_sessions_in_memory_agree_on_srtp_keys() -> None:
