@@ -49,7 +49,7 @@ from sfu.downtrack import TWCC_EXTENSION_ID, DownTrack
 from sfu.fanout import Sink
 from sfu.ice import IceRegistry, IceSession, UdpMux
 from sfu.receiver import TrackReceiver
-from sfu.rtc_adapter import SrtpProtector
+from sfu.srtp import SrtpProtector
 from sfu.svc import SPATIAL_LAYERS, SvcTrack
 
 KEY = bytes(range(30))  # AES_CM_128 key (16) + salt (14)

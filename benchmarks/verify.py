@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from pylibsrtp import Policy, Session
 
-from sfu.rtc_adapter import SrtpVerifier
+from sfu.srtp import SrtpVerifier
 
 
 def _protected(key: bytes, size: int, count: int) -> list[bytes]:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from aiortc import RTCCertificate, RTCSctpCapabilities, RTCSctpTransport
 from pylibsrtp import Session
 
-from sfu.rtc_adapter import SCTP_MAX_MESSAGE_SIZE, DtlsSession, SrtpProtector
+from sfu.rtc_adapter import SCTP_MAX_MESSAGE_SIZE, DtlsSession
+from sfu.srtp import SrtpProtector
 
 _certificate: RTCCertificate | None = None
 

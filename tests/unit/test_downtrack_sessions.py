@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pylibsrtp import Policy, Session
 
-from sfu.rtc_adapter import SrtpProtector
+from sfu.srtp import SrtpProtector
 from tests.unit.test_fanout import Capture, _core, _packet
 
 _fastsend = pytest.importorskip("sfu._fastsend")

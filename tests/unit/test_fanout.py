@@ -16,7 +16,7 @@ from pylibsrtp import Policy, Session
 
 from protocol import rtp
 from sfu import fanout, twcc
-from sfu.rtc_adapter import SrtpProtector
+from sfu.srtp import SrtpProtector
 
 _fastsend = pytest.importorskip("sfu._fastsend")
 

@@ -17,15 +17,8 @@ from pylibsrtp._binding import lib as srtp_lib
 
 from sfu import fanout
 from sfu.endpoint import Endpoint, Endpoints
-from sfu.rtc_adapter import (
-    FANOUT_CONFIGURED,
-    ConnectionState,
-    DataChannel,
-    PeerConnection,
-    SrtpProtector,
-    SrtpVerifier,
-    host_addresses,
-)
+from sfu.rtc_adapter import ConnectionState, DataChannel, PeerConnection, host_addresses
+from sfu.srtp import FANOUT_CONFIGURED, SrtpProtector, SrtpVerifier
 from tests.fakes import dtls_pair, fingerprints
 
 
