@@ -1006,11 +1006,10 @@ static int attach_session(DownTrackCore *t, Sink *sink) {
     return status;
 }
 
-/* Hands a datagram the downtrack protected itself to the sink's Python send (no fast path,
- * as over ICE-TCP): 1 sent, 0 dropped, -1 with an exception set. */
-static int send_protected(Sink *sink, uint8_t *data, int length) {
-    PyObject *send = sink->send_protected;
-    Py_INCREF(send);
+/* Hands a datagram to a Python send (no fast path: before the keys, or over ICE-TCP):
+ * 1 sent, 0 dropped, -1 with an exception set. */
+static int call_send(PyObject *send, uint8_t *data, int length) {
+    Py_INCREF(send); /* held while called: the callback may clear the sink */
     PyObject *view = PyMemoryView_FromMemory((char *)data, length, PyBUF_READ);
     PyObject *result = view == NULL ? NULL : PyObject_CallOneArg(send, view);
     Py_XDECREF(view);
@@ -1059,43 +1058,22 @@ static int emit(DownTrackCore *t, const incoming_t *in, int padding, double now)
     }
     int fast = sink->context != NULL; /* (a spill in that flush may have ended it) */
     void *context = t->context != NULL ? t->context : sink->context;
-    int sent;
-    if (context != NULL) {
-        static uint8_t alone[SLOT_SIZE];
-        uint8_t *out = fast ? slots[batch_count] : alone;
-        int length = (int)(in != NULL ? write_packet(t, in, out, &payload_length)
-                                      : write_padding(t, padding, now, out));
-        if (length == 0) {
-            return 0;
-        }
-        if (srtp_protect_function(context, out, &length) != 0) {
-            protect_failure_count++;
-            return 0;
-        }
-        if (fast) {
-            sent = queue_datagram(sink, out, length);
-        } else {
-            sent = sink->send_protected != NULL ? send_protected(sink, out, length) : 0;
-        }
-    } else {
-        static uint8_t plain[SLOT_SIZE];
-        Py_ssize_t length = in != NULL ? write_packet(t, in, plain, &payload_length)
-                                       : write_padding(t, padding, now, plain);
-        if (length == 0) {
-            return 0;
-        }
-        PyObject *send = sink->send;
-        Py_INCREF(send); /* held while called: the callback may clear the sink */
-        PyObject *view = PyMemoryView_FromMemory((char *)plain, length, PyBUF_READ);
-        PyObject *result = view == NULL ? NULL : PyObject_CallOneArg(send, view);
-        Py_XDECREF(view);
-        Py_DECREF(send);
-        if (result == NULL) {
-            return -1;
-        }
-        sent = PyObject_IsTrue(result);
-        Py_DECREF(result);
+    static uint8_t alone[SLOT_SIZE];
+    uint8_t *out = fast ? slots[batch_count] : alone;
+    int length = (int)(in != NULL ? write_packet(t, in, out, &payload_length)
+                                  : write_padding(t, padding, now, out));
+    if (length == 0) {
+        return 0;
     }
+    if (context != NULL && srtp_protect_function(context, out, &length) != 0) {
+        protect_failure_count++;
+        return 0;
+    }
+    /* No session at all (no keys yet, or none per downtrack): the Python send protects. */
+    PyObject *python_send = context != NULL ? sink->send_protected : sink->send;
+    int sent = fast                  ? queue_datagram(sink, out, length)
+               : python_send != NULL ? call_send(python_send, out, length)
+                                     : 0;
     if (sent <= 0) {
         return sent;
     }
